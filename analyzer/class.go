@@ -1,0 +1,60 @@
+package analyzer
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Class is the verdict on one page. Larger values are more severe.
+type Class int
+
+// The classes of a page; see the package documentation for the exact rules.
+const (
+	// Quiet: too few transfers to matter.
+	Quiet Class = iota
+	// ReadMostly: mostly read copies, at most one writer. Nothing to change.
+	ReadMostly
+	// Contended: ownership ping-pongs for writes, but the recorded byte
+	// ranges cannot tell false from true sharing.
+	Contended
+	// TrueSharing: several nodes write the same bytes.
+	TrueSharing
+	// FalseSharing: several nodes write disjoint bytes of the same page.
+	FalseSharing
+)
+
+var classNames = [...]string{
+	Quiet:        "quiet",
+	ReadMostly:   "read-mostly",
+	Contended:    "contended",
+	TrueSharing:  "true sharing",
+	FalseSharing: "false sharing",
+}
+
+// String returns the name of the class, e.g. "false sharing".
+func (c Class) String() string {
+	if c >= 0 && int(c) < len(classNames) {
+		return classNames[c]
+	}
+	return fmt.Sprintf("Class(%d)", int(c))
+}
+
+// MarshalText encodes the class by name, so that JSON reports say
+// "false sharing" rather than a number.
+func (c Class) MarshalText() ([]byte, error) {
+	if c < 0 || int(c) >= len(classNames) {
+		return nil, fmt.Errorf("analyzer: unknown class %d", int(c))
+	}
+	return []byte(classNames[c]), nil
+}
+
+// UnmarshalText decodes a class name written by MarshalText.
+func (c *Class) UnmarshalText(b []byte) error {
+	for i, n := range classNames {
+		if strings.EqualFold(string(b), n) {
+			*c = Class(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("analyzer: unknown class %q (want one of %s)", b, strings.Join(classNames[:], ", "))
+}

@@ -1,0 +1,64 @@
+// Package analyzer finds the memory layouts that make a distributed shared
+// memory (DSM) program slow, names the variables responsible and says what to
+// change.
+//
+// # Why it exists
+//
+// The DSM runtime keeps memory coherent a page at a time: a node that writes
+// a page must own it, and ownership moves across the network. When two
+// logically independent variables, say counter_A written by node 0 and
+// counter_B written by node 1, sit on the same page, every write on one node
+// pulls the page away from the other, and the page ping-pongs between the
+// nodes on every write although the nodes never touch the same byte. This is
+// false sharing; it can make a program hundreds of times slower than the same
+// program with a better layout, and nothing in the source code shows it.
+//
+// The node daemon feeds the analyzer one [Migration] record per page transfer
+// (which page, between which nodes, whether ownership moved, what the giving
+// node wrote while it held the page, and how long the faulting thread waited)
+// and the named allocations of the region ([Var], [StructVars]). The analyzer
+// then classifies every page ([Class]), and for false sharing produces the
+// concrete layout change: which variable to align to a page of its own, or how
+// many bytes of padding to insert between two struct fields.
+//
+// # Classification
+//
+// The written byte ranges of every transfer are accumulated per writer over
+// the page's whole history, so a node that wrote bytes [0,8) in one transfer
+// and [8,16) in another has written [0,16). A node counts as a writer of a
+// page when it wrote at least one byte of it. A page is, checked in this
+// order:
+//
+//   - [FalseSharing] when ownership moved for writing at least
+//     [MinWriteMigrations] times, at least two nodes wrote it, and the byte
+//     ranges of the writers are pairwise disjoint;
+//   - [TrueSharing] under the same conditions when the ranges of two writers
+//     overlap (the nodes really share data);
+//   - [ReadMostly] when at least [MinReadMigrations] transfers were read copies,
+//     read copies outnumber ownership transfers, and the page had at most one
+//     writer or fewer than [MinWriteMigrations] ownership transfers;
+//   - [Contended] when ownership moved for writing at least
+//     [MinWriteMigrations] times among two or more nodes but the recorded
+//     ranges show fewer than two writers (the transfers carried no written
+//     ranges, or nodes took write ownership without changing a byte);
+//   - [Quiet] otherwise.
+//
+// Only false sharing has a layout fix. True sharing is a property of the
+// algorithm, not of the layout: the fix is to synchronise through a lock or to
+// partition the data. Read-mostly pages need no change: read copies stay valid
+// until the next write, so they cost one transfer per reader and write.
+//
+// # Vector clocks and order
+//
+// Wall clocks of different nodes disagree. When every transfer of a page
+// carries a vector clock, the analyzer orders the page's transfers by the sum
+// of the clock's entries, which is consistent with happens-before (if a
+// happened before b, every entry of a is at most the entry of b and one is
+// smaller), and uses wall time only to break ties between concurrent
+// transfers. The ownership history drawn by [Analyzer.WriteHeatmap] follows
+// that order.
+//
+// An Analyzer is safe for concurrent use. It does no I/O except writing the
+// PNG files that [Analyzer.WriteHeatmap] and [Analyzer.WriteVarBars] are asked
+// for.
+package analyzer

@@ -1,0 +1,593 @@
+package analyzer
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// VarUse describes a variable, or a run of unnamed bytes, written on a page.
+type VarUse struct {
+	// Name is the variable's name, or "unnamed bytes [off,off+len)" with
+	// region byte offsets for written bytes that lie in no named variable.
+	Name string `json:"name"`
+	// Offset and Size are the variable's place in the region (the whole
+	// variable, even when it spans more than this page).
+	Offset uint64 `json:"offset"`
+	Size   uint64 `json:"size"`
+	// WrittenBy lists the nodes that wrote at least one byte of it on this
+	// page, in increasing order.
+	WrittenBy []uint16 `json:"written_by"`
+	// Writes is the number of transfers whose written ranges touched it.
+	Writes int `json:"writes"`
+}
+
+// Finding is the analyzer's verdict on one page.
+type Finding struct {
+	Page  uint32 `json:"page"`
+	Class Class  `json:"class"`
+	// Vars are the named variables whose bytes were written on this page,
+	// and runs of written unnamed bytes, in offset order.
+	Vars []VarUse `json:"vars"`
+	// Migrations counts every transfer of the page, WriteMigrations the
+	// ownership transfers among them.
+	Migrations      int `json:"migrations"`
+	WriteMigrations int `json:"write_migrations"`
+	// Cost is the total time faulting threads waited for the page.
+	Cost time.Duration `json:"cost_ns"`
+	// Nodes are the nodes that gave or received the page.
+	Nodes []uint16 `json:"nodes"`
+	// Fix is the concrete change to make. Only FalseSharing findings carry
+	// a layout change; TrueSharing and Contended findings give advice;
+	// ReadMostly and Quiet findings leave it empty.
+	Fix string `json:"fix,omitempty"`
+	// Summary is a one-line description.
+	Summary string `json:"summary"`
+}
+
+// String returns a multi-line description: the summary, the written
+// variables with their writers, the transfer counts and the fix.
+func (f Finding) String() string {
+	var b strings.Builder
+	b.WriteString(f.Summary)
+	fmt.Fprintf(&b, "\n  class: %s", f.Class)
+	w := 0
+	for _, v := range f.Vars {
+		w = max(w, len(v.Name))
+	}
+	for _, v := range f.Vars {
+		fmt.Fprintf(&b, "\n  %-*s  bytes [%d,%d)  written by %s in %s transfers",
+			w, v.Name, v.Offset, v.Offset+v.Size, nodesWord(v.WrittenBy), commas(v.Writes))
+	}
+	fmt.Fprintf(&b, "\n  %s migrations (%s for ownership) between %s",
+		commas(f.Migrations), commas(f.WriteMigrations), nodesWord(f.Nodes))
+	if f.Cost > 0 {
+		fmt.Fprintf(&b, "; faulting threads waited %s", fmtDur(f.Cost))
+	}
+	if f.Fix != "" {
+		fmt.Fprintf(&b, "\n  fix: %s", f.Fix)
+	}
+	return b.String()
+}
+
+// Findings returns a finding for every page that is not Quiet, the most
+// expensive first (by Cost, then severity, then migrations, then page).
+func (a *Analyzer) Findings() []Finding {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []Finding
+	for _, v := range a.analyzeAll() {
+		if v.f.Class != Quiet {
+			out = append(out, v.f)
+		}
+	}
+	sortFindings(out)
+	return out
+}
+
+func sortFindings(fs []Finding) {
+	sort.SliceStable(fs, func(i, j int) bool {
+		x, y := fs[i], fs[j]
+		switch {
+		case x.Cost != y.Cost:
+			return x.Cost > y.Cost
+		case x.Class != y.Class:
+			return x.Class > y.Class
+		case x.Migrations != y.Migrations:
+			return x.Migrations > y.Migrations
+		}
+		return x.Page < y.Page
+	})
+}
+
+// pageView is the analysis of one page.
+type pageView struct {
+	page     uint32
+	st       *pageState
+	f        Finding
+	resident []int // indices of the variables with a byte on the page
+	perVar   map[int]int
+}
+
+// item is a written variable (or run of unnamed bytes) with what the fix
+// generator needs to know about it.
+type item struct {
+	VarUse
+	named bool
+	root  string             // struct name for a "Root.Field" variable, else ""
+	parts map[uint16]spanSet // page-relative bytes each writer wrote in it
+}
+
+// pattern is a decoded write pattern.
+type pattern struct {
+	node  uint16
+	spans spanSet
+	n     int
+}
+
+// analyzeAll analyzes every page, in page order. The caller holds a.mu.
+func (a *Analyzer) analyzeAll() []pageView {
+	ids := make([]uint32, 0, len(a.pages))
+	for p := range a.pages {
+		ids = append(ids, p)
+	}
+	slices.Sort(ids)
+	out := make([]pageView, 0, len(ids))
+	for _, p := range ids {
+		out = append(out, a.analyzePage(p, a.pages[p]))
+	}
+	return out
+}
+
+// analyzePage classifies one page and builds its finding. The caller holds
+// a.mu.
+func (a *Analyzer) analyzePage(p uint32, st *pageState) pageView {
+	ps := a.pageSize
+	base := uint64(p) * ps
+	end := base + ps
+	view := pageView{page: p, st: st, resident: a.varsIn(base, end), perVar: make(map[int]int)}
+
+	var writers []uint16
+	for n, s := range st.written {
+		if len(s) > 0 {
+			writers = append(writers, n)
+		}
+	}
+	slices.Sort(writers)
+
+	pats := make([]pattern, 0, st.npat+len(st.overflow))
+	for node, pm := range st.patterns {
+		for k, n := range pm {
+			pats = append(pats, pattern{node, decodeSpans(k), n})
+		}
+	}
+	for node, n := range st.overflow {
+		// Approximation past maxPatterns: assume each such period wrote
+		// everything the node ever wrote on the page.
+		pats = append(pats, pattern{node, st.written[node], n})
+	}
+	writesIn := func(lo, hi uint64, nodes []uint16) int {
+		total := 0
+		for _, pt := range pats {
+			if nodes != nil && !slices.Contains(nodes, pt.node) {
+				continue
+			}
+			if pt.spans.intersects(lo, hi) {
+				total += pt.n
+			}
+		}
+		return total
+	}
+
+	var items []item
+	var named spanSet
+	for _, vi := range view.resident {
+		v := a.vars[vi]
+		lo, hi := max(v.Offset, base)-base, min(v.Offset+v.Size, end)-base
+		named = named.add(lo, hi)
+		it := item{VarUse: VarUse{Name: v.Name, Offset: v.Offset, Size: v.Size}, named: true, parts: make(map[uint16]spanSet)}
+		if r, _, ok := strings.Cut(v.Name, "."); ok && r != "" {
+			it.root = r
+		}
+		for _, n := range writers {
+			if part := st.written[n].clip(lo, hi); len(part) > 0 {
+				it.WrittenBy = append(it.WrittenBy, n)
+				it.parts[n] = part
+			}
+		}
+		it.Writes = writesIn(lo, hi, nil)
+		view.perVar[vi] = it.Writes
+		if len(it.WrittenBy) > 0 {
+			items = append(items, it)
+		}
+	}
+	items = append(items, unnamedItems(st, writers, named, base, writesIn)...)
+	sort.SliceStable(items, func(i, j int) bool {
+		if items[i].Offset != items[j].Offset {
+			return items[i].Offset < items[j].Offset
+		}
+		return items[i].Name < items[j].Name
+	})
+
+	overlap := false
+	for i := range writers {
+		for j := i + 1; j < len(writers); j++ {
+			if st.written[writers[i]].overlaps(st.written[writers[j]]) {
+				overlap = true
+			}
+		}
+	}
+	reads := st.migrations - st.writes
+	class := Quiet
+	switch {
+	case st.writes >= MinWriteMigrations && len(writers) >= 2:
+		class = FalseSharing
+		if overlap {
+			class = TrueSharing
+		}
+	case reads >= MinReadMigrations && reads > st.writes && (len(writers) <= 1 || st.writes < MinWriteMigrations):
+		class = ReadMostly
+	case st.writes >= MinWriteMigrations && len(st.writeNodes) >= 2:
+		class = Contended
+	}
+
+	f := Finding{
+		Page:            p,
+		Class:           class,
+		Migrations:      st.migrations,
+		WriteMigrations: st.writes,
+		Cost:            st.cost,
+		Nodes:           slices.Clone(st.nodes),
+	}
+	f.Vars = make([]VarUse, 0, len(items))
+	for _, it := range items {
+		f.Vars = append(f.Vars, it.VarUse)
+	}
+	stats := commas(st.migrations) + " migrations"
+	if st.cost > 0 {
+		stats += ", " + fmtDur(st.cost)
+	}
+	switch class {
+	case FalseSharing:
+		f.Summary = fmt.Sprintf("page %d: %s share a page: %s", p, itemList(items), stats)
+		f.Fix = a.falseSharingFix(items, base)
+	case TrueSharing:
+		shared := sharedItems(items)
+		verb := "is"
+		if len(shared) > 1 {
+			verb = "are"
+		}
+		f.Summary = fmt.Sprintf("page %d: %s %s written by more than one node: %s", p, itemList(shared), verb, stats)
+		f.Fix = fmt.Sprintf("synchronise through a lock or partition the data: %s %s written at the same bytes by %s (e.g. give each node its own copy on its own page and combine the copies when reading)",
+			itemNames(shared), verb, nodesWord(overlappingWriters(shared)))
+	case ReadMostly:
+		who := "never written"
+		if len(writers) > 0 {
+			who = "written by " + nodesWord(writers)
+		}
+		verb := "is"
+		if len(view.resident) > 1 {
+			verb = "are"
+		}
+		f.Summary = fmt.Sprintf("page %d: %s %s read-mostly (%s; %s read copies, %s ownership transfers): nothing to change",
+			p, a.residentNames(view.resident, p), verb, who, commas(reads), commas(st.writes))
+	case Contended:
+		f.Summary = fmt.Sprintf("page %d: %s: ownership moved %s times among %s for writes, but the written bytes do not show two writers: %s",
+			p, a.residentNames(view.resident, p), commas(st.writes), nodesWord(st.writeNodes), stats)
+		if st.unknown > 0 {
+			f.Fix = fmt.Sprintf("record the written ranges of every transfer (a diff against the received copy) so that false and true sharing can be told apart: %s of %s transfers carried none",
+				commas(st.unknown), commas(st.migrations))
+		} else {
+			idle := slices.DeleteFunc(slices.Clone(st.writeNodes), func(n uint16) bool { return slices.Contains(writers, n) })
+			f.Fix = fmt.Sprintf("%s took write ownership without changing a byte: look for atomic operations that store an unchanged value (a failing CompareAndSwap, a Swap or Store of the same value) and load first to skip them",
+				nodesWord(idle))
+		}
+	default:
+		f.Summary = fmt.Sprintf("page %d: quiet: %s", p, stats)
+	}
+	view.f = f
+	return view
+}
+
+// unnamedItems splits the written bytes that lie in no named variable into
+// runs with a constant set of writers.
+func unnamedItems(st *pageState, writers []uint16, named spanSet, base uint64, writesIn func(lo, hi uint64, nodes []uint16) int) []item {
+	rest := make(map[uint16]spanSet)
+	var cuts []uint64
+	for _, n := range writers {
+		s := st.written[n].minus(named)
+		if len(s) == 0 {
+			continue
+		}
+		rest[n] = s
+		for _, x := range s {
+			cuts = append(cuts, x.lo, x.hi)
+		}
+	}
+	slices.Sort(cuts)
+	cuts = slices.Compact(cuts)
+	var out []item
+	for i := 0; i+1 < len(cuts); i++ {
+		lo, hi := cuts[i], cuts[i+1]
+		var by []uint16
+		for _, n := range writers {
+			if rest[n].intersects(lo, hi) {
+				by = append(by, n)
+			}
+		}
+		if len(by) == 0 {
+			continue
+		}
+		if k := len(out) - 1; k >= 0 && out[k].Offset+out[k].Size == base+lo && slices.Equal(out[k].WrittenBy, by) {
+			out[k].Size += hi - lo
+			continue
+		}
+		out = append(out, item{VarUse: VarUse{Offset: base + lo, Size: hi - lo, WrittenBy: by}, parts: make(map[uint16]spanSet)})
+	}
+	for i := range out {
+		it := &out[i]
+		it.Name = fmt.Sprintf("unnamed bytes [%d,%d)", it.Offset, it.Offset+it.Size)
+		lo, hi := it.Offset-base, it.Offset-base+it.Size
+		for _, n := range it.WrittenBy {
+			it.parts[n] = rest[n].clip(lo, hi)
+		}
+		it.Writes = writesIn(lo, hi, it.WrittenBy)
+	}
+	return out
+}
+
+// falseSharingFix returns the layout change that gives every writer of the
+// page its own page. items are the written variables in offset order.
+//
+// The first item stays. A later struct field whose writers differ from those
+// of the previous written field of the same struct gets padding in front of
+// it; any other item whose writers differ from those of the first item is
+// aligned to a page of its own (a whole struct when it is a struct's first
+// written field here). An item written in disjoint parts by several nodes is
+// split.
+func (a *Analyzer) falseSharingFix(items []item, base uint64) string {
+	ps := a.pageSize
+	var fixes []string
+	stay := items[0].WrittenBy
+	prevField := make(map[string]item)
+	shift := make(map[string]uint64)
+	moved := make(map[string]bool)
+	cursor := base + ps // where the next variable moved off the page goes
+	for i, it := range items {
+		if len(it.WrittenBy) > 1 {
+			fixes = append(fixes, splitFix(it, base, ps))
+			if it.root != "" {
+				prevField[it.root] = it
+			}
+			continue
+		}
+		if it.root != "" {
+			prev, ok := prevField[it.root]
+			prevField[it.root] = it
+			if ok {
+				if !slices.Equal(prev.WrittenBy, it.WrittenBy) {
+					cur := it.Offset + shift[it.root]
+					if pad := (ps - cur%ps) % ps; pad > 0 {
+						fixes = append(fixes, fmt.Sprintf("insert %d bytes of padding between %s and %s (e.g. _ [%d]byte)", pad, prev.Name, it.Name, pad))
+						shift[it.root] += pad
+					}
+				}
+				continue
+			}
+		}
+		if i == 0 || slices.Equal(it.WrittenBy, stay) {
+			continue
+		}
+		where := "a page of its own"
+		if cursor == base+ps {
+			where = "the next page"
+		}
+		switch {
+		case !it.named:
+			fixes = append(fixes, fmt.Sprintf("find the variable at %s (written by %s) and align it to %s (offset %d); register it with AddVars to have it named",
+				it.Name, nodesWord(it.WrittenBy), where, cursor))
+			cursor += roundUp(it.Size, ps)
+		case it.root != "":
+			if moved[it.root] {
+				continue
+			}
+			moved[it.root] = true
+			_, size := a.rootExtent(it.root)
+			fixes = append(fixes, fmt.Sprintf("align %s to %s (offset %d): r.Alloc(%q, %d, %d)", it.root, where, cursor, it.root, size, ps))
+			cursor += roundUp(size, ps)
+		default:
+			fixes = append(fixes, fmt.Sprintf("align %s to %s (offset %d): r.Alloc(%q, %d, %d)", it.Name, where, cursor, it.Name, it.Size, ps))
+			cursor += roundUp(it.Size, ps)
+		}
+	}
+	return strings.Join(fixes, "; ")
+}
+
+// splitFix describes how to separate the parts of one variable that
+// different nodes write. base is the region offset of the page.
+func splitFix(it item, base, ps uint64) string {
+	var parts []string
+	var starts []uint64
+	for _, n := range it.WrittenBy {
+		s := it.parts[n]
+		rel := make([]string, len(s))
+		for i, x := range s {
+			// Offsets relative to the start of the variable.
+			rel[i] = fmt.Sprintf("[%d,%d)", base+x.lo-it.Offset, base+x.hi-it.Offset)
+		}
+		parts = append(parts, fmt.Sprintf("node %d writes bytes %s", n, strings.Join(rel, " ")))
+		starts = append(starts, s[0].lo)
+	}
+	slices.Sort(starts)
+	stride := uint64(0)
+	for i := 1; i < len(starts); i++ {
+		if d := starts[i] - starts[i-1]; d > 0 && (stride == 0 || d < stride) {
+			stride = d
+		}
+	}
+	msg := fmt.Sprintf("split %s so that each node's part is on a page of its own (%s of it)", it.Name, strings.Join(parts, ", "))
+	if stride > 0 && stride < ps {
+		msg += fmt.Sprintf(": the parts start %d bytes apart; pad each to %d bytes (e.g. _ [%d]byte after each %d-byte element)", stride, ps, ps-stride, stride)
+	}
+	return msg
+}
+
+// rootExtent returns the offset and size spanned by the variables named
+// "root.…". The caller holds a.mu.
+func (a *Analyzer) rootExtent(root string) (off, size uint64) {
+	lo, hi := ^uint64(0), uint64(0)
+	for _, v := range a.vars {
+		if strings.HasPrefix(v.Name, root+".") {
+			lo = min(lo, v.Offset)
+			hi = max(hi, v.Offset+v.Size)
+		}
+	}
+	if hi == 0 {
+		return 0, 0
+	}
+	return lo, hi - lo
+}
+
+// sharedItems returns the items whose bytes two writers both wrote.
+func sharedItems(items []item) []item {
+	var out []item
+	for _, it := range items {
+		if len(overlappingWriters([]item{it})) > 0 {
+			out = append(out, it)
+		}
+	}
+	if len(out) == 0 {
+		return items
+	}
+	return out
+}
+
+// overlappingWriters returns the nodes that wrote a byte some other node also
+// wrote, within the given items.
+func overlappingWriters(items []item) []uint16 {
+	var out []uint16
+	for _, it := range items {
+		for i, a := range it.WrittenBy {
+			for _, b := range it.WrittenBy[i+1:] {
+				if it.parts[a].overlaps(it.parts[b]) {
+					out = addNode(addNode(out, a), b)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// itemList renders "a (node 0) and b (node 1)", at most six names.
+func itemList(items []item) string {
+	const maxNames = 6
+	var names []string
+	for i, it := range items {
+		if i == maxNames {
+			names = append(names, fmt.Sprintf("%d more", len(items)-maxNames))
+			break
+		}
+		names = append(names, fmt.Sprintf("%s (%s)", it.Name, nodesWord(it.WrittenBy)))
+	}
+	if len(names) == 0 {
+		return "unknown bytes"
+	}
+	return andList(names)
+}
+
+// itemNames renders "a and b".
+func itemNames(items []item) string {
+	names := make([]string, len(items))
+	for i, it := range items {
+		names[i] = it.Name
+	}
+	return andList(names)
+}
+
+// residentNames names the variables on a page, or the page itself.
+func (a *Analyzer) residentNames(resident []int, p uint32) string {
+	const maxNames = 3
+	var names []string
+	for i, vi := range resident {
+		if i == maxNames {
+			names = append(names, fmt.Sprintf("%d more", len(resident)-maxNames))
+			break
+		}
+		names = append(names, a.vars[vi].Name)
+	}
+	if len(names) == 0 {
+		return fmt.Sprintf("bytes [%d,%d)", uint64(p)*a.pageSize, uint64(p+1)*a.pageSize)
+	}
+	return andList(names)
+}
+
+// andList joins ["a","b","c"] as "a, b and c".
+func andList(s []string) string {
+	switch len(s) {
+	case 0:
+		return ""
+	case 1:
+		return s[0]
+	}
+	return strings.Join(s[:len(s)-1], ", ") + " and " + s[len(s)-1]
+}
+
+// nodesWord renders "node 3" or "nodes 0, 1 and 2".
+func nodesWord(ns []uint16) string {
+	if len(ns) == 0 {
+		return "no node"
+	}
+	s := make([]string, len(ns))
+	for i, n := range ns {
+		s[i] = strconv.Itoa(int(n))
+	}
+	if len(ns) == 1 {
+		return "node " + s[0]
+	}
+	return "nodes " + andList(s)
+}
+
+// commas renders 9876 as "9,876".
+func commas(n int) string {
+	s := strconv.Itoa(n)
+	neg := strings.HasPrefix(s, "-")
+	if neg {
+		s = s[1:]
+	}
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
+
+// fmtDur renders a duration with about two significant digits.
+func fmtDur(d time.Duration) string {
+	switch {
+	case d >= 10*time.Second:
+		return d.Round(time.Second).String()
+	case d >= time.Second:
+		return d.Round(100 * time.Millisecond).String()
+	case d >= time.Millisecond:
+		return d.Round(100 * time.Microsecond).String()
+	case d >= time.Microsecond:
+		return d.Round(100 * time.Nanosecond).String()
+	}
+	return d.String()
+}
+
+func roundUp(n, to uint64) uint64 {
+	if n == 0 {
+		return to
+	}
+	return (n + to - 1) / to * to
+}

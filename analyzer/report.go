@@ -1,0 +1,179 @@
+package analyzer
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Report is everything the analyzer knows, in a form that encodes to JSON.
+type Report struct {
+	PageSize int       `json:"page_size"`
+	Totals   Totals    `json:"totals"`
+	Findings []Finding `json:"findings"` // as returned by Findings
+	// Vars holds one entry per named variable, the most migrated first.
+	Vars []VarStat `json:"vars"`
+}
+
+// Totals sums the recorded migrations.
+type Totals struct {
+	Migrations      int           `json:"migrations"`
+	WriteMigrations int           `json:"write_migrations"`
+	ReadMigrations  int           `json:"read_migrations"`
+	Cost            time.Duration `json:"cost_ns"`
+	// Pages is the number of pages that migrated at least once.
+	Pages int `json:"pages"`
+	// PagesByClass counts those pages by class name.
+	PagesByClass map[string]int `json:"pages_by_class"`
+	// FalseSharingCost is the part of Cost spent on falsely shared pages:
+	// what a better layout would save.
+	FalseSharingCost time.Duration `json:"false_sharing_cost_ns"`
+	// Nodes are the nodes seen in any migration.
+	Nodes []uint16 `json:"nodes"`
+	// UnknownWritten counts migrations recorded without written ranges.
+	UnknownWritten int `json:"unknown_written"`
+	// InvalidRanges counts written ranges that were empty or crossed the
+	// end of the page.
+	InvalidRanges int `json:"invalid_ranges"`
+	// First and Last are the earliest and latest wall times recorded.
+	First time.Time `json:"first,omitzero"`
+	Last  time.Time `json:"last,omitzero"`
+}
+
+// VarStat is what happened to the pages of one named variable.
+type VarStat struct {
+	Name   string `json:"name"`
+	Offset uint64 `json:"offset"`
+	Size   uint64 `json:"size"`
+	// Pages lists the pages of the variable that migrated.
+	Pages []uint32 `json:"pages"`
+	// Migrations and WriteMigrations sum the transfers of those pages:
+	// how often the variable was moved, whoever caused it.
+	Migrations      int `json:"migrations"`
+	WriteMigrations int `json:"write_migrations"`
+	// Writes counts the transfers whose written ranges touched the
+	// variable: how often it caused a page to move.
+	Writes int `json:"writes"`
+	// Cost sums the waiting time of those pages' transfers (shared with
+	// the other variables on the same pages).
+	Cost time.Duration `json:"cost_ns"`
+	// Class is the most severe class among the pages on which the variable
+	// was written; a page it only resides on contributes at most
+	// ReadMostly, since the variable is not what moves that page.
+	Class Class `json:"class"`
+}
+
+// Report returns the findings, per-variable migration counts and totals.
+func (a *Analyzer) Report() Report {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	views := a.analyzeAll()
+	r := Report{
+		PageSize: int(a.pageSize),
+		Totals: Totals{
+			Pages:         len(views),
+			PagesByClass:  make(map[string]int),
+			InvalidRanges: a.invalid,
+		},
+		Findings: []Finding{},
+		Vars:     make([]VarStat, len(a.vars)),
+	}
+	for i, v := range a.vars {
+		r.Vars[i] = VarStat{Name: v.Name, Offset: v.Offset, Size: v.Size, Pages: []uint32{}}
+	}
+	t := &r.Totals
+	for _, pv := range views {
+		st, f := pv.st, pv.f
+		t.Migrations += st.migrations
+		t.WriteMigrations += st.writes
+		t.Cost += st.cost
+		t.UnknownWritten += st.unknown
+		t.PagesByClass[f.Class.String()]++
+		if f.Class == FalseSharing {
+			t.FalseSharingCost += st.cost
+		}
+		for _, n := range st.nodes {
+			t.Nodes = addNode(t.Nodes, n)
+		}
+		if f.Class != Quiet {
+			r.Findings = append(r.Findings, f)
+		}
+		for _, vi := range pv.resident {
+			vs := &r.Vars[vi]
+			vs.Pages = append(vs.Pages, pv.page)
+			vs.Migrations += st.migrations
+			vs.WriteMigrations += st.writes
+			vs.Writes += pv.perVar[vi]
+			vs.Cost += st.cost
+			if pv.perVar[vi] > 0 {
+				vs.Class = max(vs.Class, f.Class)
+			} else {
+				vs.Class = max(vs.Class, min(f.Class, ReadMostly))
+			}
+		}
+	}
+	t.ReadMigrations = t.Migrations - t.WriteMigrations
+	if a.first != 0 {
+		t.First = time.Unix(0, a.first)
+		t.Last = time.Unix(0, a.last)
+	}
+	if t.Nodes == nil {
+		t.Nodes = []uint16{}
+	}
+	sortFindings(r.Findings)
+	sort.SliceStable(r.Vars, func(i, j int) bool {
+		if r.Vars[i].Migrations != r.Vars[j].Migrations {
+			return r.Vars[i].Migrations > r.Vars[j].Migrations
+		}
+		return r.Vars[i].Offset < r.Vars[j].Offset
+	})
+	for i := range r.Vars {
+		slices.Sort(r.Vars[i].Pages)
+	}
+	return r
+}
+
+// Text is the report as a person reads it: totals, then every finding.
+func (r Report) Text() string {
+	var b strings.Builder
+	t := r.Totals
+	fmt.Fprintf(&b, "layout analyzer: %d page migrations (%d for writes, %d read copies) on %d pages, %s waiting in faults\n",
+		t.Migrations, t.WriteMigrations, t.ReadMigrations, t.Pages, fmtDur(t.Cost))
+	if len(r.Findings) == 0 {
+		b.WriteString("no false sharing found: no page ping-pongs between writers of different variables\n")
+		return b.String()
+	}
+	for i, f := range r.Findings {
+		fmt.Fprintf(&b, "\nfinding %d: %s", i+1, f.String())
+		if !strings.HasSuffix(f.String(), "\n") {
+			b.WriteString("\n")
+		}
+	}
+	return b.String()
+}
+
+// WritePlots writes the heat map (heatmap.png) and the migrations per
+// variable (variables.png) into dir, creating it if needed, and returns the
+// paths written.
+func (a *Analyzer) WritePlots(dir string) ([]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create %s: %w", dir, err)
+	}
+	heat := filepath.Join(dir, "heatmap.png")
+	if err := a.WriteHeatmap(heat, 1200, 600); err != nil {
+		return nil, err
+	}
+	bars := filepath.Join(dir, "variables.png")
+	if err := a.WriteVarBars(bars); err != nil {
+		if errors.Is(err, ErrNoVars) {
+			return []string{heat}, nil
+		}
+		return []string{heat}, err
+	}
+	return []string{heat, bars}, nil
+}
