@@ -1,0 +1,86 @@
+package coherence
+
+import (
+	"testing"
+)
+
+// benchCluster runs engines with an ideal in-memory network: every message
+// is delivered at once, in order, and NeedData is filled with a 4 KiB page.
+type benchCluster struct {
+	engines []*Engine
+	page    []byte
+	msgs    int
+}
+
+func newBenchCluster(b *testing.B, nodes int) *benchCluster {
+	c := &benchCluster{page: make([]byte, 4096)}
+	for i := range nodes {
+		e, err := New(Config{ID: NodeID(i), Nodes: nodes, Pages: 64})
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.engines = append(c.engines, e)
+	}
+	return c
+}
+
+// pump delivers messages until no engine has output.
+func (c *benchCluster) pump(b *testing.B) {
+	for busy := true; busy; {
+		busy = false
+		for _, e := range c.engines {
+			for _, o := range e.Ready() {
+				busy = true
+				m := o.Msg
+				if m == nil {
+					continue
+				}
+				if m.NeedData {
+					m.Data, m.NeedData = c.page, false
+				}
+				c.msgs++
+				if err := c.engines[m.To].Step(m); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	}
+}
+
+// BenchmarkWritePingPong measures the engines' own cost of moving a page
+// between two writers (home on a third node): one op is one ownership
+// migration, with every protocol message it takes.
+func BenchmarkWritePingPong(b *testing.B) {
+	c := newBenchCluster(b, 3)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		c.engines[1+i%2].Fault(0, Write)
+		c.pump(b)
+	}
+	b.ReportMetric(float64(c.msgs)/float64(b.N), "msgs/op")
+}
+
+// BenchmarkReadMiss measures a read miss served by a remote owner, followed
+// by the owner taking the page back (so that every op misses).
+func BenchmarkReadMiss(b *testing.B) {
+	c := newBenchCluster(b, 3)
+	b.ReportAllocs()
+	for b.Loop() {
+		c.engines[1].Fault(0, Write)
+		c.pump(b)
+		c.engines[2].Fault(0, Read)
+		c.pump(b)
+	}
+	b.ReportMetric(float64(c.msgs)/float64(b.N), "msgs/op")
+}
+
+// BenchmarkSimulate measures one seeded schedule of the simulator.
+func BenchmarkSimulate(b *testing.B) {
+	seed := uint64(0)
+	for b.Loop() {
+		seed++
+		if _, err := Simulate(SimConfigFor(seed)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

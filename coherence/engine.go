@@ -1,0 +1,692 @@
+package coherence
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/dsmrt/dsm/clocks"
+)
+
+// DefaultRetryTicks is the number of ticks a node waits for an answer before
+// it sends a request (or a confirmation) again, when Config.RetryTicks is 0.
+const DefaultRetryTicks = 5
+
+// Config configures an Engine.
+type Config struct {
+	ID    NodeID // this node, 0 <= ID < Nodes
+	Nodes int    // the number of nodes in the cluster, 1 .. 65536
+	Pages int    // the number of pages in the shared region
+	// Home returns the home node of a page. It must be deterministic and
+	// agree on every node. Nil means page mod Nodes.
+	Home func(PageID) NodeID
+	// RetryTicks is how many calls of Tick a node waits for an answer
+	// before it retransmits. 0 means DefaultRetryTicks.
+	RetryTicks int
+	// ReqBase is where request ids start (the first is ReqBase+1). Homes
+	// ignore a request whose id is not above the last one they saw from
+	// the node, so a daemon that restarts under the same ID must pass a
+	// value above every id of its previous run (its start time in
+	// nanoseconds, say).
+	ReqBase uint64
+}
+
+// Errors returned (wrapped) by New, Fault and Step. Check them with
+// errors.Is. A message that is stale or a duplicate is not an error: the
+// engine ignores it (and counts it in Stats.Stale).
+var (
+	// ErrConfig means the Config cannot work; the message says which field.
+	ErrConfig = errors.New("coherence: invalid configuration")
+	// ErrBadFault means Fault was called with a page outside the region or
+	// an unknown access.
+	ErrBadFault = errors.New("coherence: invalid fault")
+	// ErrNotForNode means Step got a message addressed to another node.
+	ErrNotForNode = errors.New("coherence: message is not addressed to this node")
+	// ErrNotHome means a message that only the page's home may receive
+	// reached another node, or a message that only the home may send came
+	// from another node. The nodes disagree on Config.Home.
+	ErrNotHome = errors.New("coherence: message and page home disagree")
+)
+
+// Stats counts what an engine did. Every counter only grows.
+type Stats struct {
+	ReadFaults    uint64 `json:"read_faults"`    // Fault(Read) calls
+	WriteFaults   uint64 `json:"write_faults"`   // Fault(Write) calls on an Invalid page
+	UpgradeFaults uint64 `json:"upgrade_faults"` // Fault(Write) calls on a Shared page
+	Wakes         uint64 `json:"wakes"`          // faults answered at once with ActWake
+	Coalesced     uint64 `json:"coalesced"`      // faults folded into a request already pending
+
+	Requests    uint64 `json:"requests"`    // requests sent (first transmissions)
+	Retransmits uint64 `json:"retransmits"` // requests, confirmations, page hand-overs and queries sent again
+
+	Installs   uint64 `json:"installs"`   // ActInstall emitted
+	Upgrades   uint64 `json:"upgrades"`   // Shared -> Exclusive without data (ActUnprotect)
+	Downgrades uint64 `json:"downgrades"` // Exclusive -> Shared to serve a reader (ActProtect)
+
+	InvalidationsSent    uint64 `json:"invalidations_sent"`    // home: MsgInval sent (first transmissions)
+	InvalidationsApplied uint64 `json:"invalidations_applied"` // copies dropped on MsgInval
+
+	MigrationsIn  uint64 `json:"migrations_in"`  // pages received with ownership and data
+	MigrationsOut uint64 `json:"migrations_out"` // pages handed to another node with ownership
+	CopiesOut     uint64 `json:"copies_out"`     // read copies sent to other nodes
+
+	Transactions uint64 `json:"transactions"` // home: transactions completed
+	Redrives     uint64 `json:"redrives"`     // home: current transaction driven again by a retried request
+
+	Stale     uint64 `json:"stale"`     // messages ignored as stale or duplicate
+	Anomalies uint64 `json:"anomalies"` // situations the protocol rules out, survived (a bug if non-zero)
+}
+
+// Engine is the coherence protocol of one node: the requester side for the
+// pages this node uses and the directory for the pages homed on it.
+//
+// An Engine is a pure state machine. It never blocks, starts no goroutine,
+// reads no clock and does no I/O: Fault, Step and Tick feed it inputs, and
+// Ready hands back what it decided, as a batch of Outputs. It is not safe for
+// concurrent use; one goroutine (the daemon's event loop) drives it.
+//
+// The daemon must apply every Output of a batch, in order, before it calls
+// Fault, Step or Tick again: the engine's idea of which pages are present is
+// only true once the batch is applied.
+type Engine struct {
+	id    NodeID
+	n     int
+	pages int
+	home  func(PageID) NodeID
+	retry uint64
+
+	clock   clocks.Vector // this node's vector clock
+	now     uint64        // ticks so far
+	lastReq uint64        // the last request id used
+
+	local map[PageID]*localPage
+	dirs  map[PageID]*dirEntry
+	timed map[PageID]struct{} // pages with a request, a confirmation or a kept hand-over
+	tbuf  []PageID
+
+	out   []Output
+	loop  []*Message // messages to this node itself, handled before returning
+	stats Stats
+
+	bugs bugs // deliberate protocol bugs; set only by tests to prove the simulator's checks
+}
+
+// bugs are deliberate protocol errors. Only tests set them.
+type bugs struct {
+	skipInval bool // the home grants writes without invalidating the other copies
+	noProtect bool // an Exclusive owner sends its page to a reader without write-protecting it
+	noRetry   bool // Tick retransmits nothing
+}
+
+// localPage is this node's view of one page.
+type localPage struct {
+	state   State
+	version uint64        // the version held (or last held, when Invalid)
+	clock   clocks.Vector // that version's vector clock
+	floor   uint64        // never install a version below this (invalidated)
+	req     *request      // the request in flight or awaiting MsgDone
+	xfer    *Message      // a page handed over, kept until the home releases it
+	xferAt  uint64        // tick of the last hand-over or query
+}
+
+// request is a fault this node is resolving.
+type request struct {
+	id         uint64
+	access     Access
+	confirming bool   // installed; MsgConfirm sent, waiting for MsgDone
+	sentAt     uint64 // tick of the last transmission
+	wantWrite  bool   // a write fault came while a read was pending
+	deferred   *Message
+	dropped    bool // MsgDropped received: the old owner no longer holds a copy
+}
+
+// New returns the engine of node cfg.ID, with every page Invalid.
+func New(cfg Config) (*Engine, error) {
+	if cfg.Nodes < 1 || cfg.Nodes > 1<<16 {
+		return nil, fmt.Errorf("%w: Nodes is %d, want 1..65536", ErrConfig, cfg.Nodes)
+	}
+	if int(cfg.ID) >= cfg.Nodes {
+		return nil, fmt.Errorf("%w: ID %d is not below Nodes (%d)", ErrConfig, cfg.ID, cfg.Nodes)
+	}
+	if cfg.Pages < 1 || uint64(cfg.Pages) > 1<<32 {
+		return nil, fmt.Errorf("%w: Pages is %d, want 1..2^32", ErrConfig, cfg.Pages)
+	}
+	if cfg.RetryTicks < 0 {
+		return nil, fmt.Errorf("%w: RetryTicks is %d, want >= 0 (0 for the default %d)",
+			ErrConfig, cfg.RetryTicks, DefaultRetryTicks)
+	}
+	e := &Engine{
+		id:      cfg.ID,
+		n:       cfg.Nodes,
+		pages:   cfg.Pages,
+		home:    cfg.Home,
+		retry:   uint64(cfg.RetryTicks),
+		lastReq: cfg.ReqBase,
+		clock:   clocks.NewVector(cfg.Nodes),
+		local:   map[PageID]*localPage{},
+		dirs:    map[PageID]*dirEntry{},
+		timed:   map[PageID]struct{}{},
+	}
+	if e.retry == 0 {
+		e.retry = DefaultRetryTicks
+	}
+	if e.home == nil {
+		n := cfg.Nodes
+		e.home = func(p PageID) NodeID { return NodeID(int(p) % n) }
+	}
+	return e, nil
+}
+
+// checkHome returns the home of page p, or an error if Config.Home returns
+// a node outside the cluster.
+func (e *Engine) checkHome(p PageID) (NodeID, error) {
+	h := e.home(p)
+	if int(h) >= e.n {
+		return 0, fmt.Errorf("%w: Home(%d) returned node %d, the cluster has %d nodes", ErrConfig, p, h, e.n)
+	}
+	return h, nil
+}
+
+// Fault tells the engine that a local program faulted on page p with access
+// a. If the page's state already allows the access, the answer is ActWake;
+// if a request for the page is already pending the fault joins it;
+// otherwise the engine sends a request to the page's home. A write fault on
+// a Shared page is an upgrade.
+func (e *Engine) Fault(p PageID, a Access) error {
+	if int(p) >= e.pages {
+		return fmt.Errorf("%w: page %d is outside the region (%d pages)", ErrBadFault, p, e.pages)
+	}
+	if a != Read && a != Write {
+		return fmt.Errorf("%w: access %d, want Read or Write", ErrBadFault, a)
+	}
+	if _, err := e.checkHome(p); err != nil {
+		return err
+	}
+	e.clock.Tick(int(e.id))
+	lp := e.page(p)
+	switch {
+	case a == Read:
+		e.stats.ReadFaults++
+	case lp.state == Shared:
+		e.stats.UpgradeFaults++
+	default:
+		e.stats.WriteFaults++
+	}
+	switch {
+	case lp.state == Exclusive || (a == Read && lp.state == Shared):
+		e.stats.Wakes++
+		e.act(Action{Kind: ActWake, Page: p, Version: lp.version, Clock: lp.clock})
+	case lp.req != nil && !lp.req.confirming:
+		e.stats.Coalesced++
+		if a == Write && lp.req.access == Read {
+			// Ask for ownership as soon as the read copy is in.
+			lp.req.wantWrite = true
+		}
+	default:
+		// A request awaiting MsgDone is replaced: the home takes a newer
+		// request from this node as the confirmation of the older one.
+		e.newRequest(p, lp, a)
+	}
+	e.drain()
+	return nil
+}
+
+// Step hands the engine a message that arrived for this node. It returns
+// an error, and changes nothing, for a message that is malformed or not for
+// this node. Step may keep m (and its Data and Meta) after it returns; the
+// caller must not modify them.
+func (e *Engine) Step(m *Message) error {
+	if err := e.check(m); err != nil {
+		return err
+	}
+	e.clock.Merge(m.Clock)
+	e.clock.Tick(int(e.id))
+	e.dispatch(m)
+	e.drain()
+	return nil
+}
+
+// check validates a message against the protocol's structure.
+func (e *Engine) check(m *Message) error {
+	if m == nil {
+		return fmt.Errorf("%w: nil message", ErrMalformed)
+	}
+	if m.Type == 0 || m.Type >= msgTypeEnd {
+		return fmt.Errorf("%w: unknown message type %d", ErrMalformed, m.Type)
+	}
+	if m.To != e.id {
+		return fmt.Errorf("%w: %v is for node %d, this is node %d", ErrNotForNode, m.Type, m.To, e.id)
+	}
+	if int(m.From) >= e.n || int(m.Requester) >= e.n {
+		return fmt.Errorf("%w: %v from node %d for requester %d, the cluster has %d nodes",
+			ErrMalformed, m.Type, m.From, m.Requester, e.n)
+	}
+	if int(m.Page) >= e.pages {
+		return fmt.Errorf("%w: %v for page %d, the region has %d pages", ErrMalformed, m.Type, m.Page, e.pages)
+	}
+	if len(m.Clock) > e.n || len(m.PageClock) > e.n {
+		return fmt.Errorf("%w: %v carries a clock of %d entries (page clock %d), the cluster has %d nodes",
+			ErrMalformed, m.Type, len(m.Clock), len(m.PageClock), e.n)
+	}
+	if m.NeedData {
+		return fmt.Errorf("%w: %v still has NeedData set: the sender's daemon did not fill it", ErrMalformed, m.Type)
+	}
+	home, err := e.checkHome(m.Page)
+	if err != nil {
+		return err
+	}
+	switch m.Type {
+	case MsgRequest, MsgInvalAck, MsgConfirm, MsgXferQuery:
+		if home != e.id {
+			return fmt.Errorf("%w: %v for page %d reached node %d, its home is node %d",
+				ErrNotHome, m.Type, m.Page, e.id, home)
+		}
+		if m.Type == MsgRequest && m.Access != Read && m.Access != Write {
+			return fmt.Errorf("%w: request with access %d", ErrMalformed, m.Access)
+		}
+	case MsgFwdRead, MsgFwdWrite, MsgInval, MsgGrant, MsgDone, MsgRelease:
+		if m.From != home {
+			return fmt.Errorf("%w: %v for page %d came from node %d, its home is node %d",
+				ErrNotHome, m.Type, m.Page, m.From, home)
+		}
+	}
+	return nil
+}
+
+// Tick tells the engine that time passed. Requests, confirmations and
+// hand-over queries that got no answer within Config.RetryTicks ticks are
+// sent again.
+func (e *Engine) Tick() {
+	e.now++
+	if e.bugs.noRetry || len(e.timed) == 0 {
+		return
+	}
+	e.tbuf = e.tbuf[:0]
+	for p := range e.timed {
+		e.tbuf = append(e.tbuf, p)
+	}
+	slices.Sort(e.tbuf) // deterministic output order
+	for _, p := range e.tbuf {
+		lp := e.local[p]
+		if r := lp.req; r != nil && e.now-r.sentAt >= e.retry {
+			r.sentAt = e.now
+			e.stats.Retransmits++
+			if r.confirming {
+				e.sendConfirm(p, lp, r)
+			} else {
+				e.sendRequest(p, lp, r)
+			}
+		}
+		if lp.xfer != nil && e.now-lp.xferAt >= e.retry {
+			lp.xferAt = e.now
+			e.stats.Retransmits++
+			e.send(&Message{Type: MsgXferQuery, To: e.home(p), Page: p, Version: lp.xfer.Version})
+		}
+	}
+	e.drain()
+}
+
+// Ready returns the outputs produced since the last call, in the order the
+// daemon must apply them, and forgets them.
+func (e *Engine) Ready() []Output {
+	out := e.out
+	e.out = nil
+	return out
+}
+
+// HasReady reports whether Ready has outputs to return.
+func (e *Engine) HasReady() bool { return len(e.out) > 0 }
+
+// State returns the local state of page p (Invalid for a page outside the
+// region).
+func (e *Engine) State(p PageID) State {
+	if lp := e.local[p]; lp != nil {
+		return lp.state
+	}
+	return Invalid
+}
+
+// Version returns the version of page p this node holds and its vector
+// clock; for an Invalid page, the version it last held (0 and nil if none).
+func (e *Engine) Version(p PageID) (uint64, clocks.Vector) {
+	if lp := e.local[p]; lp != nil {
+		return lp.version, lp.clock.Clone()
+	}
+	return 0, nil
+}
+
+// Pending returns the number of pages with a fault in flight (a request
+// sent and not yet answered).
+func (e *Engine) Pending() int {
+	n := 0
+	for p := range e.timed {
+		if r := e.local[p].req; r != nil && !r.confirming {
+			n++
+		}
+	}
+	return n
+}
+
+// Idle reports whether the engine waits for nothing: no request in flight,
+// no confirmation unacknowledged, no handed-over page kept, and no
+// transaction open or queued at this node's directory.
+func (e *Engine) Idle() bool {
+	if len(e.timed) > 0 {
+		return false
+	}
+	for _, d := range e.dirs {
+		if d.cur != nil || len(d.queue) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Clock returns a copy of the node's vector clock.
+func (e *Engine) Clock() clocks.Vector { return e.clock.Clone() }
+
+// Stats returns the engine's counters.
+func (e *Engine) Stats() Stats { return e.stats }
+
+func (e *Engine) page(p PageID) *localPage {
+	lp := e.local[p]
+	if lp == nil {
+		lp = &localPage{}
+		e.local[p] = lp
+	}
+	return lp
+}
+
+func (e *Engine) act(a Action) {
+	a.Clock = a.Clock.Clone()
+	e.out = append(e.out, Output{Act: &a})
+}
+
+// send stamps m with this node's identity and clock and queues it: as an
+// Output for another node, internally for this node.
+func (e *Engine) send(m *Message) {
+	m.From = e.id
+	m.Clock = e.clock.Clone()
+	if m.To == e.id {
+		if m.NeedData {
+			// The protocol never sends a page to the node that holds it.
+			e.stats.Anomalies++
+			return
+		}
+		e.loop = append(e.loop, m)
+		return
+	}
+	e.out = append(e.out, Output{Msg: m})
+}
+
+// drain handles the messages this node sent itself.
+func (e *Engine) drain() {
+	for len(e.loop) > 0 {
+		m := e.loop[0]
+		e.loop[0] = nil
+		e.loop = e.loop[1:]
+		e.dispatch(m)
+	}
+	e.loop = e.loop[:0]
+}
+
+func (e *Engine) dispatch(m *Message) {
+	switch m.Type {
+	case MsgRequest:
+		e.onRequest(m)
+	case MsgInvalAck:
+		e.onInvalAck(m)
+	case MsgConfirm:
+		e.onConfirm(m)
+	case MsgXferQuery:
+		e.onXferQuery(m)
+	case MsgFwdRead:
+		e.onFwdRead(m)
+	case MsgFwdWrite:
+		e.onFwdWrite(m)
+	case MsgInval:
+		e.onInval(m)
+	case MsgData:
+		e.onData(m)
+	case MsgGrant:
+		e.onGrant(m)
+	case MsgDropped:
+		e.onDropped(m)
+	case MsgDone:
+		e.onDone(m)
+	case MsgRelease:
+		e.onRelease(m)
+	}
+}
+
+func (e *Engine) stale() { e.stats.Stale++ }
+
+func (e *Engine) untime(p PageID, lp *localPage) {
+	if lp.req == nil && lp.xfer == nil {
+		delete(e.timed, p)
+	}
+}
+
+// Requester side.
+
+func (e *Engine) newRequest(p PageID, lp *localPage, a Access) {
+	e.lastReq++
+	r := &request{id: e.lastReq, access: a, sentAt: e.now}
+	lp.req = r
+	e.timed[p] = struct{}{}
+	e.stats.Requests++
+	e.sendRequest(p, lp, r)
+}
+
+func (e *Engine) sendRequest(p PageID, lp *localPage, r *request) {
+	m := &Message{Type: MsgRequest, To: e.home(p), Page: p, Req: r.id, Requester: e.id, Access: r.access}
+	if lp.state != Invalid {
+		m.Have, m.HaveVersion = true, lp.version
+	}
+	e.send(m)
+}
+
+func (e *Engine) sendConfirm(p PageID, lp *localPage, r *request) {
+	e.send(&Message{Type: MsgConfirm, To: e.home(p), Page: p, Req: r.id, Requester: e.id,
+		Version: lp.version, PageClock: lp.clock.Clone()})
+}
+
+// inFlight returns the page's request if m answers it.
+func (e *Engine) inFlight(m *Message) (*localPage, *request) {
+	lp := e.page(m.Page)
+	r := lp.req
+	if r == nil || r.confirming || r.id != m.Req || m.Requester != e.id {
+		return lp, nil
+	}
+	return lp, r
+}
+
+func (e *Engine) onData(m *Message) {
+	lp, r := e.inFlight(m)
+	if r == nil || m.Version < lp.floor || (lp.state != Invalid && m.Version < lp.version) {
+		e.stale()
+		return
+	}
+	if m.Writable != (r.access == Write) {
+		e.stats.Anomalies++
+		return
+	}
+	if m.Writable && !m.SenderDropped && !r.dropped {
+		// The old owner still holds a read-only copy until its MsgDropped
+		// arrives; writing now would put a writer beside a reader.
+		r.deferred = m
+		return
+	}
+	e.install(m.Page, lp, r, m)
+}
+
+func (e *Engine) onDropped(m *Message) {
+	lp, r := e.inFlight(m)
+	if r == nil || r.access != Write {
+		e.stale()
+		return
+	}
+	r.dropped = true
+	if d := r.deferred; d != nil && d.Version == m.Version {
+		e.install(m.Page, lp, r, d)
+	}
+}
+
+func (e *Engine) install(p PageID, lp *localPage, r *request, m *Message) {
+	if lp.state != Invalid {
+		// Cannot happen: a node asks for data only without a copy.
+		e.stats.Anomalies++
+		e.act(Action{Kind: ActDrop, Page: p, Version: lp.version, Clock: lp.clock})
+	}
+	var c clocks.Vector
+	switch {
+	case m.Writable:
+		c = e.clock.Clone() // a new version starts here
+	case m.PageClock != nil:
+		c = m.PageClock.Clone()
+	default:
+		c = clocks.NewVector(e.n)
+	}
+	lp.version, lp.clock = m.Version, c
+	lp.state = Shared
+	if m.Writable {
+		lp.state = Exclusive
+		if !m.Zero {
+			e.stats.MigrationsIn++
+		}
+	}
+	e.stats.Installs++
+	e.act(Action{Kind: ActInstall, Page: p, Writable: m.Writable, Zero: m.Zero, Data: m.Data, Meta: m.Meta,
+		From: m.From, Version: m.Version, Clock: c})
+	e.complete(p, lp, r)
+}
+
+func (e *Engine) onGrant(m *Message) {
+	lp, r := e.inFlight(m)
+	if r == nil {
+		e.stale()
+		return
+	}
+	switch {
+	case m.Writable && r.access == Write && lp.state == Shared && lp.version+1 == m.Version && m.Version >= lp.floor:
+		lp.state, lp.version, lp.clock = Exclusive, m.Version, e.clock.Clone()
+		e.stats.Upgrades++
+		e.act(Action{Kind: ActUnprotect, Page: m.Page, Writable: true, Version: lp.version, Clock: lp.clock})
+	case lp.state != Invalid && lp.version == m.Version && (!m.Writable || lp.state == Exclusive):
+		// The directory says this node already holds what it asked for.
+		e.act(Action{Kind: ActWake, Page: m.Page, Version: lp.version, Clock: lp.clock})
+	default:
+		e.stale()
+		return
+	}
+	e.complete(m.Page, lp, r)
+}
+
+// complete finishes request r after the page was installed or upgraded.
+func (e *Engine) complete(p PageID, lp *localPage, r *request) {
+	if r.wantWrite && lp.state == Shared {
+		// The new request tells the home that r completed.
+		e.newRequest(p, lp, Write)
+		return
+	}
+	r.confirming, r.deferred, r.sentAt = true, nil, e.now
+	e.sendConfirm(p, lp, r)
+}
+
+func (e *Engine) onDone(m *Message) {
+	lp := e.page(m.Page)
+	if r := lp.req; r == nil || !r.confirming || r.id != m.Req || m.Requester != e.id {
+		e.stale()
+		return
+	}
+	lp.req = nil
+	e.untime(m.Page, lp)
+}
+
+// Holder side.
+
+func (e *Engine) onInval(m *Message) {
+	lp := e.page(m.Page)
+	lp.floor = max(lp.floor, m.Version)
+	if lp.state != Invalid && lp.version < m.Version {
+		lp.state = Invalid
+		e.stats.InvalidationsApplied++
+		e.act(Action{Kind: ActDrop, Page: m.Page, Version: lp.version, Clock: lp.clock})
+	} else {
+		e.stale() // already gone or newer; acknowledge again all the same
+	}
+	e.send(&Message{Type: MsgInvalAck, To: m.From, Page: m.Page, Req: m.Req, Requester: m.Requester, Version: m.Version})
+}
+
+// seal write-protects an Exclusive page before its content leaves the node:
+// the version's content is final from here on, and its clock is the clock
+// of this moment.
+func (e *Engine) seal(p PageID, lp *localPage) {
+	if lp.state != Exclusive {
+		return
+	}
+	lp.state = Shared
+	lp.clock = e.clock.Clone()
+	e.stats.Downgrades++
+	if e.bugs.noProtect {
+		return
+	}
+	e.act(Action{Kind: ActProtect, Page: p, Version: lp.version, Clock: lp.clock})
+}
+
+func (e *Engine) onFwdRead(m *Message) {
+	lp := e.page(m.Page)
+	if m.Requester == e.id {
+		e.stats.Anomalies++
+		return
+	}
+	if lp.state == Invalid || lp.version != m.Version {
+		e.stale()
+		return
+	}
+	e.seal(m.Page, lp)
+	e.stats.CopiesOut++
+	e.send(&Message{Type: MsgData, To: m.Requester, Page: m.Page, Req: m.Req, Requester: m.Requester,
+		Version: lp.version, PageClock: lp.clock.Clone(), NeedData: true})
+}
+
+func (e *Engine) onFwdWrite(m *Message) {
+	lp := e.page(m.Page)
+	if x := lp.xfer; x != nil && x.Req == m.Req && x.Requester == m.Requester && x.Version == m.Version {
+		// The hand-over was lost: send the kept copy again.
+		if x.NeedData {
+			e.stats.Anomalies++ // the daemon did not fill the message in place
+			return
+		}
+		c := x.clone()
+		c.SenderDropped = true
+		e.stats.Retransmits++
+		e.send(c)
+		return
+	}
+	if m.Requester == e.id || lp.state == Invalid || lp.version+1 != m.Version {
+		e.stale()
+		return
+	}
+	e.seal(m.Page, lp)
+	d := &Message{Type: MsgData, To: m.Requester, Page: m.Page, Req: m.Req, Requester: m.Requester,
+		Version: m.Version, PageClock: lp.clock.Clone(), NeedData: true, Writable: true}
+	e.send(d)
+	lp.state = Invalid
+	lp.floor = max(lp.floor, m.Version)
+	e.act(Action{Kind: ActDrop, Page: m.Page, Version: lp.version, Clock: lp.clock})
+	e.send(&Message{Type: MsgDropped, To: m.Requester, Page: m.Page, Req: m.Req, Requester: m.Requester, Version: m.Version})
+	lp.xfer, lp.xferAt = d, e.now
+	e.timed[m.Page] = struct{}{}
+	e.stats.MigrationsOut++
+}
+
+func (e *Engine) onRelease(m *Message) {
+	lp := e.page(m.Page)
+	if lp.xfer == nil || lp.xfer.Version > m.Version {
+		e.stale()
+		return
+	}
+	lp.xfer = nil
+	e.untime(m.Page, lp)
+}

@@ -1,0 +1,618 @@
+package coherence
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"slices"
+
+	"github.com/dsmrt/dsm/clocks"
+)
+
+// SimConfig describes one simulated run of a cluster: N engines, a program
+// per node whose threads read and write a few pages, a daemon per node that
+// applies the engines' outputs the way the real one does, and a network that
+// loses, duplicates, reorders and delays messages. SimConfigFor derives a
+// config from a seed.
+type SimConfig struct {
+	Seed       uint64  // drives every random choice of the run
+	Nodes      int     // 1 .. 64
+	Pages      int     // pages in the region
+	Threads    int     // program threads per node
+	Ops        int     // accesses per thread
+	WriteRatio float64 // share of accesses that are writes
+	Loss       float64 // probability that a message is lost (chaotic phase)
+	Dup        float64 // probability that a message is delivered twice (chaotic phase)
+	MaxDelay   int     // a message is delivered 0..MaxDelay steps after it is sent
+	RetryTicks int     // Config.RetryTicks of every engine
+	// SettleSteps bounds the reliable phase at the end: a run that does not
+	// reach quiescence within it violates liveness. 0 means 200000.
+	SettleSteps int
+	// Trace, if set, receives one line per step.
+	Trace io.Writer
+
+	// Test hooks: deliberate bugs, to prove the checks catch them.
+	bugs   bugs
+	mutate func(n NodeID, o *Output) bool // false drops the output
+}
+
+// SimConfigFor returns the config of the seeded schedule seed: cluster size,
+// pages, threads, network faults and timing are all drawn from the seed.
+func SimConfigFor(seed uint64) SimConfig {
+	r := rand.New(rand.NewPCG(seed, 0x5eed5eed))
+	pick := func(xs ...float64) float64 { return xs[r.IntN(len(xs))] }
+	return SimConfig{
+		Seed:       seed,
+		Nodes:      2 + r.IntN(5),
+		Pages:      1 + r.IntN(4),
+		Threads:    1 + r.IntN(2),
+		Ops:        2 + r.IntN(10),
+		WriteRatio: pick(0.1, 0.5, 0.9),
+		Loss:       pick(0, 0.05, 0.2, 0.4),
+		Dup:        pick(0, 0.05, 0.2),
+		MaxDelay:   int(pick(0, 2, 10, 40)),
+		RetryTicks: 1 + r.IntN(8),
+	}
+}
+
+// SimResult summarises a run.
+type SimResult struct {
+	Steps      int     // simulation steps taken
+	Reads      int     // reads the programs completed
+	Writes     int     // writes the programs completed
+	Faults     int     // faults the programs raised
+	Sent       int     // messages the daemons sent
+	Lost       int     // messages the network lost
+	Duplicated int     // messages the network delivered twice
+	Stats      []Stats // each engine's counters at the end
+}
+
+// ErrViolation is wrapped by every *Violation.
+var ErrViolation = errors.New("coherence: simulation found a violation")
+
+// The kinds of Violation.
+const (
+	ViolTwoWriters     = "two writable copies"
+	ViolReaderBeside   = "readable copy beside a writable one"
+	ViolStaleRead      = "read did not return the latest write"
+	ViolStaleCopy      = "copy does not hold the latest write"
+	ViolInvalidData    = "invalid page holds data"
+	ViolStateMismatch  = "engine state and page disagree"
+	ViolVersion        = "page version out of order"
+	ViolClock          = "page version clocks out of causal order"
+	ViolDaemonContract = "output breaks the daemon contract"
+	ViolEngineError    = "engine refused an input"
+	ViolAnomaly        = "engine reached an impossible state"
+	ViolLiveness       = "run did not complete once the network was reliable"
+)
+
+// Violation is a broken invariant found by Simulate.
+type Violation struct {
+	Seed   uint64
+	Step   int
+	Kind   string // one of the Viol* constants
+	Detail string
+}
+
+// Error says what broke, where, and in which schedule.
+func (v *Violation) Error() string {
+	return fmt.Sprintf("seed %d, step %d: %s: %s", v.Seed, v.Step, v.Kind, v.Detail)
+}
+
+// Unwrap returns ErrViolation.
+func (v *Violation) Unwrap() error { return ErrViolation }
+
+// Simulate runs one seeded schedule and checks the protocol after every
+// step: at most one writable copy of a page, no readable copy beside a
+// writable one, every copy and every read holds the latest write, Invalid
+// pages hold no data, the engines' states match the pages, versions grow one
+// write at a time, and every output keeps the daemon contract. The run has a
+// chaotic phase (the programs run, the network misbehaves) and a reliable
+// phase (no loss or duplication) that must reach quiescence: every fault
+// served, every transaction closed. The same config gives the same run.
+func Simulate(cfg SimConfig) (SimResult, error) {
+	s, err := newSim(cfg)
+	if err != nil {
+		return SimResult{}, err
+	}
+	err = s.run()
+	s.res.Steps = s.step
+	for _, n := range s.nodes {
+		s.res.Stats = append(s.res.Stats, n.eng.Stats())
+	}
+	return s.res, err
+}
+
+func newSim(cfg SimConfig) (*sim, error) {
+	if cfg.Nodes < 1 || cfg.Nodes > 64 || cfg.Pages < 1 || cfg.Threads < 1 || cfg.Ops < 0 || cfg.MaxDelay < 0 {
+		return nil, fmt.Errorf("%w: simulate %d nodes, %d pages, %d threads, %d ops, delay %d: want 1..64 nodes, at least one page and thread, no negative counts",
+			ErrConfig, cfg.Nodes, cfg.Pages, cfg.Threads, cfg.Ops, cfg.MaxDelay)
+	}
+	s := &sim{
+		cfg:    cfg,
+		rng:    rand.New(rand.NewPCG(cfg.Seed, 0xd15c0)),
+		latest: make([]uint64, cfg.Pages),
+		gver:   make([]uint64, cfg.Pages),
+		gclock: make([]clocks.Vector, cfg.Pages),
+		chaos:  true,
+	}
+	for i := range cfg.Nodes {
+		e, err := New(Config{ID: NodeID(i), Nodes: cfg.Nodes, Pages: cfg.Pages, RetryTicks: cfg.RetryTicks})
+		if err != nil {
+			return nil, err
+		}
+		e.bugs = cfg.bugs
+		n := &simNode{id: NodeID(i), eng: e, pages: make([]simPage, cfg.Pages), threads: make([]simThread, cfg.Threads)}
+		for t := range n.threads {
+			n.threads[t].left = cfg.Ops
+		}
+		s.nodes = append(s.nodes, n)
+	}
+	return s, nil
+}
+
+type sim struct {
+	cfg    SimConfig
+	rng    *rand.Rand
+	step   int
+	nodes  []*simNode
+	net    []packet
+	latest []uint64        // per page: the value of the latest write
+	gver   []uint64        // per page: the version of the latest writable copy
+	gclock []clocks.Vector // per page: the newest version clock installed
+	value  uint64          // the last value written
+	chaos  bool
+	res    SimResult
+	cands  []cand
+}
+
+type simNode struct {
+	id      NodeID
+	eng     *Engine
+	outq    []Output   // the rest of the batch being applied
+	inbox   []simEvent // faults and messages waiting for the daemon
+	pages   []simPage
+	threads []simThread
+}
+
+// simPage is a node's physical copy of a page: absent when data is nil.
+type simPage struct {
+	data     []byte
+	writable bool
+}
+
+type simEvent struct {
+	msg    []byte // a message, or else a fault
+	page   PageID
+	access Access
+}
+
+type simThread struct {
+	left    int    // accesses still to start
+	busy    bool   // an access is under way
+	blocked bool   // faulted; waits for a wake
+	page    PageID // the access under way
+	access  Access
+}
+
+type packet struct {
+	at int // deliverable from this step
+	to NodeID
+	b  []byte
+}
+
+type candKind uint8
+
+const (
+	cThread candKind = iota
+	cApply
+	cInput
+	cDeliver
+	cTick
+)
+
+type cand struct {
+	kind candKind
+	node int
+	arg  int
+}
+
+func (s *sim) violation(kind, format string, args ...any) error {
+	return &Violation{Seed: s.cfg.Seed, Step: s.step, Kind: kind, Detail: fmt.Sprintf(format, args...)}
+}
+
+func (s *sim) tracef(format string, args ...any) {
+	if s.cfg.Trace != nil {
+		fmt.Fprintf(s.cfg.Trace, "%6d "+format+"\n", append([]any{s.step}, args...)...)
+	}
+}
+
+func (s *sim) run() error {
+	chaosBudget := 1000 + 300*s.cfg.Nodes*s.cfg.Threads*s.cfg.Ops
+	settle := s.cfg.SettleSteps
+	if settle == 0 {
+		settle = 200000
+	}
+	for limit := chaosBudget; ; s.step++ {
+		if s.chaos && (s.step >= limit || s.programsDone()) {
+			s.chaos = false
+			limit = s.step + settle
+			s.tracef("network reliable from here")
+		}
+		if !s.chaos {
+			if s.quiescent() {
+				return s.finalChecks()
+			}
+			if s.step >= limit {
+				return s.violation(ViolLiveness, "not quiescent after %d reliable steps: %s", settle, s.waitingFor())
+			}
+		}
+		touched, err := s.once()
+		if err != nil {
+			return err
+		}
+		if err := s.check(touched); err != nil {
+			return err
+		}
+	}
+}
+
+// once takes one step: a thread's access, a daemon's output or input, a
+// delivery or a tick, chosen at random among those possible. It returns the
+// node whose engine or pages the step may have changed.
+func (s *sim) once() (*simNode, error) {
+	c := s.cands[:0]
+	for i, n := range s.nodes {
+		for t := range n.threads {
+			th := &n.threads[t]
+			if !th.blocked && (th.busy || th.left > 0) {
+				c = append(c, cand{cThread, i, t}, cand{cThread, i, t})
+			}
+		}
+		if len(n.outq) > 0 {
+			c = append(c, cand{cApply, i, 0}, cand{cApply, i, 0}, cand{cApply, i, 0})
+		} else if len(n.inbox) > 0 {
+			c = append(c, cand{cInput, i, 0}, cand{cInput, i, 0}, cand{cInput, i, 0})
+		}
+	}
+	for i, p := range s.net {
+		if p.at <= s.step {
+			c = append(c, cand{cDeliver, 0, i})
+		}
+	}
+	if s.chaos || len(c) == 0 {
+		for i, n := range s.nodes {
+			if len(n.outq) == 0 {
+				c = append(c, cand{cTick, i, 0})
+			}
+		}
+	}
+	s.cands = c
+	if len(c) == 0 {
+		return nil, nil // every daemon is mid-batch with nothing to do: cannot happen
+	}
+	x := c[s.rng.IntN(len(c))]
+	n := s.nodes[x.node]
+	switch x.kind {
+	case cThread:
+		return n, s.access(n, &n.threads[x.arg])
+	case cApply:
+		o := n.outq[0]
+		n.outq = n.outq[1:]
+		return n, s.apply(n, o)
+	case cInput:
+		ev := n.inbox[0]
+		n.inbox = n.inbox[1:]
+		return n, s.input(n, ev)
+	case cDeliver:
+		p := s.net[x.arg]
+		s.net = slices.Delete(s.net, x.arg, x.arg+1)
+		s.tracef("deliver to %d", p.to)
+		dst := s.nodes[p.to]
+		dst.inbox = append(dst.inbox, simEvent{msg: p.b})
+		return nil, nil
+	case cTick:
+		s.tracef("node %d: tick", n.id)
+		n.eng.Tick()
+		return n, s.collect(n)
+	}
+	return nil, nil
+}
+
+// access runs one step of a program thread: start an access and try it.
+func (s *sim) access(n *simNode, th *simThread) error {
+	if !th.busy {
+		th.left--
+		th.busy = true
+		th.page = PageID(s.rng.IntN(s.cfg.Pages))
+		th.access = Read
+		if s.rng.Float64() < s.cfg.WriteRatio {
+			th.access = Write
+		}
+	}
+	pg := &n.pages[th.page]
+	switch {
+	case th.access == Read && pg.data != nil:
+		v := binary.LittleEndian.Uint64(pg.data)
+		s.tracef("node %d: read p%d = %d", n.id, th.page, v)
+		if v != s.latest[th.page] {
+			return s.violation(ViolStaleRead, "node %d read %d from page %d, the latest write is %d", n.id, v, th.page, s.latest[th.page])
+		}
+		s.res.Reads++
+		th.busy = false
+	case th.access == Write && pg.data != nil && pg.writable:
+		s.value++
+		binary.LittleEndian.PutUint64(pg.data, s.value)
+		s.latest[th.page] = s.value
+		s.tracef("node %d: write p%d = %d", n.id, th.page, s.value)
+		s.res.Writes++
+		th.busy = false
+	default:
+		s.tracef("node %d: %v fault on p%d", n.id, th.access, th.page)
+		s.res.Faults++
+		th.blocked = true
+		n.inbox = append(n.inbox, simEvent{page: th.page, access: th.access})
+	}
+	return nil
+}
+
+// input feeds the daemon's next event to its engine.
+func (s *sim) input(n *simNode, ev simEvent) error {
+	if ev.msg == nil {
+		s.tracef("node %d: Fault(p%d, %v)", n.id, ev.page, ev.access)
+		if err := n.eng.Fault(ev.page, ev.access); err != nil {
+			return s.violation(ViolEngineError, "node %d: Fault: %v", n.id, err)
+		}
+		return s.collect(n)
+	}
+	m, err := UnmarshalMessage(ev.msg)
+	if err != nil {
+		return s.violation(ViolEngineError, "node %d: cannot decode a message: %v", n.id, err)
+	}
+	s.tracef("node %d: Step(%v)", n.id, m)
+	if err := n.eng.Step(m); err != nil {
+		return s.violation(ViolEngineError, "node %d: Step(%v): %v", n.id, m, err)
+	}
+	return s.collect(n)
+}
+
+// collect queues the engine's outputs for the daemon.
+func (s *sim) collect(n *simNode) error {
+	for _, o := range n.eng.Ready() {
+		if s.cfg.mutate != nil && !s.cfg.mutate(n.id, &o) {
+			continue
+		}
+		n.outq = append(n.outq, o)
+	}
+	return nil
+}
+
+// apply carries out one output the way the node daemon does.
+func (s *sim) apply(n *simNode, o Output) error {
+	s.tracef("node %d: %v", n.id, o)
+	if m := o.Msg; m != nil {
+		if m.To == n.id || int(m.To) >= len(s.nodes) {
+			return s.violation(ViolDaemonContract, "node %d sends %v", n.id, m)
+		}
+		if m.NeedData {
+			pg := &n.pages[m.Page]
+			if pg.data == nil || pg.writable {
+				return s.violation(ViolDaemonContract, "node %d: %v needs data but the page is %s",
+					n.id, m, physState(pg))
+			}
+			m.Data = slices.Clone(pg.data)
+			m.Meta = []byte{byte(n.id)}
+			m.NeedData = false
+		}
+		b := m.AppendBinary(nil)
+		s.res.Sent++
+		loss, dup := s.cfg.Loss, s.cfg.Dup
+		if !s.chaos {
+			loss, dup = 0, 0
+		}
+		if s.rng.Float64() < loss {
+			s.res.Lost++
+			s.tracef("lost")
+			return nil
+		}
+		s.net = append(s.net, packet{at: s.step + s.rng.IntN(s.cfg.MaxDelay+1), to: m.To, b: b})
+		if s.rng.Float64() < dup {
+			s.res.Duplicated++
+			s.net = append(s.net, packet{at: s.step + s.rng.IntN(s.cfg.MaxDelay+1), to: m.To, b: b})
+		}
+		return nil
+	}
+	a := o.Act
+	if a == nil || int(a.Page) >= s.cfg.Pages {
+		return s.violation(ViolDaemonContract, "node %d: output %v", n.id, o)
+	}
+	pg := &n.pages[a.Page]
+	switch a.Kind {
+	case ActInstall:
+		if pg.data != nil {
+			return s.violation(ViolDaemonContract, "node %d installs page %d, which is present", n.id, a.Page)
+		}
+		if err := s.checkVersion(n, a, a.Writable); err != nil {
+			return err
+		}
+		switch {
+		case a.Zero:
+			pg.data = make([]byte, 8)
+		case len(a.Data) == 8 && len(a.Meta) == 1 && NodeID(a.Meta[0]) == a.From:
+			pg.data = slices.Clone(a.Data)
+		default:
+			return s.violation(ViolDaemonContract, "node %d installs page %d with %d bytes of data and meta %v from node %d",
+				n.id, a.Page, len(a.Data), a.Meta, a.From)
+		}
+		pg.writable = a.Writable
+		s.wake(n, a.Page)
+	case ActProtect:
+		if pg.data == nil || !pg.writable {
+			return s.violation(ViolDaemonContract, "node %d protects page %d, which is %s", n.id, a.Page, physState(pg))
+		}
+		pg.writable = false
+	case ActUnprotect:
+		if pg.data == nil || pg.writable {
+			return s.violation(ViolDaemonContract, "node %d unprotects page %d, which is %s", n.id, a.Page, physState(pg))
+		}
+		if err := s.checkVersion(n, a, true); err != nil {
+			return err
+		}
+		pg.writable = true
+		s.wake(n, a.Page)
+	case ActDrop:
+		if pg.data == nil {
+			return s.violation(ViolDaemonContract, "node %d drops page %d, which is absent", n.id, a.Page)
+		}
+		pg.data, pg.writable = nil, false
+	case ActWake:
+		s.wake(n, a.Page)
+	default:
+		return s.violation(ViolDaemonContract, "node %d: unknown action %v", n.id, a)
+	}
+	return nil
+}
+
+// checkVersion checks that a writable copy starts the next version and a
+// read copy is the current one, and that version clocks only move forward
+// in causal order.
+func (s *sim) checkVersion(n *simNode, a *Action, writable bool) error {
+	want := s.gver[a.Page]
+	if writable {
+		want++
+	}
+	if a.Version != want {
+		return s.violation(ViolVersion, "node %d: %v, the page's current version is %d", n.id, a, s.gver[a.Page])
+	}
+	if len(a.Clock) != s.cfg.Nodes {
+		return s.violation(ViolClock, "node %d: %v carries clock %v", n.id, a, a.Clock)
+	}
+	if o := a.Clock.Compare(s.gclock[a.Page]); o != clocks.After && o != clocks.Equal {
+		return s.violation(ViolClock, "node %d: %v has clock %v, %v the page's previous clock %v",
+			n.id, a, a.Clock, o, s.gclock[a.Page])
+	}
+	s.gver[a.Page], s.gclock[a.Page] = want, a.Clock.Clone()
+	return nil
+}
+
+func (s *sim) wake(n *simNode, p PageID) {
+	for t := range n.threads {
+		if th := &n.threads[t]; th.blocked && th.page == p {
+			th.blocked = false
+		}
+	}
+}
+
+func physState(pg *simPage) State {
+	switch {
+	case pg.data == nil:
+		return Invalid
+	case pg.writable:
+		return Exclusive
+	}
+	return Shared
+}
+
+// check verifies the invariants of the whole cluster, and that the engine
+// of node touched (if any; the others did not change) agrees with its
+// pages.
+func (s *sim) check(touched *simNode) error {
+	for p := range s.cfg.Pages {
+		writer, readers := -1, 0
+		for _, n := range s.nodes {
+			pg := &n.pages[p]
+			if pg.data == nil {
+				continue
+			}
+			if v := binary.LittleEndian.Uint64(pg.data); v != s.latest[p] {
+				return s.violation(ViolStaleCopy, "node %d holds %d in page %d (%s), the latest write is %d",
+					n.id, v, p, physState(pg), s.latest[p])
+			}
+			if !pg.writable {
+				readers++
+				continue
+			}
+			if writer >= 0 {
+				return s.violation(ViolTwoWriters, "nodes %d and %d both hold page %d writable", writer, n.id, p)
+			}
+			writer = int(n.id)
+		}
+		if writer >= 0 && readers > 0 {
+			return s.violation(ViolReaderBeside, "node %d holds page %d writable while %d nodes hold it read-only", writer, p, readers)
+		}
+	}
+	// Mid-batch the engine is ahead of the pages: compare once it is applied.
+	if n := touched; n != nil && len(n.outq) == 0 {
+		for p := range n.pages {
+			st, ph := n.eng.State(PageID(p)), physState(&n.pages[p])
+			switch {
+			case st == Invalid && ph != Invalid:
+				return s.violation(ViolInvalidData, "node %d: engine says page %d is invalid, the page holds data (%v)", n.id, p, ph)
+			case st != ph:
+				return s.violation(ViolStateMismatch, "node %d: engine says page %d is %v, the page is %v", n.id, p, st, ph)
+			}
+		}
+	}
+	return nil
+}
+
+func (s *sim) programsDone() bool {
+	for _, n := range s.nodes {
+		for _, th := range n.threads {
+			if th.busy || th.left > 0 {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (s *sim) quiescent() bool {
+	if len(s.net) > 0 || !s.programsDone() {
+		return false
+	}
+	for _, n := range s.nodes {
+		if len(n.outq) > 0 || len(n.inbox) > 0 || !n.eng.Idle() {
+			return false
+		}
+	}
+	return true
+}
+
+// waitingFor describes what keeps a run from quiescence.
+func (s *sim) waitingFor() string {
+	var b []byte
+	for _, n := range s.nodes {
+		for t, th := range n.threads {
+			if th.busy {
+				b = fmt.Appendf(b, "node %d thread %d waits for a %v of page %d (blocked=%v); ", n.id, t, th.access, th.page, th.blocked)
+			}
+		}
+		if pend := n.eng.Pending(); pend > 0 {
+			b = fmt.Appendf(b, "node %d has %d requests in flight; ", n.id, pend)
+		}
+		for p := range s.cfg.Pages {
+			if d, ok := n.eng.DirEntry(PageID(p)); ok && (d.Busy || d.Queue > 0) {
+				b = fmt.Appendf(b, "page %d's home %d is busy with node %d, %d queued; ", p, n.id, d.Requester, d.Queue)
+			}
+		}
+		if !n.eng.Idle() {
+			b = fmt.Appendf(b, "node %d not idle; ", n.id)
+		}
+	}
+	if len(s.net) > 0 {
+		b = fmt.Appendf(b, "%d messages in the network", len(s.net))
+	}
+	return string(b)
+}
+
+func (s *sim) finalChecks() error {
+	for _, n := range s.nodes {
+		if a := n.eng.Stats().Anomalies; a > 0 {
+			return s.violation(ViolAnomaly, "node %d counted %d anomalies", n.id, a)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,286 @@
+package coherence
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+)
+
+var (
+	seedFlag      = flag.Uint64("seed", 0, "replay one simulator schedule with this seed (0: run the whole set)")
+	schedulesFlag = flag.Int("schedules", 10000, "number of seeded simulator schedules TestSimulator runs (-short or -race: a fifth)")
+)
+
+// skipWhenReplaying skips the other simulator tests when -seed asks to
+// replay one schedule of TestSimulator.
+func skipWhenReplaying(t *testing.T) {
+	if *seedFlag != 0 {
+		t.Skip("-seed replays one schedule of TestSimulator only")
+	}
+}
+
+// replayHint is printed with every failing seed.
+func replayHint(seed uint64) string {
+	return fmt.Sprintf("replay with: go test ./coherence -run TestSimulator -seed=%d", seed)
+}
+
+// traceTail reruns a schedule with tracing and returns its last lines.
+func traceTail(cfg SimConfig, lines int) string {
+	var buf bytes.Buffer
+	cfg.Trace = &buf
+	Simulate(cfg)
+	all := strings.Split(strings.TrimRight(buf.String(), "\n"), "\n")
+	if len(all) > lines {
+		all = all[len(all)-lines:]
+	}
+	return strings.Join(all, "\n")
+}
+
+func TestSimulator(t *testing.T) {
+	if *seedFlag != 0 {
+		cfg := SimConfigFor(*seedFlag)
+		var buf bytes.Buffer
+		if testing.Verbose() {
+			cfg.Trace = &buf
+		}
+		res, err := Simulate(cfg)
+		if buf.Len() > 0 {
+			t.Logf("trace of seed %d:\n%s", *seedFlag, buf.String())
+		}
+		t.Logf("config %+v", SimConfigFor(*seedFlag))
+		t.Logf("result: %d steps, %d reads, %d writes, %d faults, %d sent, %d lost, %d duplicated",
+			res.Steps, res.Reads, res.Writes, res.Faults, res.Sent, res.Lost, res.Duplicated)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, replayHint(*seedFlag))
+		}
+		return
+	}
+	n := *schedulesFlag
+	if testing.Short() || raceEnabled {
+		// The race detector slows the simulator about tenfold; the
+		// schedules exercise the same code either way.
+		n /= 5
+	}
+	type failure struct {
+		seed uint64
+		err  error
+	}
+	var (
+		mu      sync.Mutex
+		first   *failure
+		next    uint64 = 1
+		total   SimResult
+		workers = runtime.GOMAXPROCS(0)
+		wg      sync.WaitGroup
+	)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				mu.Lock()
+				seed := next
+				next++
+				stop := seed > uint64(n) || (first != nil && seed > first.seed)
+				mu.Unlock()
+				if stop {
+					return
+				}
+				res, err := Simulate(SimConfigFor(seed))
+				mu.Lock()
+				if err != nil && (first == nil || seed < first.seed) {
+					first = &failure{seed, err}
+				}
+				total.Steps += res.Steps
+				total.Reads += res.Reads
+				total.Writes += res.Writes
+				total.Faults += res.Faults
+				total.Sent += res.Sent
+				total.Lost += res.Lost
+				total.Duplicated += res.Duplicated
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if first != nil {
+		t.Fatalf("%v\nlast steps of the schedule:\n%s\n%s", first.err, traceTail(SimConfigFor(first.seed), 80), replayHint(first.seed))
+	}
+	t.Logf("%d schedules: %d steps, %d reads, %d writes, %d faults, %d messages (%d lost, %d duplicated)",
+		n, total.Steps, total.Reads, total.Writes, total.Faults, total.Sent, total.Lost, total.Duplicated)
+	if total.Reads == 0 || total.Writes == 0 || total.Lost == 0 || total.Duplicated == 0 {
+		t.Fatalf("the schedules exercised too little: %+v", total)
+	}
+}
+
+// TestSimulatorDeterministic checks that a seed replays exactly.
+func TestSimulatorDeterministic(t *testing.T) {
+	skipWhenReplaying(t)
+	for _, seed := range []uint64{3, 17, 4242} {
+		var a, b bytes.Buffer
+		ca, cb := SimConfigFor(seed), SimConfigFor(seed)
+		ca.Trace, cb.Trace = &a, &b
+		ra, ea := Simulate(ca)
+		rb, eb := Simulate(cb)
+		if ea != nil || eb != nil {
+			t.Fatalf("seed %d: %v / %v", seed, ea, eb)
+		}
+		if a.String() != b.String() || ra.Steps != rb.Steps || ra.Sent != rb.Sent {
+			t.Fatalf("seed %d does not replay: %d vs %d steps", seed, ra.Steps, rb.Steps)
+		}
+		if a.Len() == 0 {
+			t.Fatalf("seed %d: empty trace", seed)
+		}
+	}
+}
+
+// findViolation runs schedules until one fails and returns its violation.
+func findViolation(t *testing.T, seeds int, tweak func(*SimConfig)) *Violation {
+	t.Helper()
+	for seed := uint64(1); seed <= uint64(seeds); seed++ {
+		cfg := SimConfigFor(seed)
+		tweak(&cfg)
+		_, err := Simulate(cfg)
+		if err == nil {
+			continue
+		}
+		var v *Violation
+		if !errors.As(err, &v) || !errors.Is(err, ErrViolation) {
+			t.Fatalf("seed %d: error %v is not a *Violation", seed, err)
+		}
+		return v
+	}
+	return nil
+}
+
+// TestSimulatorCatchesBugs breaks the protocol or the daemon on purpose and
+// checks that the simulator notices, with the right complaint.
+func TestSimulatorCatchesBugs(t *testing.T) {
+	skipWhenReplaying(t)
+	tests := []struct {
+		name  string
+		tweak func(*SimConfig)
+		kinds []string // any of these
+	}{
+		{
+			name:  "home skips invalidations",
+			tweak: func(c *SimConfig) { c.bugs.skipInval = true },
+			kinds: []string{ViolReaderBeside, ViolStaleCopy, ViolStaleRead},
+		},
+		{
+			name:  "owner sends without write-protecting",
+			tweak: func(c *SimConfig) { c.bugs.noProtect = true },
+			kinds: []string{ViolDaemonContract},
+		},
+		{
+			name: "daemon ignores invalidations",
+			tweak: func(c *SimConfig) {
+				c.mutate = func(n NodeID, o *Output) bool { return o.Act == nil || o.Act.Kind != ActDrop }
+			},
+			kinds: []string{ViolInvalidData},
+		},
+		{
+			name: "corrupt page data in flight",
+			tweak: func(c *SimConfig) {
+				c.mutate = func(n NodeID, o *Output) bool {
+					if a := o.Act; a != nil && a.Kind == ActInstall && !a.Zero {
+						bad := bytes.Clone(a.Data)
+						bad[0] ^= 1
+						a.Data = bad
+					}
+					return true
+				}
+			},
+			kinds: []string{ViolStaleCopy},
+		},
+		{
+			name: "installs claim the wrong version",
+			tweak: func(c *SimConfig) {
+				c.mutate = func(n NodeID, o *Output) bool {
+					if a := o.Act; a != nil && a.Kind == ActInstall && !a.Writable {
+						a.Version++
+					}
+					return true
+				}
+			},
+			kinds: []string{ViolVersion},
+		},
+		{
+			name: "writable copies forget the page's history",
+			tweak: func(c *SimConfig) {
+				c.mutate = func(n NodeID, o *Output) bool {
+					if a := o.Act; a != nil && a.Writable {
+						a.Clock = make([]uint64, len(a.Clock))
+					}
+					return true
+				}
+			},
+			kinds: []string{ViolClock},
+		},
+		{
+			name: "requests are never retransmitted",
+			tweak: func(c *SimConfig) {
+				c.SettleSteps = 5000
+				c.bugs.noRetry = true
+			},
+			kinds: []string{ViolLiveness},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v := findViolation(t, 2000, tt.tweak)
+			if v == nil {
+				t.Fatalf("2000 schedules passed with the bug in place")
+			}
+			ok := false
+			for _, k := range tt.kinds {
+				ok = ok || v.Kind == k
+			}
+			if !ok {
+				t.Fatalf("caught %q, want one of %q: %v", v.Kind, tt.kinds, v)
+			}
+			t.Logf("caught: %v", v)
+		})
+	}
+}
+
+// TestSimulatorShapes runs cluster shapes the seeded set does not draw: a
+// single node, many threads on one page, a wide cluster, a network that
+// loses most messages, and very eager retransmission.
+func TestSimulatorShapes(t *testing.T) {
+	skipWhenReplaying(t)
+	tests := []struct {
+		name string
+		edit func(c *SimConfig)
+	}{
+		{"one node", func(c *SimConfig) { c.Nodes, c.Threads = 1, 3 }},
+		{"many threads, one page", func(c *SimConfig) { c.Pages, c.Threads, c.Ops = 1, 4, 8 }},
+		{"wide cluster", func(c *SimConfig) { c.Nodes, c.Pages, c.Threads, c.Ops = 12, 6, 1, 4 }},
+		{"lossy network", func(c *SimConfig) { c.Loss, c.Dup, c.MaxDelay = 0.7, 0.3, 5 }},
+		{"eager retries, long delays", func(c *SimConfig) { c.RetryTicks, c.MaxDelay = 1, 60 }},
+		{"read-mostly", func(c *SimConfig) { c.WriteRatio = 0.02 }},
+		{"write-only", func(c *SimConfig) { c.WriteRatio = 1 }},
+	}
+	seeds := 300
+	if testing.Short() || raceEnabled {
+		seeds = 60
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			for seed := uint64(1); seed <= uint64(seeds); seed++ {
+				cfg := SimConfigFor(seed)
+				tt.edit(&cfg)
+				if _, err := Simulate(cfg); err != nil {
+					t.Fatalf("%v\nlast steps:\n%s\nreplay with: go test ./coherence -run 'TestSimulatorShapes/%s' -v",
+						err, traceTail(cfg, 60), strings.ReplaceAll(tt.name, " ", "_"))
+				}
+			}
+		})
+	}
+}
