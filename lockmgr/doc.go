@@ -1,0 +1,115 @@
+// Package lockmgr is the distributed lock manager of the DSM runtime:
+// mutexes, read-write locks, barriers and leader election for programs that
+// share memory across nodes.
+//
+// Programs under release consistency synchronise through it, and the
+// coherence layer relies on it to order their critical sections, so it has
+// to stay correct when messages are lost, duplicated or reordered, when
+// nodes crash or are cut off, and when its failure detector is wrong. To make
+// that testable the package is a pure state machine in the style of etcd's
+// raft: an Engine has no goroutines, clock, I/O or randomness of its own
+// (retry jitter comes from Config.Rand). The node daemon hosts one Engine,
+// feeds it inputs — requests of local programs (Lock, Unlock, Cancel,
+// Campaign, Resign, Barrier, ReleaseClient), messages from peers (Step),
+// ticks of its clock (Tick) and verdicts of its failure detector (PeerDown)
+// — and after each input applies the outputs of Ready: it sends the messages
+// and tells local programs about the events (Granted, Lost, BarrierDone,
+// Refused). Simulate runs many engines under a seeded adversarial schedule
+// and checks the invariants after every step.
+//
+// # Homes and requests
+//
+// Every lock, election and barrier has a home, the node Config.Home names
+// (the DHT). The home keeps its state: the holders in grant order, and the
+// waiters in arrival order. Grants are first-come first-served: readers
+// (SharedMode) share with readers, a writer (Exclusive) waits for all
+// holders to leave, and a waiting writer keeps readers that come after it
+// behind it, so nobody starves.
+//
+// A client is a program attached to the daemon, named by a uint64 the daemon
+// chooses and does not reuse while it runs; a request is named by the
+// client and a request id that must grow from one request of the client to
+// the next (Lock, Campaign and Barrier refuse others with ErrInvalid). Every request gets exactly
+// one answer, Granted (or BarrierDone) or Refused, unless its client is
+// released first; a Granted may later be followed by one Lost. The
+// requester retransmits requests with jitter until the home answers, and
+// every handler is idempotent: the home recognises copies by request id,
+// remembers finished requests for a while, and a grant that reaches a
+// requester for a request it no longer wants (canceled, released, or from a
+// restarted home) is given back at once, so no ghost holder remains.
+//
+// # Leases and fencing tokens
+//
+// A grant is a lease. The holder's node renews it every RenewTicks. The
+// home drops a holder that has not renewed for HomeLeaseTicks and grants
+// the next waiter. The holder believes in its lease for HolderLeaseTicks,
+// counted from when it *sent* the request or renewal that the home answered
+// (the home echoes the requester's clock reading, Message.Stamp); Holding
+// reports that belief. Since the home received the message after it was
+// sent and HolderLeaseTicks < HomeLeaseTicks, a holder that is cut off
+// stops believing before the home can give the lock to anyone else. The
+// margin must cover the drift between the nodes' clocks over one lease;
+// a node that stops ticking (a paused VM) breaks the assumption, which is
+// what fencing tokens are for.
+//
+// Every grant carries a fencing token that grows strictly per lock, across
+// holders and failures: Epoch<<32 | counter, where Epoch is the incarnation
+// of the home (Config.Epoch) and the counter counts the home's grants.
+// Storage that remembers the largest token it has seen and refuses smaller
+// ones is safe even against a holder that was paused past its lease.
+//
+// When a program exits, the daemon calls ReleaseClient and the releases go
+// out at once. When a holder's node dies or is cut off, its lease expires
+// at the home. When the daemon restarts, its new Epoch tells every home that
+// the old incarnation's clients are gone, and their holds, waits and
+// barrier arrivals are dropped at once.
+//
+// # When a home fails
+//
+// Locks homed on a dead node are unavailable until it returns: requests
+// for them are retransmitted, and PeerDown refuses them (ErrHomeDown) so
+// that programs do not hang; holders of such locks are told Lost, since
+// they can no longer renew. A restarted home has forgotten its holders, so
+// it grants nothing for HomeLeaseTicks after it starts, by which time every
+// lease it granted before the crash has run out at the holders too (set
+// Config.FreshStart only when no earlier incarnation can have granted
+// anything, as on the first start of a cluster). Its tokens are larger than
+// before because its Epoch is: the daemon must give every restart a larger
+// Epoch, from a persisted counter or from its start time in seconds. So
+// there are never two holders at once, and tokens keep growing.
+//
+// A barrier's home keeps the generation in progress in memory. If it
+// restarts, clients that completed a generation with the old incarnation
+// are refused with ErrBarrierLost (the group starts over under a new name),
+// and PeerDown refuses the arrivals that were waiting there.
+//
+// PeerDown may be wrong (a partition looks like a crash). It is therefore
+// only used to give up early on the requester's side and to drop the
+// node's waiters at the home; the home never drops a holder before its
+// lease ends.
+//
+// # Barriers and elections
+//
+// Barrier(name, count, client, req) completes for all participants when
+// count distinct clients have arrived in the same generation; generations
+// grow (Epoch<<32 | n), so a name serves any number of phases. A client's
+// arrival counts once however often it is retransmitted, and a withdrawn
+// or superseded arrival never counts.
+//
+// Campaign(name, client, req) is an exclusive lock in a separate namespace,
+// held until Resign, ReleaseClient or the loss of the lease; Leader reports
+// the leader (node, client, token) as last known.
+//
+// # Simulation
+//
+// Simulate runs a seeded schedule of several nodes and clients over a
+// network that loses, duplicates, delays and reorders, with crashes,
+// restarts, partitions that heal and false failure verdicts, and checks
+// after every step (including between the nodes' ticks within one global
+// tick) that the holders that believe they hold a lock are one writer or
+// only readers, that tokens grow in grant order, that no grant reaches a
+// canceled or released request, and that no participant completes a
+// barrier generation before all have arrived at it; at the end, with the
+// network healed, that every request was answered and every lock released.
+// A failing seed replays exactly.
+package lockmgr

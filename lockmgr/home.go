@@ -1,0 +1,333 @@
+package lockmgr
+
+import (
+	"math"
+	"slices"
+)
+
+// clientKey names a client of one incarnation of a node, at a home.
+type clientKey struct {
+	node   NodeID
+	epoch  uint32
+	client uint64
+}
+
+// holder is a granted request at the home.
+type holder struct {
+	ck      clientKey
+	req     uint64
+	token   uint64
+	mode    Mode
+	expires int64 // the home drops the holder when now reaches it
+}
+
+// waiter is a queued request at the home.
+type waiter struct {
+	ck      clientKey
+	req     uint64
+	mode    Mode
+	stamp   int64 // the largest requester stamp received
+	expires int64 // dropped unless retransmitted before now reaches it
+}
+
+// hlock is the home's state of one lock or election: holders in grant
+// order and the FIFO queue of waiters.
+type hlock struct {
+	holders []*holder
+	queue   []*waiter
+}
+
+// doneKey names a finished request, so that late copies of it are ignored.
+type doneKey struct {
+	lk  lockKey
+	ck  clientKey
+	req uint64
+}
+
+type doneEntry struct {
+	key   doneKey
+	until int64
+}
+
+// isHome reports whether this node is the home of name.
+func (e *Engine) isHome(name string) bool { return e.cfg.Home(name) == e.id }
+
+// reply sends an answer to the sender of m.
+func (e *Engine) reply(m *Message, r Message) {
+	r.To, r.PeerEpoch = m.From, m.Epoch
+	r.Space, r.Name, r.Client, r.Req = m.Space, m.Name, m.Client, m.Req
+	e.send(r)
+}
+
+// markDone remembers for a while that a request finished, so that late
+// copies of it are ignored. Copies later than that are granted and given
+// back by the requester at once: remembering is an optimisation, and
+// bounded by the rate of requests times 2*HomeLeaseTicks.
+func (e *Engine) markDone(k doneKey) {
+	if _, ok := e.done[k]; ok {
+		return
+	}
+	until := e.now + 2*int64(e.cfg.HomeLeaseTicks)
+	e.done[k] = until
+	e.doneQ = append(e.doneQ, doneEntry{k, until})
+}
+
+// hLock handles a lock request (or its retransmission) at the home.
+func (e *Engine) hLock(m *Message) {
+	lk := lockKey{m.Space, m.Name}
+	if m.Space == SpaceBarrier || m.Mode == 0 || (m.Space == SpaceElection && m.Mode != Exclusive) {
+		e.reply(m, Message{Type: MsgRefuse, Code: CodeInvalid})
+		return
+	}
+	if !e.isHome(m.Name) {
+		e.reply(m, Message{Type: MsgRefuse, Code: CodeNotHome})
+		return
+	}
+	ck := clientKey{m.From, m.Epoch, m.Client}
+	if _, ok := e.done[doneKey{lk, ck, m.Req}]; ok {
+		return
+	}
+	l := e.locks[lk]
+	if l == nil {
+		l = &hlock{}
+		e.locks[lk] = l
+	}
+	for i, h := range l.holders {
+		if h.ck != ck {
+			continue
+		}
+		switch {
+		case h.req == m.Req:
+			// The grant was lost or this is a late copy: the request
+			// travelled after m.Stamp, so it renews like a MsgRenew.
+			h.expires = max(h.expires, e.now+int64(e.cfg.HomeLeaseTicks))
+			e.reply(m, Message{Type: MsgGrant, Mode: h.mode, Token: h.token, Stamp: m.Stamp})
+			return
+		case h.req > m.Req:
+			return
+		}
+		// A newer request of the client: it has given the old one up.
+		l.holders = slices.Delete(l.holders, i, i+1)
+		e.markDone(doneKey{lk, ck, h.req})
+		break
+	}
+	for i, w := range l.queue {
+		if w.ck != ck {
+			continue
+		}
+		switch {
+		case w.req == m.Req:
+			w.stamp = max(w.stamp, m.Stamp)
+			w.expires = e.now + int64(e.cfg.HomeLeaseTicks)
+			e.tellLeader(m, l)
+			return
+		case w.req > m.Req:
+			return
+		}
+		l.queue = slices.Delete(l.queue, i, i+1)
+		e.markDone(doneKey{lk, ck, w.req})
+		break
+	}
+	l.queue = append(l.queue, &waiter{ck: ck, req: m.Req, mode: m.Mode, stamp: m.Stamp,
+		expires: e.now + int64(e.cfg.HomeLeaseTicks)})
+	e.grant(lk, l)
+	if len(l.queue) > 0 && l.queue[len(l.queue)-1].ck == ck {
+		e.tellLeader(m, l)
+	}
+}
+
+// tellLeader tells a waiting campaigner who leads.
+func (e *Engine) tellLeader(m *Message, l *hlock) {
+	if m.Space == SpaceElection {
+		e.send(leaderMsg(m, l))
+	}
+}
+
+// leaderMsg answers m with the leader of election l.
+func leaderMsg(m *Message, l *hlock) Message {
+	r := Message{Type: MsgLeader, To: m.From, PeerEpoch: m.Epoch, Space: SpaceElection, Name: m.Name}
+	if l != nil && len(l.holders) > 0 {
+		h := l.holders[0]
+		r.Holder, r.Client, r.Token = h.ck.node, h.ck.client, h.token
+	}
+	return r
+}
+
+// grant grants the head of the queue for as long as it is compatible with
+// the holders: readers share, a writer waits for all holders to leave, and
+// a waiting writer keeps later readers behind it.
+func (e *Engine) grant(lk lockKey, l *hlock) {
+	if e.now < e.graceUntil {
+		return
+	}
+	for len(l.queue) > 0 {
+		w := l.queue[0]
+		if w.expires <= e.now {
+			l.queue = slices.Delete(l.queue, 0, 1)
+			continue
+		}
+		if len(l.holders) > 0 && (w.mode == Exclusive || l.holders[0].mode == Exclusive) {
+			return
+		}
+		l.queue = slices.Delete(l.queue, 0, 1)
+		msg := Message{To: w.ck.node, PeerEpoch: w.ck.epoch, Space: lk.space, Name: lk.name,
+			Mode: w.mode, Client: w.ck.client, Req: w.req, Stamp: w.stamp}
+		if e.counter == math.MaxUint32 {
+			msg.Type, msg.Code = MsgRefuse, CodeTokensExhausted
+			e.markDone(doneKey{lk, w.ck, w.req})
+			e.send(msg)
+			continue
+		}
+		e.counter++
+		h := &holder{ck: w.ck, req: w.req, mode: w.mode, expires: e.now + int64(e.cfg.HomeLeaseTicks),
+			token: uint64(e.epoch)<<32 | uint64(e.counter)}
+		l.holders = append(l.holders, h)
+		msg.Type, msg.Token = MsgGrant, h.token
+		e.send(msg)
+	}
+}
+
+// hRenew extends the lease of a holder.
+func (e *Engine) hRenew(m *Message) {
+	ck := clientKey{m.From, m.Epoch, m.Client}
+	if l := e.locks[lockKey{m.Space, m.Name}]; l != nil {
+		for _, h := range l.holders {
+			if h.ck == ck && h.token == m.Token {
+				h.expires = max(h.expires, e.now+int64(e.cfg.HomeLeaseTicks))
+				e.reply(m, Message{Type: MsgRenewAck, Token: m.Token, Stamp: m.Stamp})
+				return
+			}
+		}
+	}
+	e.reply(m, Message{Type: MsgRenewAck, Token: m.Token, Code: CodeLeaseExpired})
+}
+
+// hRelease releases a holder or withdraws a waiter. Older requests of the
+// same client go too: a client sends a new request only after it is done
+// with the previous one.
+func (e *Engine) hRelease(m *Message) {
+	lk := lockKey{m.Space, m.Name}
+	ck := clientKey{m.From, m.Epoch, m.Client}
+	if l := e.locks[lk]; l != nil {
+		l.holders = slices.DeleteFunc(l.holders, func(h *holder) bool {
+			gone := h.ck == ck && (h.req < m.Req || h.req == m.Req && (m.Token == 0 || h.token == m.Token))
+			if gone {
+				e.markDone(doneKey{lk, ck, h.req})
+			}
+			return gone
+		})
+		l.queue = slices.DeleteFunc(l.queue, func(w *waiter) bool {
+			gone := w.ck == ck && w.req <= m.Req
+			if gone {
+				e.markDone(doneKey{lk, ck, w.req})
+			}
+			return gone
+		})
+		e.grant(lk, l)
+		e.gcLock(lk, l)
+	}
+	e.markDone(doneKey{lk, ck, m.Req})
+	e.reply(m, Message{Type: MsgReleaseAck, Token: m.Token})
+}
+
+// hQuery answers who leads an election.
+func (e *Engine) hQuery(m *Message) {
+	if m.Space == SpaceElection && e.isHome(m.Name) {
+		e.send(leaderMsg(m, e.locks[lockKey{m.Space, m.Name}]))
+	}
+}
+
+// gcLock forgets an idle lock.
+func (e *Engine) gcLock(lk lockKey, l *hlock) {
+	if len(l.holders) == 0 && len(l.queue) == 0 {
+		delete(e.locks, lk)
+	}
+}
+
+// tickHome expires holders and waiters at the home and grants what that
+// frees.
+func (e *Engine) tickHome() {
+	graceEnds := e.now == e.graceUntil
+	var due []lockKey
+	for lk, l := range e.locks {
+		if graceEnds || l.expiring(e.now) {
+			due = append(due, lk)
+		}
+	}
+	slices.SortFunc(due, lockKey.compare)
+	for _, lk := range due {
+		l := e.locks[lk]
+		l.holders = slices.DeleteFunc(l.holders, func(h *holder) bool {
+			if h.expires <= e.now {
+				e.markDone(doneKey{lk, h.ck, h.req})
+				return true
+			}
+			return false
+		})
+		l.queue = slices.DeleteFunc(l.queue, func(w *waiter) bool { return w.expires <= e.now })
+		e.grant(lk, l)
+		e.gcLock(lk, l)
+	}
+	for len(e.doneQ) > 0 && e.doneQ[0].until <= e.now {
+		delete(e.done, e.doneQ[0].key)
+		e.doneQ[0] = doneEntry{}
+		e.doneQ = e.doneQ[1:]
+	}
+}
+
+func (l *hlock) expiring(now int64) bool {
+	for _, h := range l.holders {
+		if h.expires <= now {
+			return true
+		}
+	}
+	for _, w := range l.queue {
+		if w.expires <= now {
+			return true
+		}
+	}
+	return false
+}
+
+// purgeNode drops what the home keeps for node n: with down set (PeerDown)
+// its waiters and barrier arrivals; otherwise (n restarted as epoch) all
+// that belongs to its older incarnations.
+func (e *Engine) purgeNode(n NodeID, epoch uint32, down bool) {
+	gone := func(ck clientKey) bool { return ck.node == n && (down || ck.epoch < epoch) }
+	var touched []lockKey
+	for lk, l := range e.locks {
+		nh, nq := len(l.holders), len(l.queue)
+		if !down {
+			l.holders = slices.DeleteFunc(l.holders, func(h *holder) bool { return gone(h.ck) })
+		}
+		l.queue = slices.DeleteFunc(l.queue, func(w *waiter) bool { return gone(w.ck) })
+		if len(l.holders) != nh || len(l.queue) != nq {
+			touched = append(touched, lk)
+		}
+	}
+	slices.SortFunc(touched, lockKey.compare)
+	for _, lk := range touched {
+		l := e.locks[lk]
+		e.grant(lk, l)
+		e.gcLock(lk, l)
+	}
+	for _, b := range e.barriers {
+		for ck, req := range b.arrived {
+			if gone(ck) {
+				delete(b.arrived, ck)
+				if c := b.clients[ck]; c != nil && down {
+					// Count the arrival again if the node was alive
+					// after all and sends it again.
+					c.lastReq = req - 1
+				}
+			}
+		}
+		if !down {
+			for ck := range b.clients {
+				if gone(ck) {
+					delete(b.clients, ck)
+				}
+			}
+		}
+	}
+}

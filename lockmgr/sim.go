@@ -1,0 +1,899 @@
+package lockmgr
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"slices"
+	"strings"
+)
+
+// SimConfig configures one schedule of the simulator.
+type SimConfig struct {
+	// Seed determines everything: cluster size, names, clients, network
+	// faults, crashes, and every choice along the way. The same seed
+	// replays the same schedule exactly.
+	Seed uint64
+	// Steps is the length of the chaotic phase (0 means 400). The phase
+	// that follows heals the network and runs to quiescence.
+	Steps int
+	// Trace, when set, receives one line per step, message and event.
+	Trace func(format string, args ...any)
+
+	// Broken configurations, for the tests that prove the checker works.
+	holderLease, homeLease int  // replace the lease lengths when set
+	freshRestart           bool // restarted nodes skip the recovery wait
+}
+
+// SimStats counts what a schedule exercised.
+type SimStats struct {
+	Nodes, Steps, Ticks                       int
+	Delivered, Dropped, Duplicated, Late      int
+	Requests, Grants, Lost, Refused, Canceled int
+	CancelRaces                               int // Cancel after the grant was announced
+	BarrierDone, Crashes, Restarts            int
+	Partitions, PeerDowns                     int
+	Elections                                 int // grants in the election space
+}
+
+// Add adds o to s.
+func (s *SimStats) Add(o SimStats) {
+	s.Nodes += o.Nodes
+	s.Steps += o.Steps
+	s.Ticks += o.Ticks
+	s.Delivered += o.Delivered
+	s.Dropped += o.Dropped
+	s.Duplicated += o.Duplicated
+	s.Late += o.Late
+	s.Requests += o.Requests
+	s.Grants += o.Grants
+	s.Lost += o.Lost
+	s.Refused += o.Refused
+	s.Canceled += o.Canceled
+	s.CancelRaces += o.CancelRaces
+	s.BarrierDone += o.BarrierDone
+	s.Crashes += o.Crashes
+	s.Restarts += o.Restarts
+	s.Partitions += o.Partitions
+	s.PeerDowns += o.PeerDowns
+	s.Elections += o.Elections
+}
+
+// Violation is an invariant the simulator found broken.
+type Violation struct {
+	Seed   uint64
+	Step   int
+	Rule   string // "exclusion", "token order", "ghost grant", "barrier", "liveness", "event", "engine"
+	Detail string
+}
+
+// Error describes the violation with its seed and step.
+func (v *Violation) Error() string {
+	return fmt.Sprintf("lockmgr simulation: seed %d, step %d: %s: %s", v.Seed, v.Step, v.Rule, v.Detail)
+}
+
+// The simulated timing, in ticks.
+const (
+	simHolderLease = 16
+	simHomeLease   = 20
+	simRenew       = 4
+	simRetry       = 2
+	simFinalTicks  = 4000 // the quiescence phase must end within this many ticks
+)
+
+type clientState uint8
+
+const (
+	idle clientState = iota
+	waitingLock
+	holdingLock
+	waitingBarrier
+)
+
+type simClient struct {
+	id        uint64
+	node      *simNode
+	alive     bool
+	state     clientState
+	lk        lockKey
+	mode      Mode
+	req       uint64
+	token     uint64
+	holdUntil int64
+	group     *simGroup
+	calls     int // barrier calls made in the group
+	lastGen   uint64
+}
+
+type simNode struct {
+	id      NodeID
+	eng     *Engine
+	up      bool
+	epoch   uint32
+	side    int
+	clients []*simClient
+}
+
+type simGroup struct {
+	name      string
+	count     int
+	members   []*simClient
+	gens      map[int]uint64 // the generation of each phase
+	dissolved bool
+}
+
+type flight struct {
+	data     []byte
+	from, to NodeID
+	at       int64
+}
+
+type tokenLog struct {
+	max, maxExcl uint64
+	seen         map[uint64]bool
+}
+
+type downNote struct {
+	at        int64
+	to, about NodeID
+}
+
+type sim struct {
+	cfg      SimConfig
+	rng      *rand.Rand
+	nodes    []*simNode
+	clients  map[uint64]*simClient
+	net      []flight
+	notes    []downNote
+	names    []lockKey
+	tokens   map[lockKey]*tokenLog
+	groups   []*simGroup
+	doomed   []*simGroup
+	now      int64
+	step     int
+	nextID   uint64
+	loss     float64
+	dup      float64
+	delay    int
+	final    bool
+	stats    SimStats
+	viol     *Violation
+	nGroups  int
+	perNode  int
+	home     func(string) NodeID
+	homeSeed uint64
+}
+
+// Simulate runs one seeded schedule: several nodes with clients that lock,
+// unlock, read-lock, campaign, cancel, exit and meet at barriers, over a
+// network that loses, duplicates, delays and reorders messages, with node
+// crashes and restarts, partitions that heal, and a failure detector that
+// is sometimes wrong. It checks the invariants after every step and, at
+// the end, that every request was answered once the network healed. It
+// returns a *Violation for the first invariant broken.
+func Simulate(cfg SimConfig) (SimStats, error) {
+	s := &sim{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Seed, 0x10c4)), clients: make(map[uint64]*simClient),
+		tokens: make(map[lockKey]*tokenLog)}
+	if cfg.Steps == 0 {
+		s.cfg.Steps = 400
+	}
+	s.setup()
+	for s.step = 0; s.step < s.cfg.Steps && s.viol == nil; s.step++ {
+		s.chaos()
+		s.check()
+	}
+	if s.viol == nil {
+		s.settle()
+	}
+	s.stats.Steps = s.step
+	if s.viol != nil {
+		return s.stats, s.viol
+	}
+	return s.stats, nil
+}
+
+func (s *sim) tracef(format string, args ...any) {
+	if s.cfg.Trace != nil {
+		s.cfg.Trace("[%d t%d] "+format, append([]any{s.step, s.now}, args...)...)
+	}
+}
+
+func (s *sim) fail(rule, format string, args ...any) {
+	if s.viol == nil {
+		s.viol = &Violation{Seed: s.cfg.Seed, Step: s.step, Rule: rule, Detail: fmt.Sprintf(format, args...)}
+		s.tracef("VIOLATION %s: %s", rule, s.viol.Detail)
+	}
+}
+
+// setup draws the cluster and its workload from the seed.
+func (s *sim) setup() {
+	n := 2 + s.rng.IntN(4)
+	s.stats.Nodes = n
+	s.perNode = 1 + s.rng.IntN(3)
+	s.loss = []float64{0, 0.02, 0.1, 0.25}[s.rng.IntN(4)]
+	s.dup = []float64{0, 0.05, 0.2}[s.rng.IntN(3)]
+	s.delay = []int{0, 2, 6, 12}[s.rng.IntN(4)]
+	s.homeSeed = s.rng.Uint64()
+	s.home = func(name string) NodeID {
+		h := fnv.New64a()
+		h.Write([]byte(name))
+		return NodeID((h.Sum64() ^ s.homeSeed) % uint64(n))
+	}
+	for i := range 1 + s.rng.IntN(3) {
+		s.names = append(s.names, lockKey{SpaceLock, fmt.Sprintf("L%d", i)})
+	}
+	s.names = append(s.names, lockKey{SpaceElection, "leader"})
+	for i := range n {
+		s.nodes = append(s.nodes, &simNode{id: NodeID(i)})
+	}
+	for _, nd := range s.nodes {
+		s.start(nd, true)
+	}
+	s.tracef("setup: %d nodes, %d clients each, loss %.2f dup %.2f delay %d", n, s.perNode, s.loss, s.dup, s.delay)
+}
+
+// start boots an incarnation of a node with fresh clients.
+func (s *sim) start(nd *simNode, first bool) {
+	nd.epoch++
+	cfg := Config{ID: nd.id, Nodes: len(s.nodes), Home: s.home, Epoch: nd.epoch,
+		HolderLeaseTicks: simHolderLease, HomeLeaseTicks: simHomeLease, RenewTicks: simRenew, RetryTicks: simRetry,
+		FreshStart: first || s.cfg.freshRestart,
+		Rand:       rand.New(rand.NewPCG(s.cfg.Seed, uint64(nd.id)<<32|uint64(nd.epoch)))}
+	if s.cfg.holderLease != 0 {
+		cfg.HolderLeaseTicks, cfg.HomeLeaseTicks, cfg.unsafeLeases = s.cfg.holderLease, s.cfg.homeLease, true
+	}
+	eng, err := New(cfg)
+	if err != nil {
+		s.fail("engine", "New: %v", err)
+		return
+	}
+	nd.eng, nd.up, nd.clients = eng, true, nil
+	for range s.perNode {
+		s.addClient(nd)
+	}
+}
+
+func (s *sim) addClient(nd *simNode) *simClient {
+	s.nextID++
+	c := &simClient{id: s.nextID, node: nd, alive: true}
+	nd.clients = append(nd.clients, c)
+	s.clients[c.id] = c
+	return c
+}
+
+// pump moves a node's outputs: messages into the network, events to the
+// clients.
+func (s *sim) pump(nd *simNode) {
+	msgs, evs := nd.eng.Ready()
+	for i := range msgs {
+		m := &msgs[i]
+		if m.From != nd.id || m.Epoch != nd.epoch {
+			s.fail("engine", "node %d epoch %d sent %v", nd.id, nd.epoch, m)
+		}
+		data := m.AppendBinary(nil)
+		if !s.final && s.rng.Float64() < s.loss {
+			s.stats.Dropped++
+			continue
+		}
+		s.net = append(s.net, flight{data: data, from: m.From, to: m.To, at: s.now + s.latency()})
+		if s.rng.Float64() < s.dup {
+			s.stats.Duplicated++
+			s.net = append(s.net, flight{data: data, from: m.From, to: m.To, at: s.now + s.latency()})
+		}
+	}
+	for _, ev := range evs {
+		s.tracef("n%d event %v", nd.id, ev)
+		s.onEvent(nd, ev)
+	}
+	// Groups that failed are dissolved once the whole batch is seen.
+	for len(s.doomed) > 0 {
+		g := s.doomed[0]
+		s.doomed = s.doomed[1:]
+		s.dissolve(g, "a participant was refused")
+	}
+}
+
+// latency draws a message's delay; a few messages are very late, later
+// than the homes remember finished requests.
+func (s *sim) latency() int64 {
+	d := int64(s.rng.IntN(s.delay + 1))
+	if !s.final && s.rng.IntN(200) == 0 {
+		s.stats.Late++
+		d += 4*simHomeLease + int64(s.rng.IntN(4*simHomeLease))
+	}
+	return d
+}
+
+// chaos runs one step of the chaotic phase.
+func (s *sim) chaos() {
+	switch r := s.rng.IntN(100); {
+	case r < 50:
+		if !s.deliver() {
+			s.tick()
+		}
+	case r < 70:
+		s.tick()
+	case r < 94:
+		s.act()
+	default:
+		s.fault()
+	}
+}
+
+// deliver delivers one message that is due, chosen at random (reordering).
+func (s *sim) deliver() bool {
+	var due []int
+	for i, f := range s.net {
+		if f.at <= s.now {
+			due = append(due, i)
+		}
+	}
+	if len(due) == 0 {
+		return false
+	}
+	i := due[s.rng.IntN(len(due))]
+	f := s.net[i]
+	s.net = slices.Delete(s.net, i, i+1)
+	to, from := s.nodes[f.to], s.nodes[f.from]
+	if !to.up || to.side != from.side {
+		s.stats.Dropped++
+		return true
+	}
+	m, err := UnmarshalMessage(f.data)
+	if err != nil {
+		s.fail("engine", "a message from node %d does not decode: %v", f.from, err)
+		return true
+	}
+	s.stats.Delivered++
+	s.tracef("deliver %v", m)
+	if err := to.eng.Step(m); err != nil {
+		s.fail("engine", "Step(%v): %v", m, err)
+	}
+	s.pump(to)
+	return true
+}
+
+// tick advances the global clock: every live node ticks, then the failure
+// detector speaks.
+func (s *sim) tick() {
+	s.now++
+	s.stats.Ticks++
+	// The nodes' ticks fall in a random order within the global tick (their
+	// clocks are not in phase), and the invariants hold between them too.
+	for _, i := range s.rng.Perm(len(s.nodes)) {
+		if nd := s.nodes[i]; nd.up {
+			nd.eng.Tick()
+			s.pump(nd)
+			s.check()
+		}
+	}
+	keep := s.notes[:0]
+	for _, d := range s.notes {
+		if d.at > s.now {
+			keep = append(keep, d)
+			continue
+		}
+		s.peerDown(d)
+	}
+	s.notes = keep
+}
+
+func (s *sim) peerDown(d downNote) {
+	nd := s.nodes[d.to]
+	if !nd.up {
+		return
+	}
+	s.stats.PeerDowns++
+	s.tracef("n%d PeerDown(%d)", d.to, d.about)
+	nd.eng.PeerDown(d.about)
+	s.pump(nd)
+}
+
+// liveClients returns the live clients of live nodes.
+func (s *sim) liveClients() []*simClient {
+	var out []*simClient
+	for _, nd := range s.nodes {
+		if !nd.up {
+			continue
+		}
+		for _, c := range nd.clients {
+			if c.alive {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
+// act makes one client do something.
+func (s *sim) act() {
+	cs := s.liveClients()
+	if len(cs) == 0 {
+		return
+	}
+	c := cs[s.rng.IntN(len(cs))]
+	if !s.final && s.groupsActive() < 1 && s.rng.IntN(8) == 0 {
+		s.formGroup(cs)
+		return
+	}
+	s.actClient(c)
+}
+
+func (s *sim) actClient(c *simClient) {
+	e := c.node.eng
+	r := s.rng.IntN(100)
+	switch c.state {
+	case idle:
+		if c.group != nil {
+			g := c.group
+			behind := false
+			for _, o := range g.members {
+				behind = behind || o.calls > c.calls
+			}
+			if !s.final || behind {
+				c.calls++
+				c.req = s.newReq(c)
+				c.state = waitingBarrier
+				s.tracef("n%d c%d Barrier(%s, %d) r%d phase %d", c.node.id, c.id, g.name, g.count, c.req, c.calls-1)
+				e.Barrier(g.name, g.count, c.id, c.req)
+				s.pump(c.node)
+			}
+			return
+		}
+		if s.final {
+			return
+		}
+		switch {
+		case r < 70:
+			c.lk = s.names[s.rng.IntN(len(s.names))]
+			c.mode = Exclusive
+			if c.lk.space == SpaceLock && s.rng.IntN(2) == 0 {
+				c.mode = SharedMode
+			}
+			c.req = s.newReq(c)
+			c.state = waitingLock
+			s.tracef("n%d c%d acquire %v %q %v r%d", c.node.id, c.id, c.lk.space, c.lk.name, c.mode, c.req)
+			if c.lk.space == SpaceElection {
+				e.Campaign(c.lk.name, c.id, c.req)
+			} else {
+				e.Lock(c.lk.name, c.mode, c.id, c.req)
+			}
+			s.pump(c.node)
+		case r < 74:
+			s.exit(c)
+		}
+	case waitingLock:
+		switch {
+		case !s.final && r < 10:
+			s.cancel(c)
+		case !s.final && r < 13:
+			s.exit(c)
+		}
+	case holdingLock:
+		switch {
+		case s.now >= c.holdUntil:
+			s.tracef("n%d c%d unlock %q t%#x", c.node.id, c.id, c.lk.name, c.token)
+			var err error
+			if c.lk.space == SpaceElection {
+				err = e.Resign(c.lk.name, c.id)
+			} else {
+				err = e.Unlock(c.lk.name, c.id)
+			}
+			if err != nil {
+				s.fail("event", "client %d unlocking %q it was told it holds: %v", c.id, c.lk.name, err)
+			}
+			c.state = idle
+			s.pump(c.node)
+		case !s.final && r < 3:
+			s.stats.CancelRaces++
+			s.cancel(c)
+		case !s.final && r < 5:
+			s.exit(c)
+		}
+	case waitingBarrier:
+		if !s.final && r < 3 {
+			s.dissolve(c.group, "a participant gave up")
+		}
+	}
+}
+
+func (s *sim) newReq(c *simClient) uint64 {
+	s.stats.Requests++
+	return c.req + 1 + uint64(s.rng.IntN(3))
+}
+
+// cancel cancels the client's lock request and expects the matching event
+// at once.
+func (s *sim) cancel(c *simClient) {
+	s.tracef("n%d c%d Cancel(%q, r%d)", c.node.id, c.id, c.lk.name, c.req)
+	prev := c.state
+	c.node.eng.Cancel(c.lk.name, c.id, c.req)
+	s.pump(c.node)
+	if c.state != idle {
+		s.fail("event", "Cancel of client %d (%v) reported nothing", c.id, prev)
+	}
+	s.stats.Canceled++
+}
+
+// exit ends a client's program.
+func (s *sim) exit(c *simClient) {
+	s.tracef("n%d c%d exits", c.node.id, c.id)
+	c.alive = false
+	c.node.eng.ReleaseClient(c.id)
+	if c.group != nil {
+		s.dissolve(c.group, "a participant exited")
+	}
+	s.pump(c.node)
+	s.addClient(c.node)
+}
+
+func (s *sim) groupsActive() int {
+	n := 0
+	for _, g := range s.groups {
+		if !g.dissolved {
+			n++
+		}
+	}
+	return n
+}
+
+// formGroup makes a barrier group of idle clients without a group.
+func (s *sim) formGroup(cs []*simClient) {
+	var free []*simClient
+	for _, c := range cs {
+		if c.state == idle && c.group == nil {
+			free = append(free, c)
+		}
+	}
+	if len(free) < 2 {
+		return
+	}
+	s.rng.Shuffle(len(free), func(i, j int) { free[i], free[j] = free[j], free[i] })
+	k := 2 + s.rng.IntN(min(3, len(free)-1))
+	s.nGroups++
+	g := &simGroup{name: fmt.Sprintf("B%d", s.nGroups), count: k, members: free[:k], gens: make(map[int]uint64)}
+	for _, c := range g.members {
+		c.group, c.calls, c.lastGen = g, 0, 0
+	}
+	s.groups = append(s.groups, g)
+	s.tracef("group %s of %d formed", g.name, k)
+}
+
+// dissolve ends a barrier group: the application gives up on it and
+// cancels the calls still waiting.
+func (s *sim) dissolve(g *simGroup, why string) {
+	if g.dissolved {
+		return
+	}
+	g.dissolved = true
+	s.tracef("group %s dissolved: %s", g.name, why)
+	for _, c := range g.members {
+		c.group = nil
+		if c.alive && c.node.up && c.state == waitingBarrier {
+			c.node.eng.Cancel(g.name, c.id, c.req)
+			s.pump(c.node)
+			if c.state != idle {
+				s.fail("event", "Cancel of client %d's barrier call reported nothing", c.id)
+			}
+		}
+	}
+}
+
+// fault crashes, restarts, partitions or heals.
+func (s *sim) fault() {
+	if s.final {
+		return
+	}
+	nd := s.nodes[s.rng.IntN(len(s.nodes))]
+	switch r := s.rng.IntN(100); {
+	case r < 20:
+		if nd.up {
+			s.crash(nd)
+		}
+	case r < 45:
+		if !nd.up {
+			s.stats.Restarts++
+			s.tracef("n%d restarts", nd.id)
+			s.start(nd, false)
+		}
+	case r < 80:
+		s.stats.Partitions++
+		for _, o := range s.nodes {
+			if r < 60 {
+				o.side = s.rng.IntN(2)
+			} else {
+				o.side = 0 // cut one node off
+			}
+		}
+		nd.side = 1
+		s.tracef("partition %v", s.sides())
+		// The failure detector on one side suspects the other.
+		for _, a := range s.nodes {
+			for _, b := range s.nodes {
+				if a.side != b.side && s.rng.IntN(3) == 0 {
+					s.notes = append(s.notes, downNote{at: s.now + 1 + int64(s.rng.IntN(10)), to: a.id, about: b.id})
+				}
+			}
+		}
+	default:
+		for _, o := range s.nodes {
+			o.side = 0
+		}
+		s.tracef("heal")
+	}
+}
+
+func (s *sim) sides() []int {
+	out := make([]int, len(s.nodes))
+	for i, nd := range s.nodes {
+		out[i] = nd.side
+	}
+	return out
+}
+
+// crash stops a node: it no longer steps or ticks, its clients are gone,
+// and what it sent is lost. The others' failure detectors notice later.
+func (s *sim) crash(nd *simNode) {
+	s.stats.Crashes++
+	s.tracef("n%d crashes", nd.id)
+	nd.up, nd.eng = false, nil
+	if s.rng.IntN(2) == 0 {
+		// What it sent is lost; otherwise it may still arrive.
+		s.net = slices.DeleteFunc(s.net, func(f flight) bool { return f.from == nd.id })
+	}
+	for _, c := range nd.clients {
+		c.alive = false
+		if c.group != nil {
+			s.dissolve(c.group, "a participant's node crashed")
+		}
+	}
+	for _, o := range s.nodes {
+		if o != nd && o.up {
+			s.notes = append(s.notes, downNote{at: s.now + 1 + int64(s.rng.IntN(30)), to: o.id, about: nd.id})
+		}
+	}
+}
+
+// onEvent checks an event against the client's story and the invariants.
+func (s *sim) onEvent(nd *simNode, ev Event) {
+	c := s.clients[ev.Client]
+	if c == nil || c.node != nd || !c.alive {
+		s.fail("ghost grant", "node %d reported %v for a client that exited", nd.id, ev)
+		return
+	}
+	lk := lockKey{ev.Space, ev.Name}
+	switch ev.Kind {
+	case Granted:
+		if c.state != waitingLock || c.req != ev.Req || c.lk != lk {
+			s.fail("ghost grant", "%v for client %d, which is %v r%d on %q", ev, c.id, c.state, c.req, c.lk.name)
+			return
+		}
+		if ev.Mode != c.mode {
+			s.fail("event", "%v but client %d asked for %v", ev, c.id, c.mode)
+		}
+		s.checkToken(lk, ev)
+		s.stats.Grants++
+		if lk.space == SpaceElection {
+			s.stats.Elections++
+		}
+		c.state, c.token = holdingLock, ev.Token
+		c.holdUntil = s.now + int64(s.rng.IntN(3*simHolderLease))
+	case Lost:
+		if c.state != holdingLock || c.token != ev.Token || c.lk != lk {
+			s.fail("event", "%v for client %d, which is %v t%#x", ev, c.id, c.state, c.token)
+			return
+		}
+		if !errors.Is(ev.Err, ErrLeaseExpired) && !errors.Is(ev.Err, ErrHomeDown) && !errors.Is(ev.Err, ErrCanceled) {
+			s.fail("event", "%v: unexpected error", ev)
+		}
+		s.stats.Lost++
+		c.state = idle
+	case Refused:
+		switch {
+		case c.state == waitingLock && c.req == ev.Req && c.lk == lk:
+		case c.state == waitingBarrier && c.req == ev.Req && ev.Space == SpaceBarrier:
+		default:
+			s.fail("event", "%v for client %d, which is %v r%d", ev, c.id, c.state, c.req)
+			return
+		}
+		if !errors.Is(ev.Err, ErrCanceled) && !errors.Is(ev.Err, ErrHomeDown) && !errors.Is(ev.Err, ErrLeaseExpired) &&
+			!errors.Is(ev.Err, ErrBarrierLost) {
+			s.fail("event", "%v: the simulator never makes this mistake", ev)
+		}
+		s.stats.Refused++
+		c.state = idle
+		if ev.Space == SpaceBarrier && c.group != nil {
+			s.doomed = append(s.doomed, c.group)
+		}
+	case BarrierDone:
+		s.checkBarrier(c, ev)
+	default:
+		s.fail("event", "unknown event %v", ev)
+	}
+}
+
+// checkToken: fencing tokens are unique per lock, a writer's token is
+// larger than every token granted before it, a reader's larger than every
+// writer's before it.
+func (s *sim) checkToken(lk lockKey, ev Event) {
+	tl := s.tokens[lk]
+	if tl == nil {
+		tl = &tokenLog{seen: make(map[uint64]bool)}
+		s.tokens[lk] = tl
+	}
+	switch {
+	case tl.seen[ev.Token]:
+		s.fail("token order", "%q: token %#x granted twice", lk.name, ev.Token)
+	case ev.Mode == Exclusive && ev.Token <= tl.max:
+		s.fail("token order", "%q: exclusive grant with token %#x after token %#x", lk.name, ev.Token, tl.max)
+	case ev.Token <= tl.maxExcl:
+		s.fail("token order", "%q: shared grant with token %#x after exclusive token %#x", lk.name, ev.Token, tl.maxExcl)
+	}
+	tl.seen[ev.Token] = true
+	tl.max = max(tl.max, ev.Token)
+	if ev.Mode == Exclusive {
+		tl.maxExcl = max(tl.maxExcl, ev.Token)
+	}
+}
+
+// checkBarrier: nobody completes a phase before every participant arrived
+// at it; all complete it with the same generation; generations increase.
+func (s *sim) checkBarrier(c *simClient, ev Event) {
+	g := c.group
+	if c.state != waitingBarrier || c.req != ev.Req || g == nil || g.name != ev.Name {
+		s.fail("barrier", "%v for client %d, which is %v r%d", ev, c.id, c.state, c.req)
+		return
+	}
+	phase := c.calls - 1
+	for _, o := range g.members {
+		if o.calls < c.calls {
+			s.fail("barrier", "client %d completed phase %d of %s but client %d has arrived at only %d phases",
+				c.id, phase, g.name, o.id, o.calls)
+		}
+	}
+	// One incarnation of the home completes a phase once. (A restarted
+	// home has lost the generation in progress; it may complete the same
+	// phase again for the participants that had not heard, with late
+	// copies of the others' arrivals, which is still after all arrived.)
+	if gen, ok := g.gens[phase]; ok && gen != ev.Generation && gen>>32 == ev.Generation>>32 {
+		s.fail("barrier", "phase %d of %s completed as generation %#x and %#x", phase, g.name, gen, ev.Generation)
+	}
+	g.gens[phase] = ev.Generation
+	if ev.Generation <= c.lastGen {
+		s.fail("barrier", "client %d: generation %#x after %#x", c.id, ev.Generation, c.lastGen)
+	}
+	c.lastGen = ev.Generation
+	c.state = idle
+	s.stats.BarrierDone++
+}
+
+// check verifies mutual exclusion among the holders that believe they
+// hold, and that every such holder was told so.
+func (s *sim) check() {
+	type belief struct {
+		node   NodeID
+		client uint64
+		mode   Mode
+		token  uint64
+	}
+	held := make(map[lockKey][]belief)
+	for _, nd := range s.nodes {
+		if !nd.up {
+			continue
+		}
+		for k, r := range nd.eng.reqs {
+			tok, ok := nd.eng.holding(k.lk, k.client)
+			if !ok {
+				continue
+			}
+			held[k.lk] = append(held[k.lk], belief{nd.id, k.client, r.mode, tok})
+			c := s.clients[k.client]
+			if c == nil || c.state != holdingLock || c.token != tok {
+				s.fail("ghost grant", "node %d believes client %d holds %q (t%#x) without telling it", nd.id, k.client, k.lk.name, tok)
+			}
+		}
+	}
+	for lk, bs := range held {
+		if len(bs) < 2 {
+			continue
+		}
+		for _, b := range bs {
+			if b.mode == Exclusive {
+				s.fail("exclusion", "%v %q held at once by %+v", lk.space, lk.name, bs)
+				return
+			}
+		}
+	}
+}
+
+// settle heals the network, restarts or buries the crashed nodes, lets
+// the failure detector finish, and runs until every request is answered and
+// every lock released.
+func (s *sim) settle() {
+	s.final = true
+	s.tracef("final phase")
+	for _, nd := range s.nodes {
+		nd.side = 0
+		if !nd.up && s.rng.IntN(2) == 0 {
+			s.stats.Restarts++
+			s.start(nd, false)
+		}
+	}
+	notes := s.notes
+	s.notes = nil
+	for _, d := range notes {
+		s.peerDown(d)
+	}
+	for _, nd := range s.nodes {
+		if nd.up {
+			continue
+		}
+		for _, o := range s.nodes {
+			if o.up {
+				s.peerDown(downNote{to: o.id, about: nd.id})
+			}
+		}
+	}
+	s.check()
+	quiet := 0
+	for start := s.now; s.viol == nil; s.step++ {
+		if s.now-start > simFinalTicks {
+			s.fail("liveness", "not quiescent %d ticks after healing: %s", simFinalTicks, s.busy())
+			return
+		}
+		for s.deliver() && s.viol == nil {
+			s.check()
+		}
+		for _, c := range s.liveClients() {
+			s.actClient(c)
+		}
+		s.tick()
+		s.check()
+		if s.busy() == "" {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		// Quiet for longer than a home lease: ghost grants are gone too.
+		if quiet > 2*simHomeLease {
+			break
+		}
+	}
+	for _, nd := range s.nodes {
+		if !nd.up {
+			continue
+		}
+		if ls := nd.eng.Locks(); len(ls) > 0 {
+			s.fail("ghost grant", "node %d still lists %+v after everyone let go", nd.id, ls)
+		}
+		if len(nd.eng.reqs) > 0 || len(nd.eng.arrivals) > 0 {
+			s.fail("liveness", "node %d still has %d requests and %d arrivals", nd.id, len(nd.eng.reqs), len(nd.eng.arrivals))
+		}
+	}
+}
+
+// busy describes what is still going on ("" when nothing).
+func (s *sim) busy() string {
+	var b strings.Builder
+	if len(s.net) > 0 {
+		fmt.Fprintf(&b, "%d messages in flight; ", len(s.net))
+	}
+	for _, c := range s.liveClients() {
+		if c.state != idle {
+			fmt.Fprintf(&b, "client %d on node %d is %v r%d %q; ", c.id, c.node.id, c.state, c.req, c.lk.name)
+		}
+		if g := c.group; g != nil && c.state == idle {
+			for _, o := range g.members {
+				if o.calls != c.calls {
+					fmt.Fprintf(&b, "group %s has phases %d and %d; ", g.name, c.calls, o.calls)
+				}
+			}
+		}
+	}
+	return b.String()
+}
+
+func (st clientState) String() string {
+	return [...]string{"idle", "waiting", "holding", "at barrier"}[st]
+}
