@@ -1,0 +1,742 @@
+package net
+
+import (
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	stdnet "net"
+	"net/netip"
+	"sync"
+	"time"
+
+	kcp "github.com/xtaci/kcp-go/v5"
+)
+
+// KCP settings. NoDelay(1, 10, 2, 1): no-delay RTO (30 ms floor), the
+// shortest internal interval kcp-go allows, fast retransmit after two
+// later ACKs, and no congestion window (the window below bounds bursts).
+const (
+	kcpInterval = 10
+	kcpResend   = 2
+	kcpSndWnd   = 256
+	kcpRcvWnd   = 256
+	// kcpMaxFrags bounds the fragments of one KCP message; it must not
+	// exceed kcpRcvWnd or the receiver could never reassemble the message.
+	kcpMaxFrags = 128
+	// maxWaitSnd bounds the segments queued for one peer.
+	maxWaitSnd = 1 << 16
+	// maxPending bounds the bytes queued for a peer before its first
+	// handshake completes.
+	maxPending = 64 << 20
+	// fecDelay closes a partly filled FEC group this long after its first
+	// shard, so that sparse traffic is protected too.
+	fecDelay = time.Millisecond
+	// ackDelay is how long a datagram of only ACKs may wait for data to
+	// ride on; far below KCP's 30 ms minimum RTO.
+	ackDelay = time.Millisecond
+	// maxDelayedACKs: more ACKs than this go at once (bulk transfers).
+	maxDelayedACKs = 16
+	// Tail-loss probes. KCP retransmits a segment only after its RTO,
+	// never under 30 ms, unless later segments are acknowledged; a lost
+	// request or reply with nothing behind it would stall an exchange for
+	// 30 ms. When at most tlpMaxSegs segments are in flight and no ACK
+	// has made progress for max(tlpMin, 4 RTT), the transport makes KCP
+	// retransmit them, backing off by doubling up to tlpMaxBackoff times.
+	tlpMin        = 2 * time.Millisecond
+	tlpMaxSegs    = 32
+	tlpMaxBackoff = 4
+)
+
+type peerState uint8
+
+const (
+	stConnecting peerState = iota // never up yet
+	stUp
+	stDown    // was up; handshaking again
+	stRefused // handshake refused; hellos continue in case the peer is fixed
+)
+
+func (s peerState) String() string {
+	switch s {
+	case stConnecting:
+		return "connecting"
+	case stUp:
+		return "up"
+	case stDown:
+		return "down"
+	case stRefused:
+		return "refused"
+	}
+	return "?"
+}
+
+// peer is the transport's state for one other node. Every field below mu
+// is guarded by it, and every datagram to the peer is written under it.
+type peer struct {
+	t         *Transport
+	id        NodeID
+	addr      *stdnet.UDPAddr
+	ap        netip.AddrPort
+	helloSend cipher.AEAD
+	helloRecv cipher.AEAD
+
+	mu          sync.Mutex
+	state       peerState
+	wasUp       bool
+	reason      error // why down or refused
+	localNonce  [16]byte
+	remoteNonce [16]byte
+	haveRemote  bool
+	sess        sessionKeys
+	haveSess    bool
+	sendCtr     uint64
+	replay      replayWindow
+	kcp         *kcp.KCP
+	kcpMTU      int
+	txHigh      uint32 // next new KCP sequence number, to count retransmits
+	pending     [][]byte
+	pendingSize int
+	reasm       []byte
+	inReasm     bool
+	discard     bool // dropping the rest of an oversized message
+	fecEnc      *fecEncoder
+	fecDec      *fecDecoder
+
+	dg          []byte    // session datagram being filled by KCP output
+	dgData      bool      // dg holds a data segment
+	needACK     bool      // data arrived since KCP last flushed its ACKs
+	ackDeadline time.Time // when dg (only ACKs) must go; zero if none wait
+	dgLimit     int       // max len(dg) (header and plaintext)
+	kcpOff      int       // offset of the KCP frame header in dg
+	ctl         []byte    // scratch for control datagrams
+	sbuf        []byte    // scratch for message headers
+
+	heardAny      bool // an authenticated datagram arrived
+	hellosSent    uint64
+	lastHeard     time.Time
+	nextPing      time.Time
+	nextFlush     time.Time // next KCP flush for retransmissions
+	lastProgress  time.Time // when the data in flight last got an ACK (or was sent)
+	tlpBackoff    uint
+	nextHello     time.Time
+	lastHelloSent time.Time
+	rtt           time.Duration
+	stats         PeerStatus
+}
+
+func newPeer(t *Transport, id NodeID, addr *stdnet.UDPAddr) (*peer, error) {
+	ap := addr.AddrPort()
+	p := &peer{t: t, id: id, addr: addr, ap: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}
+	var err error
+	if p.helloSend, err = helloAEAD(t.cfg.Key, t.cfg.ID, id); err != nil {
+		return nil, err
+	}
+	if p.helloRecv, err = helloAEAD(t.cfg.Key, id, t.cfg.ID); err != nil {
+		return nil, err
+	}
+	p.kcpOff = headerLen
+	p.dgLimit = t.cfg.MTU - tagLen
+	if t.cfg.FEC.enabled() {
+		p.kcpOff += frameHeaderLen + fecHeaderLen
+		p.dgLimit -= shardLenPrefix // a parity shard is two bytes longer than the data it covers
+	}
+	p.kcpMTU = min(kcpMaxMTU, p.dgLimit-p.kcpOff-frameHeaderLen)
+	p.dg = make([]byte, 0, t.cfg.MTU+tagLen)
+	p.ctl = make([]byte, 0, t.cfg.MTU+tagLen)
+	p.newLocalNonce()
+	return p, nil
+}
+
+func (p *peer) newLocalNonce() {
+	rand.Read(p.localNonce[:])
+	p.haveRemote, p.haveSess = false, false
+}
+
+// whyNotUp explains the peer's state for WaitPeers and Peers.
+func (p *peer) whyNotUp() error {
+	switch p.state {
+	case stUp:
+		return nil
+	case stRefused:
+		return fmt.Errorf("%w: %w", ErrPeerRefused, p.reason)
+	case stDown:
+		return fmt.Errorf("%w: %w", ErrPeerDown, p.reason)
+	}
+	if !p.heardAny {
+		return fmt.Errorf("%w: no authenticated reply to %d hello(s) sent to %s", ErrUnreachable, p.hellosSent, p.addr)
+	}
+	return errors.New("net: handshake in progress")
+}
+
+// send queues msg (see Transport.Send).
+func (p *peer) send(msg []byte) error {
+	switch p.state {
+	case stUp:
+		if p.kcp.WaitSnd() >= maxWaitSnd {
+			return fmt.Errorf("%w: %d segments wait for node %d", ErrQueueFull, p.kcp.WaitSnd(), p.id)
+		}
+		if p.kcp.WaitSnd() == 0 {
+			p.lastProgress, p.tlpBackoff = time.Now(), 0
+		}
+		if err := p.kcpSend(msg); err != nil {
+			return err
+		}
+		kcpFlush(p.kcp, kcp.IKCP_FLUSH_FULL)
+		p.needACK = false
+		p.flushDatagram()
+		return nil
+	case stConnecting:
+		if p.pendingSize+len(msg) > maxPending {
+			return fmt.Errorf("%w: %d bytes wait for node %d to come up", ErrQueueFull, p.pendingSize, p.id)
+		}
+		p.pending = append(p.pending, append([]byte(nil), msg...))
+		p.pendingSize += len(msg)
+		return nil
+	}
+	if p.state == stRefused {
+		return fmt.Errorf("net: send to node %d: %w (%w)", p.id, ErrPeerDown, p.whyNotUp())
+	}
+	return fmt.Errorf("net: send to node %d: %w", p.id, p.whyNotUp())
+}
+
+// kcpSend splits msg into KCP messages of at most kcpMaxFrags segments,
+// each with its message header.
+func (p *peer) kcpSend(msg []byte) error {
+	chunk := kcpMaxFrags*(p.kcpMTU-kcpOverhead) - msgHeaderLen
+	for {
+		part, typ := msg, byte(msgFinal)
+		if len(part) > chunk {
+			part, typ = msg[:chunk], msgPart
+		}
+		p.sbuf = append(append(p.sbuf[:0], ProtocolVersion, typ), part...)
+		if rc := p.kcp.Send(p.sbuf); rc < 0 {
+			return fmt.Errorf("net: kcp refused a %d-byte message (code %d)", len(p.sbuf), rc)
+		}
+		msg = msg[len(part):]
+		if typ == msgFinal {
+			return nil
+		}
+	}
+}
+
+// up starts the session whose keys are in p.sess.
+func (p *peer) up() {
+	now := time.Now()
+	p.state, p.wasUp, p.reason = stUp, true, nil
+	k := kcp.NewKCP(p.sess.sid, p.output)
+	k.NoDelay(1, kcpInterval, kcpResend, 1)
+	k.WndSize(kcpSndWnd, kcpRcvWnd)
+	k.SetMtu(p.kcpMTU)
+	p.kcp, p.txHigh = k, 0
+	p.fecEnc, p.fecDec = nil, newFECDecoder()
+	if f := p.t.cfg.FEC; f.enabled() {
+		p.fecEnc = newFECEncoder(f.Data, f.Parity)
+	}
+	p.reasm, p.inReasm, p.discard = nil, false, false
+	p.lastHeard, p.nextPing = now, now
+	p.stats.Sessions++
+	for _, m := range p.pending {
+		if err := p.kcpSend(m); err != nil {
+			p.t.log.Error("dropping a queued message", "peer", p.id, "err", err)
+		}
+	}
+	p.pending, p.pendingSize = nil, 0
+	kcpFlush(p.kcp, kcp.IKCP_FLUSH_FULL)
+	p.flushDatagram()
+	p.t.log.Debug("peer up", "peer", p.id, "addr", p.addr.String(), "session", p.sess.sid)
+	p.t.emit(PeerEvent{Peer: p.id, Kind: PeerUp})
+	p.t.notifyChanged()
+	p.t.poke()
+}
+
+// down ends the session. fresh picks a new local nonce so that the next
+// session has new keys even if the peer kept its nonce.
+func (p *peer) down(reason error, fresh bool) {
+	wasUp := p.state == stUp
+	p.state, p.reason = stDown, reason
+	if !p.wasUp {
+		p.state = stConnecting
+	}
+	p.kcp, p.fecEnc, p.fecDec = nil, nil, nil
+	p.reasm, p.inReasm = nil, false
+	p.dg, p.dgData, p.ackDeadline = p.dg[:0], false, time.Time{}
+	if fresh {
+		p.newLocalNonce()
+	}
+	p.nextHello = time.Now()
+	if wasUp && !p.t.closed.Load() {
+		p.t.log.Warn("peer down", "peer", p.id, "addr", p.addr.String(), "reason", reason)
+		p.t.emit(PeerEvent{Peer: p.id, Kind: PeerDown, Err: reason})
+		p.t.notifyChanged()
+	}
+}
+
+// refuse marks the handshake refused; the event and the log line come once
+// per distinct reason.
+func (p *peer) refuse(reason error) {
+	if p.state == stUp {
+		p.down(reason, true)
+	}
+	if p.state == stRefused && p.reason != nil && p.reason.Error() == reason.Error() {
+		return
+	}
+	p.state, p.reason = stRefused, reason
+	p.t.log.Warn("peer refused", "peer", p.id, "addr", p.addr.String(), "reason", reason)
+	p.t.emit(PeerEvent{Peer: p.id, Kind: PeerRefused, Err: reason})
+	p.t.notifyChanged()
+}
+
+func (p *peer) clearRefusal() {
+	if p.state == stRefused {
+		p.state, p.reason = stConnecting, nil
+		if p.wasUp {
+			p.state, p.reason = stDown, errors.New("net: handshake in progress")
+		}
+		p.t.notifyChanged()
+	}
+}
+
+// authFailed records a datagram that failed authentication.
+func (p *peer) authFailed(src srcAddr, hello bool) {
+	p.stats.AuthFailures++
+	p.t.warnOnce(fmt.Sprintf("auth|%d|%s", p.id, src), "dropping datagrams that fail authentication (is the cluster key the same on every node?)",
+		"peer", p.id, "from", src.String(), "hello", hello)
+	if hello && p.state != stUp {
+		p.refuse(fmt.Errorf("%w: hello from %s claiming node %d", ErrAuth, src, p.id))
+	}
+}
+
+func (p *peer) onHelloDatagram(h dgHeader, b []byte, src srcAddr) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stats.PacketsIn++
+	p.stats.BytesIn += uint64(len(b))
+	pt, err := p.helloRecv.Open(b[headerLen:headerLen], h.nonce[:], b[headerLen:], b[:headerLen])
+	if err != nil {
+		p.authFailed(src, true)
+		return
+	}
+	var m hello
+	err = decodeFrames(pt, func(f frame) error {
+		if f.typ != frameHello {
+			return fmt.Errorf("%w: %v frame in a hello datagram", ErrMalformed, f.typ)
+		}
+		m, err = decodeHello(f.body)
+		return err
+	})
+	if err == nil && m == (hello{}) {
+		err = fmt.Errorf("%w: hello datagram without a hello", ErrMalformed)
+	}
+	if err != nil {
+		p.stats.Dropped++
+		p.t.warnOnce(fmt.Sprintf("badhello|%d", p.id), "dropping a malformed hello", "peer", p.id, "err", err)
+		return
+	}
+	p.onHello(m)
+}
+
+func (p *peer) onHello(m hello) {
+	t := p.t
+	now := time.Now()
+	p.heardAny = true
+	p.lastHeard = now
+	if m.geometry != t.cfg.Geometry {
+		p.refuse(fmt.Errorf("%w: node %d has %v, node %d (this node) has %v; start every node with the same geometry",
+			ErrGeometryMismatch, p.id, m.geometry, t.cfg.ID, t.cfg.Geometry))
+		return
+	}
+	p.clearRefusal()
+	if !p.haveRemote || m.nonce != p.remoteNonce {
+		if p.state == stUp {
+			p.down(ErrPeerRestarted, false)
+		}
+		sk, err := deriveSession(t.cfg.Key, t.cfg.ID, p.id, p.localNonce, m.nonce)
+		if err != nil {
+			t.log.Error("cannot derive session keys", "peer", p.id, "err", err)
+			return
+		}
+		p.remoteNonce, p.haveRemote = m.nonce, true
+		p.sess, p.haveSess = sk, true
+		p.sendCtr, p.replay = 0, replayWindow{}
+	}
+	knowsUs := m.flags&helloEchoValid != 0 && m.echo == p.localNonce
+	if knowsUs && p.state != stUp {
+		p.up()
+	}
+	if !knowsUs || m.flags&helloUp == 0 {
+		p.sendHello()
+	}
+}
+
+// onSessionDatagram authenticates and processes a session datagram and
+// returns the application messages it completed (in the reader's buffer).
+func (p *peer) onSessionDatagram(h dgHeader, b []byte, src srcAddr) [][]byte {
+	t := p.t
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stats.PacketsIn++
+	p.stats.BytesIn += uint64(len(b))
+	sid, ctr := h.session()
+	if !p.haveSess || sid != p.sess.sid {
+		// Another session's datagram: in flight from before a restart, or
+		// the peer believes in a session we dropped. A hello tells it.
+		p.stats.Dropped++
+		if p.state != stUp && p.state != stRefused && time.Since(p.lastHelloSent) > t.cfg.HeartbeatInterval/4 {
+			p.sendHello()
+		}
+		return nil
+	}
+	pt, err := p.sess.recv.Open(b[headerLen:headerLen], h.nonce[:], b[headerLen:], b[:headerLen])
+	if err != nil {
+		p.authFailed(src, false)
+		return nil
+	}
+	if !p.replay.check(ctr) {
+		p.stats.Dropped++
+		return nil
+	}
+	p.heardAny = true
+	p.lastHeard = time.Now()
+	if p.state != stUp {
+		// Only a peer that completed the handshake seals with these keys.
+		p.clearRefusal()
+		p.up()
+	}
+	rx := &t.rx
+	if err := decodePayload(pt, p.sess.sid, rx, false); err != nil {
+		p.malformed(err)
+		return nil
+	}
+	msgs := t.rxMsgs[:0]
+	msgs = p.process(rx, kcp.IKCP_PACKET_REGULAR, msgs)
+	if rx.isFEC && p.state == stUp {
+		var rebuilt [][]byte
+		if rx.parity {
+			rebuilt, err = p.fecDec.addParity(rx.fec, rx.shard)
+		} else {
+			rebuilt, err = p.fecDec.addData(rx.fec, rx.shard)
+		}
+		if err != nil {
+			p.malformed(err)
+		}
+		for _, shard := range rebuilt {
+			if err := decodePayload(shard, p.sess.sid, &t.rxFEC, true); err != nil {
+				p.malformed(err)
+				continue
+			}
+			p.stats.FECRecovered++
+			msgs = p.process(&t.rxFEC, kcp.IKCP_PACKET_FEC, msgs)
+		}
+	}
+	t.rxMsgs = msgs
+	return msgs
+}
+
+func (p *peer) malformed(err error) {
+	p.stats.Dropped++
+	p.t.warnOnce(fmt.Sprintf("malformed|%d", p.id), "dropping malformed frames from an authenticated peer (version mismatch or bug)",
+		"peer", p.id, "err", err)
+}
+
+// process acts on a decoded payload and appends completed messages.
+func (p *peer) process(rx *payload, pktType kcp.PacketType, msgs [][]byte) [][]byte {
+	for _, ts := range rx.pings {
+		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], ts)
+		p.sendControl(framePong, b[:])
+	}
+	for _, ts := range rx.pongs {
+		if d := time.Duration(uint64(p.t.since()) - ts); d >= 0 && d < time.Minute {
+			p.rtt = d
+		}
+	}
+	if p.kcp != nil && len(rx.kcp) > 0 {
+		p.needACK = p.needACK || rx.push
+		inFlight := p.kcp.WaitSnd()
+		for _, seg := range rx.kcp {
+			if rc := p.kcp.Input(seg, pktType, false); rc < 0 {
+				p.malformed(fmt.Errorf("%w: kcp input code %d", ErrMalformed, rc))
+			}
+		}
+		if p.kcp.WaitSnd() < inFlight {
+			p.lastProgress, p.tlpBackoff = time.Now(), 0
+		}
+		// Input may have flushed ACKs into p.dg; they leave with the
+		// handler's reply, or right after the handler (flushACKs).
+		msgs = p.receive(msgs)
+	}
+	if rx.bye {
+		p.down(ErrPeerClosed, true)
+	}
+	return msgs
+}
+
+// receive drains complete KCP messages and reassembles application
+// messages.
+func (p *peer) receive(msgs [][]byte) [][]byte {
+	for {
+		n := p.kcp.PeekSize()
+		if n < 0 {
+			return msgs
+		}
+		buf := make([]byte, n)
+		if p.kcp.Recv(buf) != n {
+			p.malformed(fmt.Errorf("%w: kcp returned a short message", ErrMalformed))
+			return msgs
+		}
+		final, body, err := decodeMsgHeader(buf)
+		if err != nil {
+			p.malformed(err)
+			continue
+		}
+		switch {
+		case p.discard:
+			p.discard = !final
+		case final && !p.inReasm:
+			msgs = append(msgs, body)
+		case len(p.reasm)+len(body) > MaxMessageSize:
+			p.malformed(fmt.Errorf("%w: message over %d bytes", ErrMalformed, MaxMessageSize))
+			p.reasm, p.inReasm, p.discard = nil, false, !final
+		default:
+			p.reasm, p.inReasm = append(p.reasm, body...), true
+			if final {
+				msgs = append(msgs, p.reasm)
+				p.reasm, p.inReasm = nil, false
+			}
+		}
+	}
+}
+
+// flushACKs runs after the handler has seen a datagram's messages. It
+// sends what KCP has to send, except a small datagram of nothing but ACKs:
+// that one waits up to ackDelay for a message to ride on (the next request
+// of a request/reply exchange, typically), so that an exchange costs one
+// datagram each way, as raw UDP does. It reports whether ACKs wait.
+func (p *peer) flushACKs(now time.Time) bool {
+	if p.kcp == nil || (!p.needACK && len(p.dg) == 0) {
+		return false
+	}
+	kcpFlush(p.kcp, kcp.IKCP_FLUSH_FULL)
+	p.needACK = false
+	if len(p.dg) == 0 {
+		return false
+	}
+	if p.dgData || len(p.dg)-p.kcpOff-frameHeaderLen > maxDelayedACKs*kcpOverhead {
+		p.flushDatagram()
+		return false
+	}
+	if p.ackDeadline.IsZero() {
+		p.ackDeadline = now.Add(ackDelay)
+	}
+	return true
+}
+
+// flushDelayedACKs sends ACKs whose delay has run out.
+func (p *peer) flushDelayedACKs(now time.Time) {
+	if !p.ackDeadline.IsZero() && !now.Before(p.ackDeadline) {
+		p.flushDatagram()
+	}
+}
+
+// tick runs the peer's timers and returns how long until it needs the
+// next tick.
+func (p *peer) tick(now time.Time) time.Duration {
+	cfg := &p.t.cfg.Config
+	if p.state != stUp {
+		if !now.Before(p.nextHello) {
+			p.sendHello()
+			p.nextHello = now.Add(cfg.HeartbeatInterval)
+		}
+		return p.nextHello.Sub(now)
+	}
+	if silent := now.Sub(p.lastHeard); silent > cfg.DeadAfter {
+		p.down(fmt.Errorf("%w: nothing heard for %v (DeadAfter %v)", ErrPeerSilent, silent.Round(time.Millisecond), cfg.DeadAfter), true)
+		p.sendHello()
+		p.nextHello = now.Add(cfg.HeartbeatInterval)
+		return cfg.HeartbeatInterval
+	}
+	next := cfg.HeartbeatInterval
+	// The reader sends delayed ACKs; this is the backstop for when a
+	// handler holds it up.
+	if !p.ackDeadline.IsZero() {
+		if d := p.ackDeadline.Add(kcpInterval * time.Millisecond).Sub(now); d > 0 {
+			next = min(next, d)
+		} else {
+			p.flushDatagram()
+		}
+	}
+	if w := p.kcp.WaitSnd(); w > 0 && w <= tlpMaxSegs {
+		due := p.lastProgress.Add(max(tlpMin, 4*p.rtt) << p.tlpBackoff)
+		if !now.Before(due) {
+			p.kcp.ResetRTO()
+			kcpFlush(p.kcp, kcp.IKCP_FLUSH_FULL)
+			p.flushDatagram()
+			p.lastProgress, p.tlpBackoff = now, min(p.tlpBackoff+1, tlpMaxBackoff)
+			due = now.Add(max(tlpMin, 4*p.rtt) << p.tlpBackoff)
+		}
+		next = min(next, due.Sub(now))
+	}
+	if p.kcp.WaitSnd() > 0 {
+		// Retransmissions: flush returns the milliseconds until the next
+		// segment times out (at most the KCP interval).
+		if !now.Before(p.nextFlush) {
+			ms := kcpFlush(p.kcp, kcp.IKCP_FLUSH_FULL)
+			p.flushDatagram()
+			p.nextFlush = now.Add(time.Duration(max(ms, 1)) * time.Millisecond)
+		}
+		next = min(next, p.nextFlush.Sub(now))
+	}
+	if p.fecEnc != nil && p.fecEnc.n > 0 {
+		if due := p.fecEnc.opened.Add(fecDelay); !now.Before(due) {
+			p.closeFECGroup()
+		} else {
+			next = min(next, due.Sub(now))
+		}
+	}
+	if !now.Before(p.nextPing) {
+		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], uint64(p.t.since()))
+		p.sendControl(framePing, b[:])
+		p.nextPing = now.Add(cfg.HeartbeatInterval)
+	}
+	next = min(next, p.nextPing.Sub(now), p.lastHeard.Add(cfg.DeadAfter).Sub(now)+time.Millisecond)
+	return next
+}
+
+func (t *Transport) since() time.Duration { return time.Since(t.epoch) }
+
+// output is KCP's output callback: it packs KCP's output into datagrams
+// of up to dgLimit bytes.
+func (p *peer) output(buf []byte, size int) {
+	chunk := buf[:size]
+	if len(p.dg) > 0 && len(p.dg)+size > p.dgLimit {
+		p.flushDatagram()
+	}
+	if len(p.dg) == 0 {
+		p.dg = p.dg[:p.kcpOff+frameHeaderLen]
+	}
+	p.dg = append(p.dg, chunk...)
+	if p.scanSegments(chunk) {
+		p.dgData = true
+	}
+}
+
+// scanSegments counts retransmitted data segments in KCP output and
+// reports whether it holds any data segment.
+func (p *peer) scanSegments(b []byte) (data bool) {
+	for len(b) >= kcpOverhead {
+		n := int(binary.LittleEndian.Uint32(b[20:]))
+		if b[4] == kcpCmdPush {
+			data = true
+			sn := binary.LittleEndian.Uint32(b[12:])
+			if int32(sn-p.txHigh) < 0 {
+				p.stats.Retransmits++
+			} else {
+				p.txHigh = sn + 1
+			}
+		}
+		if n > len(b)-kcpOverhead {
+			return data
+		}
+		b = b[kcpOverhead+n:]
+	}
+	return data
+}
+
+// flushDatagram seals and sends the datagram KCP output has filled.
+func (p *peer) flushDatagram() {
+	if len(p.dg) == 0 {
+		return
+	}
+	dg := p.dg
+	putFrameHeader(dg[p.kcpOff:], frameKCP, len(dg)-p.kcpOff-frameHeaderLen)
+	full := false
+	if p.fecEnc != nil {
+		putFrameHeader(dg[headerLen:], frameFECData, len(dg)-headerLen-frameHeaderLen)
+		p.fecEnc.next().put(dg[headerLen+frameHeaderLen:])
+		full = p.fecEnc.add(dg[p.kcpOff:], time.Now())
+	}
+	p.sealAndWrite(dg)
+	p.dg = dg[:0]
+	p.dgData, p.ackDeadline = false, time.Time{}
+	if full {
+		p.closeFECGroup()
+	}
+}
+
+func (p *peer) closeFECGroup() {
+	err := p.fecEnc.close(func(h fecHeader, shard []byte) {
+		b := p.ctl[:headerLen]
+		b = appendFrameHeader(b, frameFECParity, fecHeaderLen+len(shard))
+		b = b[:len(b)+fecHeaderLen]
+		h.put(b[len(b)-fecHeaderLen:])
+		b = append(b, shard...)
+		p.sealAndWrite(b)
+		p.ctl = b[:0]
+	})
+	if err != nil {
+		p.t.log.Error("fec", "peer", p.id, "err", err)
+	}
+}
+
+// sendControl sends a one-frame session datagram.
+func (p *peer) sendControl(typ frameType, body []byte) {
+	if !p.haveSess {
+		return
+	}
+	b := appendFrame(p.ctl[:headerLen], typ, body)
+	p.sealAndWrite(b)
+	p.ctl = b[:0]
+}
+
+// sealAndWrite fills in the header of a session datagram (b holds header
+// space and plaintext), seals it in place and writes it.
+func (p *peer) sealAndWrite(b []byte) {
+	h := dgHeader{kind: kindSession, from: p.t.cfg.ID, to: p.id}
+	binary.BigEndian.PutUint32(h.nonce[:4], p.sess.sid)
+	binary.BigEndian.PutUint64(h.nonce[4:], p.sendCtr)
+	p.sendCtr++
+	h.put(b)
+	out := p.sess.send.Seal(b[:headerLen], h.nonce[:], b[headerLen:], b[:headerLen])
+	p.write(out)
+}
+
+func (p *peer) sendHello() {
+	m := hello{geometry: p.t.cfg.Geometry, nonce: p.localNonce}
+	if p.haveRemote {
+		m.echo, m.flags = p.remoteNonce, helloEchoValid
+	}
+	if p.state == stUp {
+		m.flags |= helloUp
+	}
+	h := dgHeader{kind: kindHello, from: p.t.cfg.ID, to: p.id}
+	rand.Read(h.nonce[:])
+	b := p.ctl[:headerLen]
+	h.put(b)
+	b = appendFrameHeader(b, frameHello, helloLen)
+	b = m.append(b)
+	out := p.helloSend.Seal(b[:headerLen], h.nonce[:], b[headerLen:], b[:headerLen])
+	p.write(out)
+	p.ctl = out[:0]
+	p.hellosSent++
+	p.lastHelloSent = time.Now()
+}
+
+func (p *peer) write(b []byte) {
+	var err error
+	if u := p.t.udp; u != nil {
+		_, err = u.WriteToUDPAddrPort(b, p.ap)
+	} else {
+		_, err = p.t.conn.WriteTo(b, p.addr)
+	}
+	if err != nil {
+		if !p.t.closed.Load() {
+			p.t.warnOnce(fmt.Sprintf("write|%d", p.id), "sending to a peer failed", "peer", p.id, "addr", p.addr.String(), "err", err)
+		}
+		return
+	}
+	p.stats.PacketsOut++
+	p.stats.BytesOut += uint64(len(b))
+}

@@ -1,0 +1,527 @@
+package net
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	stdnet "net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Socket buffer sizes requested for the UDP socket: a full KCP window of
+// 256 segments of 1.5 KiB must fit, with room for several peers.
+const socketBuffer = 4 << 20
+
+// Transport carries messages between this node and its peers. It is safe
+// for concurrent use.
+type Transport struct {
+	cfg   *config
+	conn  stdnet.PacketConn
+	udp   *stdnet.UDPConn // the socket, when not wrapped (allocation-free I/O)
+	log   *slog.Logger
+	peers map[NodeID]*peer
+	order []*peer // by id
+	epoch time.Time
+
+	closed    atomic.Bool
+	done      chan struct{}
+	wake      chan struct{}
+	timerNext atomic.Int64 // UnixNano of the timer's next planned wake
+	wg        sync.WaitGroup
+	closeErr  error
+	closeOnce sync.Once
+
+	mu      sync.Mutex // guards changed
+	changed chan struct{}
+
+	evMu      sync.Mutex // guards evq
+	evq       []PeerEvent
+	evPending atomic.Int32
+	dlvMu     sync.Mutex // serialises OnPeer calls
+
+	logMu        sync.Mutex
+	logged       map[string]bool
+	warnOnceFull sync.Once
+
+	unknownSender, misaddressed, malformed atomic.Uint64
+
+	// Reader goroutine only.
+	rx     payload
+	rxFEC  payload
+	rxMsgs [][]byte
+	// ackPeers have ACKs waiting (see peer.flushACKs).
+	ackPeers []*peer
+}
+
+// Listen opens the transport's UDP socket and starts the handshake with
+// every peer. It returns once the socket is open; use WaitPeers to wait for
+// the peers.
+func Listen(cfg Config) (*Transport, error) {
+	c, err := cfg.normalize()
+	if err != nil {
+		return nil, err
+	}
+	udp, err := stdnet.ListenUDP("udp", stdnet.UDPAddrFromAddrPort(c.local))
+	if err != nil {
+		return nil, fmt.Errorf("net: listen on %s: %w", c.Addr, err)
+	}
+	setSocketBuffers(udp)
+	t := &Transport{
+		cfg:     c,
+		conn:    udp,
+		udp:     udp,
+		log:     c.Logger.With("component", "net", "node", c.ID),
+		peers:   make(map[NodeID]*peer, len(c.Peers)),
+		epoch:   time.Now(),
+		done:    make(chan struct{}),
+		wake:    make(chan struct{}, 1),
+		changed: make(chan struct{}),
+		logged:  make(map[string]bool),
+	}
+	if c.WrapConn != nil {
+		t.conn = c.WrapConn(udp)
+		t.udp = nil
+		if t.conn == nil {
+			udp.Close()
+			return nil, errors.New("net: WrapConn returned nil")
+		}
+	}
+	for id, addr := range c.peerAddrs {
+		p, err := newPeer(t, id, addr)
+		if err != nil {
+			t.conn.Close()
+			return nil, err
+		}
+		t.peers[id] = p
+		t.order = append(t.order, p)
+	}
+	slices.SortFunc(t.order, func(a, b *peer) int { return int(a.id) - int(b.id) })
+	t.wg.Add(2)
+	go t.readLoop()
+	go t.timerLoop()
+	return t, nil
+}
+
+// LocalAddr returns the address of the transport's socket.
+func (t *Transport) LocalAddr() stdnet.Addr { return t.conn.LocalAddr() }
+
+// Send queues msg for the peer and puts it on the wire at once. Messages to
+// one peer arrive in order and exactly once while the peer stays up. Before
+// the first handshake with the peer completes, messages wait (up to 64 MiB)
+// and are sent when it does. Send does not wait for the peer: it fails with
+// an error matching ErrPeerDown if the peer is known to be down or was
+// refused, ErrUnknownPeer, ErrMessageTooLarge, ErrQueueFull or ErrClosed.
+// Send does not keep msg.
+func (t *Transport) Send(to NodeID, msg []byte) error {
+	if t.closed.Load() {
+		return ErrClosed
+	}
+	p := t.peers[to]
+	if p == nil {
+		return fmt.Errorf("%w: node %d is not in Config.Peers", ErrUnknownPeer, to)
+	}
+	if len(msg) > MaxMessageSize {
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrMessageTooLarge, len(msg), MaxMessageSize)
+	}
+	p.mu.Lock()
+	err := p.send(msg)
+	p.mu.Unlock()
+	// The timer may sleep until the next heartbeat; retransmissions of
+	// what was just queued need it sooner.
+	if err == nil && t.timerNext.Load()-time.Now().UnixNano() > int64(20*time.Millisecond) {
+		t.poke()
+	}
+	return err
+}
+
+// WaitPeers waits until the handshake with every peer has completed and
+// all are up. When ctx ends first, the error (a *WaitError) names each
+// missing peer and why it is missing.
+func (t *Transport) WaitPeers(ctx context.Context) error {
+	for {
+		if t.closed.Load() {
+			return ErrClosed
+		}
+		t.mu.Lock()
+		ch := t.changed
+		t.mu.Unlock()
+		missing := t.missing()
+		if len(missing) == 0 {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-t.done:
+			return ErrClosed
+		case <-ctx.Done():
+			return &WaitError{Missing: t.missing(), Err: ctx.Err()}
+		}
+	}
+}
+
+// MissingPeer is a peer WaitPeers did not see come up.
+type MissingPeer struct {
+	ID     NodeID
+	Addr   string
+	Reason error
+}
+
+// WaitError is returned by WaitPeers when its context ends first.
+type WaitError struct {
+	Missing []MissingPeer
+	Err     error // the context's error
+}
+
+// Error names every missing peer and why it is missing.
+func (e *WaitError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "net: %d peer(s) not up", len(e.Missing))
+	for i, m := range e.Missing {
+		sep := ", "
+		if i == 0 {
+			sep = ": "
+		}
+		fmt.Fprintf(&b, "%snode %d at %s: %v", sep, m.ID, m.Addr, m.Reason)
+	}
+	fmt.Fprintf(&b, " (%v)", e.Err)
+	return b.String()
+}
+
+// Unwrap returns the context's error and every peer's reason.
+func (e *WaitError) Unwrap() []error {
+	errs := []error{e.Err}
+	for _, m := range e.Missing {
+		errs = append(errs, m.Reason)
+	}
+	return errs
+}
+
+func (t *Transport) missing() []MissingPeer {
+	var out []MissingPeer
+	for _, p := range t.order {
+		p.mu.Lock()
+		if p.state != stUp {
+			out = append(out, MissingPeer{ID: p.id, Addr: p.addr.String(), Reason: p.whyNotUp()})
+		}
+		p.mu.Unlock()
+	}
+	return out
+}
+
+// PeerStatus describes one peer.
+type PeerStatus struct {
+	ID    NodeID
+	Addr  string
+	Up    bool
+	State string // "connecting", "up", "down" or "refused"
+	// Err says why the peer is not up (nil when up).
+	Err error `json:"-"`
+	// Reason is Err's message, for JSON ("" when up).
+	Reason string `json:",omitempty"`
+	// LastHeard is when the last authenticated datagram arrived.
+	LastHeard time.Time
+	// RTT is the last ping round trip (zero before the first pong).
+	RTT time.Duration
+	// Sessions counts the handshakes completed with the peer.
+	Sessions uint64
+	// Datagram and byte counters, for both directions.
+	BytesIn, BytesOut, PacketsIn, PacketsOut uint64
+	// Retransmits counts KCP data segments sent more than once.
+	Retransmits uint64
+	// AuthFailures counts datagrams that failed authentication.
+	AuthFailures uint64
+	// Dropped counts authenticated datagrams dropped as stale (another
+	// session), replayed or duplicated, or malformed.
+	Dropped uint64
+	// FECRecovered counts datagrams rebuilt from parity.
+	FECRecovered uint64
+}
+
+// Peers returns the status of every peer, ordered by id.
+func (t *Transport) Peers() []PeerStatus {
+	out := make([]PeerStatus, 0, len(t.order))
+	for _, p := range t.order {
+		p.mu.Lock()
+		s := p.stats
+		s.ID, s.Addr, s.Up, s.State = p.id, p.addr.String(), p.state == stUp, p.state.String()
+		if !s.Up {
+			s.Err = p.whyNotUp()
+			s.Reason = s.Err.Error()
+		}
+		s.LastHeard, s.RTT = p.lastHeard, p.rtt
+		p.mu.Unlock()
+		out = append(out, s)
+	}
+	return out
+}
+
+// Stats counts datagrams that could not be attributed to a peer.
+type Stats struct {
+	// UnknownSender: datagrams claiming a node id not in Config.Peers.
+	UnknownSender uint64
+	// Misaddressed: datagrams addressed to another node id.
+	Misaddressed uint64
+	// Malformed: datagrams whose header could not be decoded.
+	Malformed uint64
+}
+
+// Stats returns counters of datagrams no peer could be charged with.
+func (t *Transport) Stats() Stats {
+	return Stats{UnknownSender: t.unknownSender.Load(), Misaddressed: t.misaddressed.Load(), Malformed: t.malformed.Load()}
+}
+
+// Close says goodbye to the peers that are up, closes the socket and waits
+// for the transport's goroutines. Messages not yet acknowledged are lost.
+// Close must not be called from Handler or OnPeer.
+func (t *Transport) Close() error {
+	t.closeOnce.Do(func() {
+		t.closed.Store(true) // no more events
+		for _, p := range t.order {
+			p.mu.Lock()
+			if p.state == stUp {
+				p.flushDatagram() // delayed ACKs
+				p.sendControl(frameBye, nil)
+			}
+			p.down(ErrClosed, true)
+			p.mu.Unlock()
+		}
+		close(t.done)
+		t.closeErr = t.conn.Close()
+		t.wg.Wait()
+	})
+	return t.closeErr
+}
+
+func (t *Transport) poke() {
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (t *Transport) notifyChanged() {
+	t.mu.Lock()
+	close(t.changed)
+	t.changed = make(chan struct{})
+	t.mu.Unlock()
+}
+
+func (t *Transport) emit(ev PeerEvent) {
+	if t.cfg.OnPeer == nil || t.closed.Load() {
+		return
+	}
+	t.evMu.Lock()
+	t.evq = append(t.evq, ev)
+	t.evMu.Unlock()
+	t.evPending.Add(1)
+}
+
+// deliverEvents calls OnPeer for queued events, in order, one at a time.
+// Callers hold no peer lock.
+func (t *Transport) deliverEvents() {
+	if t.evPending.Load() == 0 {
+		return
+	}
+	t.dlvMu.Lock()
+	defer t.dlvMu.Unlock()
+	for {
+		t.evMu.Lock()
+		if len(t.evq) == 0 {
+			t.evMu.Unlock()
+			return
+		}
+		ev := t.evq[0]
+		t.evq = t.evq[1:]
+		t.evMu.Unlock()
+		t.evPending.Add(-1)
+		t.cfg.OnPeer(ev)
+	}
+}
+
+// maxLogKeys bounds the memory warnOnce spends on remembering what it
+// logged, against datagrams sprayed from many addresses.
+const maxLogKeys = 4096
+
+// warnOnce logs a warning the first time key is seen.
+func (t *Transport) warnOnce(key, msg string, args ...any) {
+	t.logMu.Lock()
+	seen := t.logged[key]
+	full := len(t.logged) >= maxLogKeys
+	if !seen && !full {
+		t.logged[key] = true
+	}
+	t.logMu.Unlock()
+	switch {
+	case !seen && !full:
+		t.log.Warn(msg, args...)
+	case full:
+		t.warnOnceFull.Do(func() {
+			t.log.Warn("too many distinct warnings; further ones are not logged (counters in Peers and Stats go on)")
+		})
+	}
+}
+
+// srcAddr is where a datagram came from, in whichever form the socket gave.
+type srcAddr struct {
+	ap netip.AddrPort
+	a  stdnet.Addr
+}
+
+func (s srcAddr) String() string {
+	if s.a != nil {
+		return s.a.String()
+	}
+	return s.ap.String()
+}
+
+func (t *Transport) readLoop() {
+	defer t.wg.Done()
+	buf := make([]byte, MaxMTU+1)
+	var (
+		failures int
+		deadline time.Time // read deadline in force
+	)
+	for {
+		var (
+			n   int
+			src srcAddr
+			err error
+		)
+		// Keep the read deadline at or before the first delayed ACK. A
+		// deadline left over from ACKs that went out with data costs one
+		// spurious wake-up; clearing it each time would cost two timer
+		// updates per message.
+		if len(t.ackPeers) > 0 {
+			want := t.ackTimer(time.Now())
+			if !want.IsZero() && (deadline.IsZero() || want.Before(deadline)) {
+				t.conn.SetReadDeadline(want)
+				deadline = want
+			}
+		}
+		if t.udp != nil {
+			n, src.ap, err = t.udp.ReadFromUDPAddrPort(buf)
+		} else {
+			n, src.a, err = t.conn.ReadFrom(buf)
+		}
+		if err != nil {
+			if t.closed.Load() || errors.Is(err, stdnet.ErrClosed) {
+				return
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				// Delayed ACKs are due; the next deadline, if any, is
+				// set above.
+				deadline = t.ackTimer(time.Now())
+				t.conn.SetReadDeadline(deadline)
+				continue
+			}
+			t.warnOnce("read-error", "reading the UDP socket failed; retrying", "err", err)
+			if failures++; failures > 100 {
+				time.Sleep(time.Millisecond)
+			}
+			continue
+		}
+		failures = 0
+		t.handleDatagram(buf[:n], src)
+	}
+}
+
+func (t *Transport) handleDatagram(b []byte, src srcAddr) {
+	h, err := decodeHeader(b)
+	if err != nil {
+		t.malformed.Add(1)
+		t.warnOnce("malformed|"+src.String(), "dropping undecodable datagrams", "from", src.String(), "err", err)
+		return
+	}
+	p := t.peers[h.from]
+	if p == nil {
+		t.unknownSender.Add(1)
+		t.warnOnce(fmt.Sprintf("unknown|%d|%s", h.from, src), "dropping datagrams from a node id not in Peers",
+			"claimed_id", h.from, "from", src.String())
+		return
+	}
+	if h.to != t.cfg.ID {
+		t.misaddressed.Add(1)
+		t.warnOnce(fmt.Sprintf("misaddressed|%d|%s", h.to, src), "dropping datagrams addressed to another node id (check the cluster's address list)",
+			"to", h.to, "claimed_id", h.from, "from", src.String())
+		return
+	}
+	if h.kind == kindHello {
+		p.onHelloDatagram(h, b, src)
+		t.deliverEvents()
+		return
+	}
+	msgs := p.onSessionDatagram(h, b, src)
+	t.deliverEvents()
+	if len(msgs) > 0 {
+		if t.cfg.Handler != nil {
+			for _, m := range msgs {
+				t.cfg.Handler(p.id, m)
+			}
+		}
+		clear(msgs)
+	}
+	// Acknowledge, unless a reply sent by the handler already did.
+	now := time.Now()
+	p.mu.Lock()
+	wait := p.flushACKs(now)
+	p.mu.Unlock()
+	if wait && !slices.Contains(t.ackPeers, p) {
+		t.ackPeers = append(t.ackPeers, p)
+	}
+}
+
+// ackTimer returns when the reader must wake to send delayed ACKs, and
+// sends those already due.
+func (t *Transport) ackTimer(now time.Time) time.Time {
+	var next time.Time
+	keep := t.ackPeers[:0]
+	for _, p := range t.ackPeers {
+		p.mu.Lock()
+		p.flushDelayedACKs(now)
+		dl := p.ackDeadline
+		p.mu.Unlock()
+		if !dl.IsZero() {
+			keep = append(keep, p)
+			if next.IsZero() || dl.Before(next) {
+				next = dl
+			}
+		}
+	}
+	clear(t.ackPeers[len(keep):])
+	t.ackPeers = keep
+	return next
+}
+
+const minTimerWait = time.Millisecond
+
+func (t *Transport) timerLoop() {
+	defer t.wg.Done()
+	tm := time.NewTimer(0)
+	defer tm.Stop()
+	for {
+		select {
+		case <-t.done:
+			return
+		case <-tm.C:
+		case <-t.wake:
+		}
+		now := time.Now()
+		next := t.cfg.HeartbeatInterval
+		for _, p := range t.order {
+			p.mu.Lock()
+			next = min(next, p.tick(now))
+			p.mu.Unlock()
+		}
+		t.deliverEvents()
+		next = max(next, minTimerWait)
+		t.timerNext.Store(now.Add(next).UnixNano())
+		tm.Reset(next)
+	}
+}
