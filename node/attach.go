@@ -1,0 +1,304 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dsmrt/dsm/analyzer"
+	"github.com/dsmrt/dsm/coherence"
+	"github.com/dsmrt/dsm/internal/ctl"
+	"github.com/dsmrt/dsm/uffd"
+)
+
+// prog is an attached program.
+type prog struct {
+	id         int
+	pid        int
+	u          *uffd.FD
+	conn       *net.UnixConn
+	gone       bool // owned by the loop: detached
+	stopped    atomic.Bool
+	readerDone chan struct{}
+}
+
+func (p *prog) stop() { p.stopped.Store(true) }
+
+func (p *prog) close() {
+	if p.u != nil {
+		p.u.Close()
+	}
+}
+
+func (n *Node) acceptLoop(ctx context.Context) {
+	for {
+		c, err := n.ln.AcceptUnix()
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+				n.log.Error("accept", "err", err)
+			}
+			return
+		}
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			defer c.Close()
+			n.serveConn(ctx, c)
+		}()
+	}
+}
+
+func reply(c *net.UnixConn, id uint64, body any, err error) error {
+	r := ctl.Reply{ID: id}
+	if err != nil {
+		r.Error = err.Error()
+	} else if body != nil {
+		b, mErr := json.Marshal(body)
+		if mErr != nil {
+			r.Error = mErr.Error()
+		}
+		r.Body = b
+	}
+	return ctl.Write(c, r)
+}
+
+func (n *Node) serveConn(ctx context.Context, c *net.UnixConn) {
+	buf := make([]byte, 64<<10)
+	var req ctl.Request
+	fds, err := ctl.Read(c, buf, &req)
+	closeFDs(fds)
+	if err != nil {
+		if !ctl.IsEOF(err) {
+			n.log.Warn("bad first control message", "err", err)
+		}
+		return
+	}
+	if req.Version != ctl.Version {
+		reply(c, req.ID, nil, fmt.Errorf("control protocol version %d, this daemon speaks %d: use the dsm library and dsmnode of one release", req.Version, ctl.Version))
+		return
+	}
+	switch req.Op {
+	case ctl.OpStatus:
+		var st Status
+		err := n.do(ctx, func() { st = n.status() })
+		reply(c, req.ID, st, err)
+	case ctl.OpReport:
+		rep, err := n.report(ctx, req)
+		reply(c, req.ID, rep, err)
+	case ctl.OpAttach:
+		n.serveProgram(ctx, c, req)
+	default:
+		reply(c, req.ID, nil, fmt.Errorf("unknown op %q as first message", req.Op))
+	}
+}
+
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// serveProgram runs the attach handshake, then serves the program's
+// requests until it disconnects.
+func (n *Node) serveProgram(ctx context.Context, c *net.UnixConn, req ctl.Request) {
+	geo := &ctl.Geometry{Node: n.cfg.ID, Nodes: n.cfg.Nodes, Base: n.cfg.Base, Size: n.cfg.Size, PageSize: n.ps}
+	if err := ctl.Write(c, ctl.Reply{ID: req.ID, Geometry: geo}, n.memfd); err != nil {
+		n.log.Warn("attach: send memfd", "err", err)
+		return
+	}
+	buf := make([]byte, 64<<10)
+	var ureq ctl.Request
+	fds, err := ctl.Read(c, buf, &ureq)
+	if err != nil {
+		if !ctl.IsEOF(err) {
+			n.log.Warn("attach: no userfaultfd from program", "pid", req.PID, "err", err)
+		}
+		closeFDs(fds)
+		return
+	}
+	if ureq.Op != ctl.OpUffd || len(fds) != 1 {
+		closeFDs(fds)
+		reply(c, ureq.ID, nil, fmt.Errorf("attach: expected one userfaultfd with op %q, got op %q with %d descriptors", ctl.OpUffd, ureq.Op, len(fds)))
+		return
+	}
+	if err := unix.SetNonblock(fds[0], true); err != nil {
+		unix.Close(fds[0])
+		reply(c, ureq.ID, nil, fmt.Errorf("attach: %w", err))
+		return
+	}
+	p := &prog{pid: req.PID, u: uffd.NewFD(fds[0]), conn: c, readerDone: make(chan struct{})}
+	var attachErr error
+	err = n.do(ctx, func() {
+		// Write-protect the whole range in the new program: pages that are
+		// Shared here must not be writable there. Writes to Exclusive pages
+		// fault once and are released.
+		if err := p.u.WriteProtect(uintptr(n.cfg.Base), uintptr(n.cfg.Size), true, false); err != nil {
+			attachErr = fmt.Errorf("write-protect the region in the program: %w", err)
+			return
+		}
+		n.nextID++
+		p.id = n.nextID
+		n.progs[p.id] = p
+		n.stats.attaches++
+	})
+	if err == nil {
+		err = attachErr
+	}
+	if err != nil {
+		p.close()
+		reply(c, ureq.ID, nil, err)
+		return
+	}
+	n.log.Info("program attached", "pid", p.pid, "user_mode_only", ureq.UserMod)
+	go n.readFaults(p)
+	if err := reply(c, ureq.ID, nil, nil); err == nil {
+		n.serveRequests(ctx, c, p, buf)
+	}
+	// Detach: stop the reader, then forget the program in the loop.
+	p.stop()
+	<-p.readerDone
+	n.do(context.Background(), func() {
+		p.gone = true
+		delete(n.progs, p.id)
+		n.releaseClientLocks(p)
+		p.close()
+	})
+	n.log.Info("program detached", "pid", p.pid)
+}
+
+func (n *Node) serveRequests(ctx context.Context, c *net.UnixConn, p *prog, buf []byte) {
+	for {
+		var r ctl.Request
+		fds, err := ctl.Read(c, buf, &r)
+		closeFDs(fds)
+		if err != nil {
+			return
+		}
+		switch r.Op {
+		case ctl.OpAlloc:
+			var vars []analyzer.Var
+			if len(r.Fields) > 0 {
+				for _, f := range r.Fields {
+					vars = append(vars, analyzer.Var{Name: f.Name, Offset: f.Offset, Size: f.Size})
+				}
+			} else {
+				vars = []analyzer.Var{{Name: r.Name, Offset: r.Offset, Size: r.Size}}
+			}
+			var aerr error
+			err = n.do(ctx, func() { aerr = n.addVars(vars) })
+			if err == nil {
+				err = aerr
+			}
+			reply(c, r.ID, nil, err)
+		case ctl.OpLock:
+			n.lockRequest(ctx, c, p, r)
+		case ctl.OpStatus:
+			var st Status
+			err := n.do(ctx, func() { st = n.status() })
+			reply(c, r.ID, st, err)
+		case ctl.OpReport:
+			rep, err := n.report(ctx, r)
+			reply(c, r.ID, rep, err)
+		default:
+			reply(c, r.ID, nil, fmt.Errorf("unknown op %q", r.Op))
+		}
+	}
+}
+
+// addVars records named allocations for the analyzer. The same name at the
+// same place again (another program of the node, or a re-run) is fine; the
+// same name elsewhere is an error the program should hear about.
+func (n *Node) addVars(vs []analyzer.Var) error {
+	var add []analyzer.Var
+	for _, v := range vs {
+		if v.Offset+v.Size > n.cfg.Size {
+			return fmt.Errorf("allocation %q [%d,+%d) lies outside the region of %d bytes", v.Name, v.Offset, v.Size, n.cfg.Size)
+		}
+		if old, ok := n.vars[v.Name]; ok {
+			if old != v {
+				return fmt.Errorf("allocation %q at offset %d size %d, but the node has it at offset %d size %d: every program must allocate in the same order", v.Name, v.Offset, v.Size, old.Offset, old.Size)
+			}
+			continue
+		}
+		n.vars[v.Name] = v
+		add = append(add, v)
+	}
+	n.an.AddVars(add...)
+	return nil
+}
+
+// readFaults reads a program's userfaultfd until the program detaches. It
+// polls with a timeout so that it notices a detach, and reads with read(2)
+// on its own goroutine: never through the netpoller.
+func (n *Node) readFaults(p *prog) {
+	defer close(p.readerDone)
+	msgs := make([]uffd.Msg, 64)
+	base, size, ps := n.cfg.Base, n.cfg.Size, uint64(n.ps)
+	for !p.stopped.Load() {
+		ok, err := p.u.Wait(100 * time.Millisecond)
+		if err != nil {
+			n.log.Warn("userfaultfd of program closed", "pid", p.pid, "err", err)
+			return
+		}
+		if !ok {
+			continue
+		}
+		k, err := p.u.ReadMsgs(msgs)
+		if err != nil {
+			n.log.Warn("read userfaultfd", "pid", p.pid, "err", err)
+			return
+		}
+		now := time.Now()
+		n.mu.Lock()
+		if n.stopped {
+			n.mu.Unlock()
+			return
+		}
+		for _, m := range msgs[:k] {
+			if !m.IsPagefault() {
+				continue
+			}
+			if m.Address < base || m.Address >= base+size {
+				n.log.Error("fault outside the region", "pid", p.pid, "addr", fmt.Sprintf("0x%x", m.Address))
+				continue
+			}
+			n.onFault(p, coherence.PageID((m.Address-base)/ps), m.IsWrite(), m.IsWP(), now)
+		}
+		n.flush()
+		n.mu.Unlock()
+	}
+}
+
+// ReportArgs are the arguments of a report request.
+type ReportArgs struct {
+	Out string `json:"out,omitempty"` // absolute directory for PNG plots
+}
+
+// ReportReply is the analyzer's report and the plots written.
+type ReportReply struct {
+	analyzer.Report
+	Plots []string `json:"plots,omitempty"`
+}
+
+func (n *Node) report(ctx context.Context, r ctl.Request) (ReportReply, error) {
+	var a ReportArgs
+	if len(r.Args) > 0 {
+		if err := json.Unmarshal(r.Args, &a); err != nil {
+			return ReportReply{}, fmt.Errorf("bad report request: %w", err)
+		}
+	}
+	var rep ReportReply
+	err := n.do(ctx, func() { rep.Report = n.an.Report() })
+	if err != nil || a.Out == "" {
+		return rep, err
+	}
+	// The analyzer has its own lock: draw outside the node's.
+	rep.Plots, err = n.an.WritePlots(a.Out)
+	return rep, err
+}

@@ -1,0 +1,88 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"strings"
+	"syscall"
+)
+
+// EnvDaemon names the environment variable that turns a process into a node
+// daemon: it holds the node's Config as JSON. A launcher (package cluster)
+// starts its own executable with it set, so that a single binary (dsmnode,
+// the demo, a test binary) can serve as its own daemon.
+const EnvDaemon = "DSM_NODE_DAEMON"
+
+// EnvCPUProfile, when set, makes a daemon write a CPU profile to its value
+// with ".<node id>" appended: for finding where the fault path spends time.
+const EnvCPUProfile = "DSM_CPUPROFILE"
+
+// EnvLogLevel sets the daemon's log level: debug, info, warn or error.
+const EnvLogLevel = "DSM_LOG_LEVEL"
+
+// RunDaemonIfChild runs a node daemon and exits if the process was started
+// as one (EnvDaemon is set); otherwise it returns at once. Call it first in
+// main, and in TestMain of tests that start clusters.
+func RunDaemonIfChild() {
+	js, ok := os.LookupEnv(EnvDaemon)
+	if !ok {
+		return
+	}
+	os.Unsetenv(EnvDaemon)
+	var cfg Config
+	if err := json.Unmarshal([]byte(js), &cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "dsmnode: bad %s: %v\n", EnvDaemon, err)
+		os.Exit(2)
+	}
+	if path := os.Getenv(EnvCPUProfile); path != "" {
+		f, err := os.Create(fmt.Sprintf("%s.%d", path, cfg.ID))
+		if err == nil && pprof.StartCPUProfile(f) == nil {
+			defer pprof.StopCPUProfile()
+		}
+	}
+	if err := Serve(context.Background(), cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "dsmnode: node %d: %v\n", cfg.ID, err)
+		os.Exit(1)
+	}
+	pprof.StopCPUProfile()
+	os.Exit(0)
+}
+
+// Serve runs a node with cfg until SIGINT or SIGTERM (or ctx ends).
+func Serve(ctx context.Context, cfg Config) error {
+	if cfg.Logger == nil {
+		cfg.Logger = NewLogger(os.Getenv(EnvLogLevel)).With("node", cfg.ID)
+	}
+	n, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	cfg = n.Config()
+	cfg.Logger.Info("node serving", "socket", cfg.Socket, "addr", n.tr.LocalAddr().String(),
+		"nodes", cfg.Nodes, "base", fmt.Sprintf("0x%x", cfg.Base), "size", cfg.Size)
+	return n.Run(ctx)
+}
+
+// NewLogger makes a text logger on stderr at the named level (info when
+// empty or unknown).
+func NewLogger(level string) *slog.Logger {
+	var l slog.Level
+	switch strings.ToLower(level) {
+	case "debug":
+		l = slog.LevelDebug
+	case "warn":
+		l = slog.LevelWarn
+	case "error":
+		l = slog.LevelError
+	default:
+		l = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}

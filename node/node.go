@@ -1,0 +1,608 @@
+// Package node is the node daemon of the DSM runtime: the process that owns
+// a node's share of the shared region and serves the page faults of the Go
+// programs attached to it.
+//
+// It is a package of its own, apart from cmd/dsmnode, because three programs
+// run it: dsmnode serve, the launcher of a local cluster (dsmnode run, the
+// false-sharing demo, the benchmarks) and the multi-process tests. The fault
+// server must never share a Go runtime with the threads that fault (see
+// DESIGN.md), so a daemon always runs in a process of its own.
+//
+// A Node owns the memfd behind the region, the userfaultfds that attached
+// programs hand it, the KCP transport to the other nodes, the coherence
+// engine and the lock manager. One goroutine (the loop) owns the engines and
+// applies their outputs in order; a goroutine per attached program reads its
+// userfaultfd with poll and a blocking read, never through the netpoller.
+package node
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dsmrt/dsm/analyzer"
+	"github.com/dsmrt/dsm/coherence"
+	"github.com/dsmrt/dsm/dht"
+	"github.com/dsmrt/dsm/lockmgr"
+	dsmnet "github.com/dsmrt/dsm/net"
+	"github.com/dsmrt/dsm/uffd"
+)
+
+// DefaultBase is the address every node maps the region at unless told
+// otherwise: far from where Go, the C library and the loader place things.
+const DefaultBase = 0x600000000000
+
+// Config is the configuration of one node.
+type Config struct {
+	ID       int            `json:"id"`     // this node: 0 .. Nodes-1
+	Nodes    int            `json:"nodes"`  // cluster size
+	Addr     string         `json:"addr"`   // UDP address of this node's transport
+	Peers    map[int]string `json:"peers"`  // UDP address of every other node
+	Key      string         `json:"key"`    // cluster key (hex or text, >= 16 bytes)
+	Socket   string         `json:"socket"` // unix socket programs attach to
+	Base     uint64         `json:"base"`   // region base address (same on every node)
+	Size     uint64         `json:"size"`   // region size in bytes
+	PageSize int            `json:"page_size"`
+	Tick     Duration       `json:"tick"` // coherence engine tick (retries)
+
+	// FreshLocks says this is the first start of a new cluster: the lock
+	// manager may grant at once. Otherwise (a restart) it waits one home
+	// lease so that no lease granted before the restart can overlap.
+	FreshLocks bool `json:"fresh_locks,omitempty"`
+
+	// NoCompress sends pages uncompressed (a zero page still travels as a
+	// flag); for measuring what compression buys.
+	NoCompress bool `json:"no_compress,omitempty"`
+	// FECData and FECParity turn on forward error correction in the
+	// transport (Reed-Solomon shards); both ends must agree.
+	FECData   int `json:"fec_data,omitempty"`
+	FECParity int `json:"fec_parity,omitempty"`
+	// Loss drops this fraction of the datagrams the node sends (seeded by
+	// the node id): injected packet loss, for tests and benchmarks.
+	Loss float64 `json:"loss,omitempty"`
+
+	// WrapConn, when set, wraps the transport's UDP socket (fault injection).
+	WrapConn func(net.PacketConn) net.PacketConn `json:"-"`
+	// Logger receives the daemon's log; nil means stderr.
+	Logger *slog.Logger `json:"-"`
+}
+
+// Duration is a time.Duration that reads and writes as text in JSON.
+type Duration time.Duration
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("bad duration %q: %w", b, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Validate fills defaults and checks the configuration.
+func (c *Config) Validate() error {
+	if c.PageSize == 0 {
+		c.PageSize = os.Getpagesize()
+	}
+	if c.PageSize != os.Getpagesize() {
+		return fmt.Errorf("page size %d: this machine's page size is %d, and userfaultfd works in whole pages", c.PageSize, os.Getpagesize())
+	}
+	if c.Base == 0 {
+		c.Base = DefaultBase
+	}
+	if c.Size == 0 {
+		c.Size = 64 << 20
+	}
+	if c.Size%uint64(c.PageSize) != 0 || c.Base%uint64(c.PageSize) != 0 {
+		return fmt.Errorf("region base 0x%x and size %d must be multiples of the page size %d", c.Base, c.Size, c.PageSize)
+	}
+	if c.Size/uint64(c.PageSize) > 1<<31 {
+		return fmt.Errorf("region of %d bytes has too many pages", c.Size)
+	}
+	if c.Nodes < 1 || c.Nodes > 1<<15 {
+		return fmt.Errorf("nodes = %d: need 1 .. 32768", c.Nodes)
+	}
+	if c.ID < 0 || c.ID >= c.Nodes {
+		return fmt.Errorf("node id %d out of range 0..%d", c.ID, c.Nodes-1)
+	}
+	for i := 0; i < c.Nodes; i++ {
+		if i == c.ID {
+			continue
+		}
+		if c.Peers[i] == "" {
+			return fmt.Errorf("no address for peer node %d: give every other node's UDP address", i)
+		}
+	}
+	if len(c.Key) < 16 {
+		return errors.New("cluster key missing or shorter than 16 bytes: give every node the same secret (dsmnode keygen makes one)")
+	}
+	if c.Socket == "" {
+		return errors.New("no socket path: programs attach through a unix socket (--socket)")
+	}
+	if c.Tick == 0 {
+		c.Tick = Duration(5 * time.Millisecond)
+	}
+	return nil
+}
+
+// Node is a running node daemon.
+type Node struct {
+	cfg   Config
+	log   *slog.Logger
+	pages int
+	ps    int
+
+	memfd int
+	tr    *dsmnet.Transport
+	ring  *dht.Ring
+	eng   *coherence.Engine
+	ln    *net.UnixListener
+
+	done chan struct{}
+
+	// mu guards the engines and everything below: faults, messages, ticks
+	// and control requests are served under it by the goroutine they
+	// arrive on.
+	mu      sync.Mutex
+	stopped bool
+	fatal   error
+	cancel  context.CancelFunc
+	progs   map[int]*prog
+	nextID  int
+	phys    []coherence.State
+	waiting map[coherence.PageID][]waiter
+	twins   map[coherence.PageID][]byte
+	an      *analyzer.Analyzer
+	vars    map[string]analyzer.Var
+	stats   stats
+	buf     []byte // one page, scratch
+	locks   lockState
+
+	wg sync.WaitGroup
+}
+
+type waiter struct {
+	p  *prog
+	wp bool
+	at time.Time
+}
+
+// New creates a node: it checks the machine, creates the memfd and binds
+// the transport and the socket. Run serves it.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("node config: %w", err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", cfg.ID)
+	}
+	n := &Node{
+		cfg:     cfg,
+		log:     log,
+		ps:      cfg.PageSize,
+		pages:   int(cfg.Size / uint64(cfg.PageSize)),
+		done:    make(chan struct{}),
+		progs:   map[int]*prog{},
+		waiting: map[coherence.PageID][]waiter{},
+		twins:   map[coherence.PageID][]byte{},
+		vars:    map[string]analyzer.Var{},
+		buf:     make([]byte, cfg.PageSize),
+		an:      analyzer.New(cfg.PageSize),
+	}
+	n.phys = make([]coherence.State, n.pages)
+	n.ring = dht.ClusterRing(cfg.Nodes)
+	eng, err := coherence.New(coherence.Config{
+		ID:    coherence.NodeID(cfg.ID),
+		Nodes: cfg.Nodes,
+		Pages: n.pages,
+		Home:  n.Home,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("coherence engine: %w", err)
+	}
+	n.eng = eng
+	if err := n.initLocks(cfg.FreshLocks); err != nil {
+		return nil, err
+	}
+	fd, err := uffd.Memfd(fmt.Sprintf("dsm-node-%d", cfg.ID), int64(cfg.Size))
+	if err != nil {
+		return nil, fmt.Errorf("create the region's memfd (%d bytes): %w", cfg.Size, err)
+	}
+	n.memfd = fd
+	if err := n.listenSocket(); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	peers := map[dsmnet.NodeID]string{}
+	for id, a := range cfg.Peers {
+		if id != cfg.ID {
+			peers[dsmnet.NodeID(id)] = a
+		}
+	}
+	wrap := cfg.WrapConn
+	if cfg.Loss > 0 {
+		if cfg.Loss >= 1 {
+			return nil, fmt.Errorf("loss %.2f: must be below 1", cfg.Loss)
+		}
+		inner := wrap
+		wrap = func(c net.PacketConn) net.PacketConn {
+			if inner != nil {
+				c = inner(c)
+			}
+			return dsmnet.NewFaultConn(c, dsmnet.Faults{Seed: int64(cfg.ID) + 1, Loss: cfg.Loss})
+		}
+	}
+	tr, err := dsmnet.Listen(dsmnet.Config{
+		ID:    dsmnet.NodeID(cfg.ID),
+		Addr:  cfg.Addr,
+		Peers: peers,
+		Key:   []byte(cfg.Key),
+		Geometry: dsmnet.Geometry{
+			Nodes: uint16(cfg.Nodes), PageSize: uint32(cfg.PageSize),
+			RegionSize: cfg.Size, Base: cfg.Base,
+		},
+		Handler:  n.onMessage,
+		OnPeer:   n.onPeer,
+		WrapConn: wrap,
+		FEC:      dsmnet.FECConfig{Data: cfg.FECData, Parity: cfg.FECParity},
+		Logger:   log,
+	})
+	if err != nil {
+		n.ln.Close()
+		unix.Close(fd)
+		return nil, fmt.Errorf("transport on %s: %w", cfg.Addr, err)
+	}
+	n.tr = tr
+	return n, nil
+}
+
+// Home is the home node of a page, found through the DHT.
+func (n *Node) Home(p coherence.PageID) coherence.NodeID {
+	return coherence.NodeID(n.ring.Home(dht.PageKey(uint32(p))))
+}
+
+// Config returns the node's configuration (with defaults filled in).
+func (n *Node) Config() Config { return n.cfg }
+
+func (n *Node) listenSocket() error {
+	path := n.cfg.Socket
+	if fi, err := os.Stat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return fmt.Errorf("socket path %s exists and is not a socket: choose another path", path)
+		}
+		// A socket file: in use by a live daemon, or left by a dead one.
+		if c, err := net.Dial("unixpacket", path); err == nil {
+			c.Close()
+			return fmt.Errorf("socket %s is in use by a running daemon: stop it or choose another path", path)
+		}
+		os.Remove(path)
+	}
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", path, err)
+	}
+	n.ln = ln
+	return nil
+}
+
+// onMessage is the transport's handler: it runs on the transport's
+// goroutine and serves the message right there, under the node's lock, so
+// that a reply leaves without a hop through another goroutine.
+func (n *Node) onMessage(from dsmnet.NodeID, msg []byte) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.stopped {
+		return
+	}
+	n.onPeerMessage(uint16(from), msg)
+	n.flush()
+}
+
+func (n *Node) onPeer(ev dsmnet.PeerEvent) {
+	switch ev.Kind {
+	case dsmnet.PeerUp:
+		n.log.Info("peer up", "peer", ev.Peer)
+	case dsmnet.PeerDown:
+		if errors.Is(ev.Err, dsmnet.ErrPeerClosed) {
+			n.log.Info("peer stopped", "peer", ev.Peer)
+		} else {
+			n.log.Warn("peer down: faults on pages it holds wait until it returns", "peer", ev.Peer, "err", ev.Err)
+		}
+	case dsmnet.PeerRefused:
+		n.log.Error("peer refused", "peer", ev.Peer, "err", ev.Err)
+	}
+	if ev.Kind != dsmnet.PeerDown {
+		return
+	}
+	// Not inline: the transport may call OnPeer while it holds its own
+	// locks, and the node's lock is held around transport sends.
+	go n.do(context.Background(), func() {
+		// Locks homed on the dead node are refused now rather than waited
+		// for; the coherence engine keeps retrying until it returns.
+		n.locks.eng.PeerDown(lockmgr.NodeID(ev.Peer))
+	})
+}
+
+// do runs fn under the node's lock, then applies what the engines produced.
+func (n *Node) do(ctx context.Context, fn func()) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.stopped {
+		return errors.New("node stopped")
+	}
+	fn()
+	n.flush()
+	return nil
+}
+
+// WaitPeers blocks until every peer has completed the handshake.
+func (n *Node) WaitPeers(ctx context.Context) error { return n.tr.WaitPeers(ctx) }
+
+// fail stops the node because it can no longer keep its pages coherent.
+// Its programs see the daemon go and fail loudly; nothing goes on with
+// memory that is wrong. Called with n.mu held.
+func (n *Node) fail(err error) {
+	if n.fatal == nil {
+		n.fatal = err
+		n.log.Error("node stopping: it cannot keep the region coherent", "err", err)
+		n.cancel()
+	}
+}
+
+// Run serves the node until ctx ends. It closes everything it owns before it
+// returns.
+func (n *Node) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	n.mu.Lock()
+	n.cancel = cancel
+	n.mu.Unlock()
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.acceptLoop(ctx)
+	}()
+	err := n.loop(ctx)
+	n.mu.Lock()
+	n.stopped = true
+	n.mu.Unlock()
+	close(n.done)
+	n.ln.Close()
+	os.Remove(n.cfg.Socket)
+	n.tr.Close()
+	for _, p := range n.progs {
+		p.stop()
+	}
+	n.wg.Wait()
+	for _, p := range n.progs {
+		p.close()
+	}
+	unix.Close(n.memfd)
+	if n.fatal != nil {
+		return n.fatal
+	}
+	return err
+}
+
+// loop drives the engines' clocks. Faults, messages and requests are served
+// by the goroutines they arrive on, under n.mu.
+func (n *Node) loop(ctx context.Context) error {
+	t := time.NewTicker(time.Duration(n.cfg.Tick))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			n.mu.Lock()
+			n.eng.Tick()
+			n.tickLocks(now)
+			n.flush()
+			n.mu.Unlock()
+		}
+	}
+}
+
+// onFault serves a page fault of program pr. Called with n.mu held.
+func (n *Node) onFault(pr *prog, p coherence.PageID, write, wp bool, at time.Time) {
+	if pr.gone {
+		return
+	}
+	n.waiting[p] = append(n.waiting[p], waiter{p: pr, wp: wp, at: at})
+	a := coherence.Read
+	if write || wp {
+		a = coherence.Write
+	}
+	n.stats.countFault(a, wp)
+	if err := n.eng.Fault(p, a); err != nil {
+		n.log.Error("fault refused by the engine", "page", p, "err", err)
+	}
+}
+
+// Protocol bytes that start every transport message.
+const (
+	protoCoherence = 1
+	protoLock      = 2
+)
+
+func (n *Node) onPeerMessage(from uint16, b []byte) {
+	if len(b) == 0 {
+		n.log.Warn("empty message from peer", "peer", from)
+		return
+	}
+	switch b[0] {
+	case protoCoherence:
+		m, err := coherence.UnmarshalMessage(b[1:])
+		if err != nil {
+			n.log.Warn("malformed coherence message dropped", "peer", from, "err", err)
+			return
+		}
+		if int(m.From) != int(from) {
+			n.log.Warn("coherence message claims another sender; dropped", "peer", from, "claims", m.From)
+			return
+		}
+		if err := n.eng.Step(m); err != nil {
+			n.log.Warn("coherence message refused", "peer", from, "err", err)
+		}
+	case protoLock:
+		n.onLockMessage(from, b[1:])
+	default:
+		n.log.Warn("message of unknown protocol dropped", "peer", from, "proto", b[0])
+	}
+}
+
+// flush applies everything the engines produced, in order.
+func (n *Node) flush() {
+	for {
+		if n.eng.HasReady() {
+			for _, o := range n.eng.Ready() {
+				if o.Act != nil {
+					n.apply(o.Act)
+				} else if o.Msg != nil {
+					n.send(o.Msg)
+				}
+			}
+			continue
+		}
+		if n.flushLocks() {
+			continue
+		}
+		return
+	}
+}
+
+func (n *Node) pageAddr(p coherence.PageID) uintptr {
+	return uintptr(n.cfg.Base) + uintptr(p)*uintptr(n.ps)
+}
+
+func (n *Node) pageOff(p coherence.PageID) int64 { return int64(p) * int64(n.ps) }
+
+// readPage reads the node's copy of page p into n.buf. pread reads a hole as
+// zeros without allocating it, so it is safe whatever the page's state.
+func (n *Node) readPage(p coherence.PageID) error {
+	for done := 0; done < n.ps; {
+		k, err := unix.Pread(n.memfd, n.buf[done:], n.pageOff(p)+int64(done))
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			return fmt.Errorf("pread page %d: %w", p, err)
+		}
+		if k == 0 {
+			return fmt.Errorf("pread page %d: short read", p)
+		}
+		done += k
+	}
+	return nil
+}
+
+func (n *Node) send(m *coherence.Message) {
+	if m.NeedData {
+		if err := n.readPage(m.Page); err != nil {
+			n.fail(fmt.Errorf("read page %d to send it to node %d: %w", m.Page, m.To, err))
+			return
+		}
+		m.Meta = n.outgoing(m)
+		if n.cfg.NoCompress {
+			m.Data = dsmnet.EncodePageUncompressed(nil, n.buf)
+		} else {
+			m.Data = dsmnet.EncodePage(nil, n.buf)
+		}
+		m.NeedData = false
+	}
+	b := make([]byte, 1, 64+len(m.Data)+len(m.Meta))
+	b[0] = protoCoherence
+	b = m.AppendBinary(b)
+	n.stats.bytesOut += uint64(len(b))
+	if err := n.tr.Send(dsmnet.NodeID(m.To), b); err != nil {
+		// The engine retransmits on ticks; a dead peer is logged once by
+		// the transport's peer event.
+		n.log.Debug("send failed", "to", m.To, "err", err)
+	}
+}
+
+// outgoing computes what this node wrote on a page it is giving away (a diff
+// against the copy it received), records the migration for the analyzer and
+// returns the ranges encoded for the message's metadata.
+func (n *Node) outgoing(m *coherence.Message) []byte {
+	twin, ok := n.twins[m.Page]
+	if !ok {
+		return nil
+	}
+	ranges := diffRanges(twin, n.buf)
+	// What was written has now been reported: the next diff starts here.
+	copy(twin, n.buf)
+	n.an.Record(analyzer.Migration{
+		Page: uint32(m.Page), From: uint16(n.cfg.ID), To: uint16(m.To),
+		Write: true, Wall: time.Now(), Clock: m.Clock, Written: ranges,
+	})
+	n.stats.migrationsOut++
+	return encodeRanges(ranges)
+}
+
+// diffRanges returns the byte ranges, at 8-byte granularity, where cur
+// differs from twin.
+func diffRanges(twin, cur []byte) []analyzer.Range {
+	var out []analyzer.Range
+	for i := 0; i+8 <= len(cur); i += 8 {
+		if binary.LittleEndian.Uint64(twin[i:]) == binary.LittleEndian.Uint64(cur[i:]) {
+			continue
+		}
+		if k := len(out) - 1; k >= 0 && out[k].Off+out[k].Len == uint32(i) {
+			out[k].Len += 8
+		} else {
+			out = append(out, analyzer.Range{Off: uint32(i), Len: 8})
+		}
+	}
+	return out
+}
+
+func encodeRanges(rs []analyzer.Range) []byte {
+	b := binary.AppendUvarint(nil, uint64(len(rs)))
+	for _, r := range rs {
+		b = binary.AppendUvarint(b, uint64(r.Off))
+		b = binary.AppendUvarint(b, uint64(r.Len))
+	}
+	return b
+}
+
+func decodeRanges(b []byte, pageSize int) ([]analyzer.Range, error) {
+	if len(b) == 0 {
+		return nil, nil
+	}
+	cnt, k := binary.Uvarint(b)
+	if k <= 0 || cnt > uint64(pageSize) {
+		return nil, errors.New("bad range count")
+	}
+	b = b[k:]
+	out := make([]analyzer.Range, 0, cnt)
+	for i := uint64(0); i < cnt; i++ {
+		off, k1 := binary.Uvarint(b)
+		if k1 <= 0 {
+			return nil, errors.New("truncated range")
+		}
+		l, k2 := binary.Uvarint(b[k1:])
+		if k2 <= 0 || off+l > uint64(pageSize) {
+			return nil, errors.New("bad range")
+		}
+		b = b[k1+k2:]
+		out = append(out, analyzer.Range{Off: uint32(off), Len: uint32(l)})
+	}
+	return out, nil
+}

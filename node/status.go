@@ -1,0 +1,122 @@
+package node
+
+import (
+	"slices"
+	"time"
+
+	"github.com/dsmrt/dsm/coherence"
+	dsmnet "github.com/dsmrt/dsm/net"
+)
+
+type stats struct {
+	readFaults, writeFaults, wpFaults uint64
+	installs, drops                   uint64
+	migrationsIn, migrationsOut       uint64
+	bytesOut                          uint64
+	attaches                          uint64
+	lat                               latencies
+}
+
+func (s *stats) countFault(a coherence.Access, wp bool) {
+	switch {
+	case wp:
+		s.wpFaults++
+	case a == coherence.Write:
+		s.writeFaults++
+	default:
+		s.readFaults++
+	}
+}
+
+// latencies keeps the most recent fault latencies for percentiles.
+type latencies struct {
+	ring  [8192]time.Duration
+	n     uint64
+	total uint64
+	sum   time.Duration
+}
+
+func (l *latencies) add(d time.Duration) {
+	l.ring[l.n%uint64(len(l.ring))] = d
+	l.n++
+	l.total++
+	l.sum += d
+}
+
+// Percentiles of fault latency over the most recent faults.
+type Percentiles struct {
+	Count  uint64        `json:"count"`
+	Window int           `json:"window"`
+	P50    time.Duration `json:"p50_ns"`
+	P90    time.Duration `json:"p90_ns"`
+	P99    time.Duration `json:"p99_ns"`
+	Max    time.Duration `json:"max_ns"`
+}
+
+func (l *latencies) percentiles() Percentiles {
+	k := int(min(l.n, uint64(len(l.ring))))
+	out := Percentiles{Count: l.total, Window: k}
+	if k == 0 {
+		return out
+	}
+	s := slices.Clone(l.ring[:k])
+	slices.Sort(s)
+	at := func(q float64) time.Duration { return s[min(k-1, int(q*float64(k)))] }
+	out.P50, out.P90, out.P99, out.Max = at(0.50), at(0.90), at(0.99), s[k-1]
+	return out
+}
+
+// Status is what `dsmnode status` shows of a node.
+type Status struct {
+	Node       int                 `json:"node"`
+	Nodes      int                 `json:"nodes"`
+	Base       uint64              `json:"base"`
+	Size       uint64              `json:"size"`
+	PageSize   int                 `json:"page_size"`
+	Programs   int                 `json:"programs"`
+	Pages      map[string]int      `json:"pages"`
+	HomedPages int                 `json:"homed_pages"`
+	Faults     map[string]uint64   `json:"faults"`
+	Migrations map[string]uint64   `json:"migrations"`
+	BytesOut   uint64              `json:"bytes_out"`
+	Latency    Percentiles         `json:"fault_latency"`
+	FaultTime  time.Duration       `json:"fault_time_ns"` // total time threads waited in faults
+	Engine     coherence.Stats     `json:"engine"`
+	Peers      []dsmnet.PeerStatus `json:"peers"`
+	Locks      []LockInfo          `json:"locks,omitempty"`
+}
+
+func (n *Node) status() Status {
+	st := Status{
+		Node: n.cfg.ID, Nodes: n.cfg.Nodes, Base: n.cfg.Base, Size: n.cfg.Size, PageSize: n.ps,
+		Programs: len(n.progs),
+		Pages:    map[string]int{"invalid": 0, "shared": 0, "exclusive": 0},
+		Faults: map[string]uint64{
+			"read": n.stats.readFaults, "write": n.stats.writeFaults, "write_protect": n.stats.wpFaults,
+		},
+		Migrations: map[string]uint64{
+			"in": n.stats.migrationsIn, "out": n.stats.migrationsOut,
+			"installs": n.stats.installs, "drops": n.stats.drops,
+		},
+		BytesOut:  n.stats.bytesOut,
+		Latency:   n.stats.lat.percentiles(),
+		FaultTime: n.stats.lat.sum,
+		Engine:    n.eng.Stats(),
+		Peers:     n.tr.Peers(),
+		Locks:     n.lockInfo(),
+	}
+	for i, s := range n.phys {
+		switch s {
+		case coherence.Invalid:
+			st.Pages["invalid"]++
+		case coherence.Shared:
+			st.Pages["shared"]++
+		case coherence.Exclusive:
+			st.Pages["exclusive"]++
+		}
+		if int(n.Home(coherence.PageID(i))) == n.cfg.ID {
+			st.HomedPages++
+		}
+	}
+	return st
+}
