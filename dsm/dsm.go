@@ -1,0 +1,390 @@
+// Package dsm is what a Go program links to share memory with the Go
+// programs of other nodes.
+//
+// A program attaches to its node's daemon and gets a region of memory that
+// every node of the cluster maps at the same virtual address. It reads and
+// writes the region with ordinary loads, stores and sync/atomic operations;
+// the node daemon traps its page faults with userfaultfd and keeps every page
+// sequentially consistent across the cluster.
+//
+//	r, err := dsm.Attach(ctx, dsm.Options{}) // Options.Socket; empty means $DSM_SOCKET
+//	if err != nil { ... }
+//	defer r.Close()
+//	mem := r.Bytes()
+//	atomic.AddUint64((*uint64)(unsafe.Pointer(&mem[0])), 1)
+//
+// The fault server runs in the daemon, never in the program: a Go program
+// that served its own faults could deadlock its own runtime (see DESIGN.md).
+// If the daemon dies, the program can no longer be kept coherent: the region
+// is made inaccessible at once and the program exits with a message (or
+// Options.OnLost is called).
+package dsm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"reflect"
+	"strconv"
+	"sync"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dsmrt/dsm/analyzer"
+	"github.com/dsmrt/dsm/internal/ctl"
+	"github.com/dsmrt/dsm/uffd"
+)
+
+// EnvSocket is the environment variable that names the daemon's socket when
+// Options.Socket is empty. dsmnode run sets it for every instance.
+const EnvSocket = "DSM_SOCKET"
+
+// Options configure Attach.
+type Options struct {
+	// Socket is the daemon's unix socket; empty means $DSM_SOCKET.
+	Socket string
+	// OnLost is called, after the region was made inaccessible, when the
+	// connection to the daemon is lost. Nil means: print the reason to
+	// stderr and exit with status 3.
+	OnLost func(error)
+}
+
+// ErrLost reports that the node daemon went away.
+var ErrLost = errors.New("dsm: lost the node daemon: the shared region is no longer coherent")
+
+// Region is an attached shared region.
+type Region struct {
+	geo  ctl.Geometry
+	mem  []byte
+	u    *uffd.FD
+	conn *net.UnixConn
+	opts Options
+
+	mu      sync.Mutex
+	nextID  uint64
+	calls   map[uint64]chan ctl.Reply
+	next    uint64 // allocation cursor
+	closing bool
+	lost    error
+	done    chan struct{}
+
+	lockClients uint64
+	barriers    map[string]*barrierState
+}
+
+// Attach connects to the node daemon, maps the region at its base address
+// and hands the daemon a userfaultfd for it. The context bounds the
+// handshake.
+func Attach(ctx context.Context, opts Options) (*Region, error) {
+	if opts.Socket == "" {
+		opts.Socket = os.Getenv(EnvSocket)
+	}
+	c, err := ctl.Dial(opts.Socket)
+	if err != nil {
+		return nil, fmt.Errorf("dsm attach: %w", err)
+	}
+	r, err := attach(ctx, c, opts)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("dsm attach to %s: %w", opts.Socket, err)
+	}
+	return r, nil
+}
+
+func attach(ctx context.Context, c *net.UnixConn, opts Options) (*Region, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(aLongTimeAgo) })
+	defer stop()
+	if err := ctl.Write(c, ctl.Request{Op: ctl.OpAttach, Version: ctl.Version, PID: os.Getpid()}); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, 64<<10)
+	var rep ctl.Reply
+	fds, err := ctl.Read(c, buf, &rep)
+	if err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	if rep.Error != "" {
+		closeFDs(fds)
+		return nil, errors.New(rep.Error)
+	}
+	if rep.Geometry == nil || len(fds) != 1 {
+		closeFDs(fds)
+		return nil, fmt.Errorf("daemon sent no region (geometry %v, %d descriptors): %w", rep.Geometry, len(fds), ctl.ErrNotDaemon)
+	}
+	geo := *rep.Geometry
+	if geo.PageSize != os.Getpagesize() {
+		closeFDs(fds)
+		return nil, fmt.Errorf("daemon's page size %d differs from this machine's %d", geo.PageSize, os.Getpagesize())
+	}
+	mem, err := uffd.MapShared(fds[0], uintptr(geo.Base), int(geo.Size), true)
+	unix.Close(fds[0])
+	if err != nil {
+		return nil, fmt.Errorf("map the region: %w", err)
+	}
+	u, err := uffd.Open()
+	if err != nil {
+		uffd.Unmap(mem)
+		return nil, err
+	}
+	fail := func(err error) (*Region, error) {
+		u.Close()
+		uffd.Unmap(mem)
+		return nil, err
+	}
+	if _, err := u.API(uffd.RequiredFeatures); err != nil {
+		return fail(fmt.Errorf("userfaultfd handshake: %w", err))
+	}
+	if _, err := u.Register(uintptr(geo.Base), uintptr(geo.Size), uffd.RegisterMissing|uffd.RegisterWP); err != nil {
+		return fail(fmt.Errorf("register the region with userfaultfd: %w", err))
+	}
+	if err := ctl.Write(c, ctl.Request{Op: ctl.OpUffd, UserMod: u.UserModeOnly()}, u.Fd()); err != nil {
+		return fail(fmt.Errorf("hand the userfaultfd to the daemon: %w", err))
+	}
+	rep = ctl.Reply{}
+	if _, err := ctl.Read(c, buf, &rep); err != nil {
+		return fail(ctxErr(ctx, err))
+	}
+	if rep.Error != "" {
+		return fail(errors.New(rep.Error))
+	}
+	c.SetDeadline(noDeadline)
+	// The program keeps its own reference to the userfaultfd: if the
+	// daemon dies, faults stay blocked (instead of silently reading zeros)
+	// until the watcher has made the region inaccessible.
+	r := &Region{geo: geo, mem: mem, u: u, conn: c, opts: opts, calls: map[uint64]chan ctl.Reply{}, done: make(chan struct{})}
+	go r.watch()
+	return r, nil
+}
+
+func ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w (%w)", ctx.Err(), err)
+	}
+	return err
+}
+
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// watch reads the daemon's replies; EOF while attached means the daemon died.
+func (r *Region) watch() {
+	defer close(r.done)
+	buf := make([]byte, ctl.MaxMessage)
+	for {
+		var rep ctl.Reply
+		fds, err := ctl.Read(r.conn, buf, &rep)
+		closeFDs(fds)
+		if err != nil {
+			r.mu.Lock()
+			closing := r.closing
+			r.mu.Unlock()
+			if !closing {
+				r.onLost(err)
+			}
+			r.failCalls()
+			return
+		}
+		r.mu.Lock()
+		ch := r.calls[rep.ID]
+		delete(r.calls, rep.ID)
+		r.mu.Unlock()
+		if ch != nil {
+			ch <- rep
+		}
+	}
+}
+
+func (r *Region) onLost(cause error) {
+	// First make the region inaccessible, then let blocked faults go: they
+	// retry and hit PROT_NONE instead of reading memory nobody keeps.
+	unix.Mprotect(r.mem, unix.PROT_NONE)
+	r.u.Close()
+	err := fmt.Errorf("%w (node %d, socket %s: %v)", ErrLost, r.geo.Node, r.opts.Socket, cause)
+	r.mu.Lock()
+	r.lost = err
+	r.mu.Unlock()
+	if r.opts.OnLost != nil {
+		r.opts.OnLost(err)
+		return
+	}
+	fmt.Fprintf(os.Stderr, "%v\nexiting: a program must not go on with memory that is no longer kept coherent\n", err)
+	os.Exit(3)
+}
+
+func (r *Region) failCalls() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id, ch := range r.calls {
+		close(ch)
+		delete(r.calls, id)
+	}
+}
+
+// call sends a request to the daemon and waits for its reply.
+func (r *Region) call(ctx context.Context, req ctl.Request, body any) error {
+	r.mu.Lock()
+	if r.lost != nil {
+		r.mu.Unlock()
+		return r.lost
+	}
+	if r.closing {
+		r.mu.Unlock()
+		return errors.New("dsm: region closed")
+	}
+	r.nextID++
+	req.ID = r.nextID
+	ch := make(chan ctl.Reply, 1)
+	r.calls[req.ID] = ch
+	err := ctl.Write(r.conn, req)
+	r.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("dsm: send %s: %w", req.Op, err)
+	}
+	select {
+	case rep, ok := <-ch:
+		if !ok {
+			return ErrLost
+		}
+		if rep.Error != "" {
+			return errors.New(rep.Error)
+		}
+		if body != nil && len(rep.Body) > 0 {
+			return json.Unmarshal(rep.Body, body)
+		}
+		return nil
+	case <-ctx.Done():
+		r.mu.Lock()
+		delete(r.calls, req.ID)
+		r.mu.Unlock()
+		return ctx.Err()
+	}
+}
+
+// Bytes returns the region. It is mapped at Base on every node.
+func (r *Region) Bytes() []byte { return r.mem }
+
+// Base is the region's virtual address, the same on every node: a pointer
+// into the region stored by one node is valid on every other.
+func (r *Region) Base() uintptr { return uintptr(r.geo.Base) }
+
+// Size is the region's size in bytes.
+func (r *Region) Size() int { return len(r.mem) }
+
+// PageSize is the unit of coherence.
+func (r *Region) PageSize() int { return r.geo.PageSize }
+
+// NodeID is this node's id, 0 .. Nodes()-1.
+func (r *Region) NodeID() int { return r.geo.Node }
+
+// Nodes is the number of nodes in the cluster.
+func (r *Region) Nodes() int { return r.geo.Nodes }
+
+// Alloc reserves size bytes aligned to align (a power of two; 0 means 8)
+// under a name and returns its offset in the region. The same sequence of
+// calls returns the same offsets on every node. The name is recorded by the
+// daemon so that the layout analyzer can name the variable.
+func (r *Region) Alloc(name string, size, align int) (int, error) {
+	return r.alloc(context.Background(), name, size, align, nil)
+}
+
+func (r *Region) alloc(ctx context.Context, name string, size, align int, fields []ctl.Field) (int, error) {
+	if align == 0 {
+		align = 8
+	}
+	if size <= 0 || align < 0 || align&(align-1) != 0 {
+		return 0, fmt.Errorf("dsm: alloc %q: size %d must be > 0 and align %d a power of two", name, size, align)
+	}
+	if name == "" {
+		return 0, errors.New("dsm: alloc needs a name (the analyzer reports variables by name)")
+	}
+	r.mu.Lock()
+	off := (r.next + uint64(align) - 1) &^ (uint64(align) - 1)
+	if off+uint64(size) > uint64(len(r.mem)) {
+		r.mu.Unlock()
+		return 0, fmt.Errorf("dsm: alloc %q of %d bytes: region of %d bytes is full (%d used)", name, size, len(r.mem), r.next)
+	}
+	r.next = off + uint64(size)
+	r.mu.Unlock()
+	for i := range fields {
+		fields[i].Offset += off
+	}
+	if err := r.call(ctx, ctl.Request{Op: ctl.OpAlloc, Name: name, Offset: off, Size: uint64(size), Fields: fields}, nil); err != nil {
+		return 0, fmt.Errorf("dsm: alloc %q: %w", name, err)
+	}
+	return int(off), nil
+}
+
+// Ptr returns a pointer to the byte at offset off of the region.
+func (r *Region) Ptr(off int) unsafe.Pointer {
+	return unsafe.Pointer(&r.mem[off])
+}
+
+// Close detaches from the daemon and unmaps the region. Pointers into the
+// region must not be used after it.
+func (r *Region) Close() error {
+	r.mu.Lock()
+	if r.closing {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closing = true
+	lost := r.lost
+	r.mu.Unlock()
+	err := uffd.Unmap(r.mem)
+	r.conn.Close()
+	<-r.done
+	if lost == nil {
+		r.u.Close()
+	}
+	return err
+}
+
+// NodeFromEnv returns DSM_NODE_ID and DSM_NODES as dsmnode run sets them,
+// for programs that want them before attaching.
+func NodeFromEnv() (id, nodes int, err error) {
+	id, err1 := strconv.Atoi(os.Getenv("DSM_NODE_ID"))
+	nodes, err2 := strconv.Atoi(os.Getenv("DSM_NODES"))
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, 0, fmt.Errorf("DSM_NODE_ID / DSM_NODES not set (start the program with dsmnode run): %w", err)
+	}
+	return id, nodes, nil
+}
+
+var (
+	aLongTimeAgo = time.Unix(1, 0)
+	noDeadline   = time.Time{}
+)
+
+// AllocStruct reserves room for a value of v's struct type (v is a struct
+// or a pointer to one) and records every field under "name.Field", so that
+// the analyzer's reports name fields (Stats.Hits, Stats.Misses) rather than
+// offsets. align 0 means the type's own alignment.
+func (r *Region) AllocStruct(name string, v any, align int) (int, error) {
+	vars, err := analyzer.StructVars(name, 0, v)
+	if err != nil {
+		return 0, fmt.Errorf("dsm: alloc %q: %w", name, err)
+	}
+	t := reflect.TypeOf(v)
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if align == 0 {
+		align = t.Align()
+	}
+	fields := make([]ctl.Field, len(vars))
+	for i, v := range vars {
+		fields[i] = ctl.Field{Name: v.Name, Offset: v.Offset, Size: v.Size}
+	}
+	return r.alloc(context.Background(), name, int(t.Size()), align, fields)
+}
