@@ -1,11 +1,13 @@
 package net
 
 import (
+	"context"
 	"crypto/cipher"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	stdnet "net"
 	"net/netip"
 	"sync"
@@ -267,7 +269,11 @@ func (p *peer) down(reason error, fresh bool) {
 	}
 	p.nextHello = time.Now()
 	if wasUp && !p.t.closed.Load() {
-		p.t.log.Warn("peer down", "peer", p.id, "addr", p.addr.String(), "reason", reason)
+		level := slog.LevelWarn
+		if errors.Is(reason, ErrPeerClosed) {
+			level = slog.LevelInfo // an orderly goodbye is not a warning
+		}
+		p.t.log.Log(context.Background(), level, "peer down", "peer", p.id, "addr", p.addr.String(), "reason", reason)
 		p.t.emit(PeerEvent{Peer: p.id, Kind: PeerDown, Err: reason})
 		p.t.notifyChanged()
 	}

@@ -1,0 +1,256 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/dsmrt/dsm/cluster"
+	"github.com/dsmrt/dsm/internal/ctl"
+	"github.com/dsmrt/dsm/node"
+	"github.com/dsmrt/dsm/uffd"
+)
+
+func cmdRun(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	n := fs.Int("n", 2, "number of nodes")
+	size := fs.Uint64("size", 64<<20, "region size in bytes")
+	logLevel := fs.String("log", "warn", "daemon log level: debug, info, warn, error")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: dsmnode run -n N [flags] -- PROGRAM [ARGS]")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return exitError(2)
+	}
+	prog := fs.Args()
+	if len(prog) == 0 {
+		fs.Usage()
+		return errors.New("no program given after --")
+	}
+	if p, err := lookProgram(prog[0]); err != nil {
+		return err
+	} else {
+		prog[0] = p
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	c, err := cluster.Start(ctx, cluster.Options{Nodes: *n, Size: *size, LogLevel: *logLevel})
+	if err != nil {
+		return fmt.Errorf("start the cluster: %w", err)
+	}
+	defer c.Stop()
+	if err := c.Run(ctx, prog, os.Stdout); err != nil {
+		return err
+	}
+	return c.Stop()
+}
+
+// lookProgram resolves the program like a shell would, with a clear error.
+func lookProgram(p string) (string, error) {
+	if strings.Contains(p, "/") {
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return "", err
+		}
+		fi, err := os.Stat(abs)
+		if err != nil {
+			return "", fmt.Errorf("program %s: %w", p, err)
+		}
+		if fi.IsDir() || fi.Mode()&0o111 == 0 {
+			return "", fmt.Errorf("program %s is not executable (build it with go build -o %s first)", p, p)
+		}
+		return abs, nil
+	}
+	return p, nil
+}
+
+func cmdServe(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	config := fs.String("config", "", "JSON file with the node configuration (flags override it)")
+	id := fs.Int("id", -1, "this node's id, 0..nodes-1")
+	nodes := fs.Int("nodes", 0, "cluster size")
+	addr := fs.String("addr", "", "UDP address of this node, host:port")
+	peers := fs.String("peers", "", "the other nodes: id=host:port,id=host:port,...")
+	key := fs.String("key", "", "cluster key (same on every node; prefer --key-file)")
+	keyFile := fs.String("key-file", "", "file holding the cluster key")
+	socket := fs.String("socket", "", "unix socket programs attach to")
+	size := fs.Uint64("size", 0, "region size in bytes (same on every node; default 64 MiB)")
+	base := fs.Uint64("base", 0, "region base address (same on every node; default 0x600000000000)")
+	if err := fs.Parse(args); err != nil {
+		return exitError(2)
+	}
+	var cfg node.Config
+	if *config != "" {
+		b, err := os.ReadFile(*config)
+		if err != nil {
+			return fmt.Errorf("read config: %w", err)
+		}
+		dec := json.NewDecoder(strings.NewReader(string(b)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&cfg); err != nil {
+			return fmt.Errorf("config %s: %w", *config, err)
+		}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["id"] {
+		cfg.ID = *id
+	}
+	if set["nodes"] {
+		cfg.Nodes = *nodes
+	}
+	if set["addr"] {
+		cfg.Addr = *addr
+	}
+	if set["socket"] {
+		cfg.Socket = *socket
+	}
+	if set["size"] {
+		cfg.Size = *size
+	}
+	if set["base"] {
+		cfg.Base = *base
+	}
+	if set["key"] {
+		cfg.Key = *key
+	}
+	if *keyFile != "" {
+		b, err := os.ReadFile(*keyFile)
+		if err != nil {
+			return fmt.Errorf("read key file: %w", err)
+		}
+		cfg.Key = strings.TrimSpace(string(b))
+	}
+	if set["peers"] {
+		cfg.Peers = map[int]string{}
+		for _, kv := range strings.Split(*peers, ",") {
+			k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+			i, err := strconv.Atoi(k)
+			if !ok || err != nil || v == "" {
+				return fmt.Errorf("--peers: %q is not id=host:port", kv)
+			}
+			cfg.Peers[i] = v
+		}
+	}
+	if *config == "" && !set["id"] {
+		fs.Usage()
+		return errors.New("give --config FILE or --id, --nodes, --addr, --peers, --key-file and --socket")
+	}
+	return node.Serve(ctx, cfg)
+}
+
+func cmdStatus(args []string) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	socket := fs.String("socket", os.Getenv("DSM_SOCKET"), "the node's unix socket")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return exitError(2)
+	}
+	var st node.Status
+	if err := ctl.Call(*socket, ctl.Request{Op: ctl.OpStatus}, &st); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(st)
+	}
+	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "node\t%d of %d\n", st.Node, st.Nodes)
+	fmt.Fprintf(w, "region\t0x%x, %d bytes, %d-byte pages, %d homed here\n", st.Base, st.Size, st.PageSize, st.HomedPages)
+	fmt.Fprintf(w, "programs\t%d attached\n", st.Programs)
+	fmt.Fprintf(w, "pages\tinvalid %d, shared %d, exclusive %d\n", st.Pages["invalid"], st.Pages["shared"], st.Pages["exclusive"])
+	fmt.Fprintf(w, "faults\tread %d, write %d, write-protect %d\n", st.Faults["read"], st.Faults["write"], st.Faults["write_protect"])
+	fmt.Fprintf(w, "migrations\tin %d, out %d (installs %d, drops %d), %d bytes sent\n", st.Migrations["in"], st.Migrations["out"], st.Migrations["installs"], st.Migrations["drops"], st.BytesOut)
+	l := st.Latency
+	fmt.Fprintf(w, "fault latency\tp50 %v, p90 %v, p99 %v, max %v (last %d of %d faults)\n", l.P50, l.P90, l.P99, l.Max, l.Window, l.Count)
+	for _, p := range st.Peers {
+		state := "down"
+		if p.Up {
+			state = "up"
+		}
+		fmt.Fprintf(w, "peer %d\t%s %s, rtt %v, sent %d B, received %d B\n", p.ID, p.Addr, state, p.RTT, p.BytesOut, p.BytesIn)
+	}
+	if len(st.Locks) > 0 {
+		fmt.Fprintln(w, "locks homed here:")
+		for _, lk := range st.Locks {
+			fmt.Fprintf(w, "  %s\t%s\n", lk.Name, lk.String())
+		}
+	}
+	return w.Flush()
+}
+
+func cmdReport(args []string) error {
+	fs := flag.NewFlagSet("report", flag.ContinueOnError)
+	socket := fs.String("socket", os.Getenv("DSM_SOCKET"), "the node's unix socket")
+	asJSON := fs.Bool("json", false, "print JSON")
+	out := fs.String("out", "", "directory for PNG plots (heat map, migrations per variable)")
+	if err := fs.Parse(args); err != nil {
+		return exitError(2)
+	}
+	req := ctl.Request{Op: ctl.OpReport}
+	if *out != "" {
+		abs, err := filepath.Abs(*out)
+		if err != nil {
+			return err
+		}
+		req.Args, _ = json.Marshal(node.ReportArgs{Out: abs})
+	}
+	var rep node.ReportReply
+	if err := ctl.Call(*socket, req, &rep); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(rep)
+	}
+	fmt.Print(rep.Text())
+	for _, p := range rep.Plots {
+		fmt.Println("wrote", p)
+	}
+	return nil
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func cmdProbe(args []string) error {
+	fs := flag.NewFlagSet("probe", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return exitError(2)
+	}
+	res := uffd.Probe()
+	if *asJSON {
+		if err := printJSON(res); err != nil {
+			return err
+		}
+	} else {
+		fmt.Print(res.String())
+	}
+	if !res.OK() {
+		return exitError(1)
+	}
+	return nil
+}
+
+func cmdKeygen(args []string) error {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return err
+	}
+	fmt.Println(hex.EncodeToString(b))
+	return nil
+}

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dsmrt/dsm/internal/uffdtest"
+)
+
+// The test binary is dsmnode itself when envMain is set: the tests run the
+// command line as a user would, in processes of its own.
+const envMain = "DSMNODE_TEST_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envMain) == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func dsmnode(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), envMain+"=1", "DSMNODE="+os.Args[0])
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func TestRunPrefixesAndEnvironment(t *testing.T) {
+	uffdtest.Require(t)
+	out, err := dsmnode(t, "run", "-n", "3", "--", "/bin/sh", "-c", `echo "node $DSM_NODE_ID of $DSM_NODES"`)
+	require.NoError(t, err, out)
+	for _, want := range []string{"[0] node 0 of 3", "[1] node 1 of 3", "[2] node 2 of 3"} {
+		require.Contains(t, out, want)
+	}
+}
+
+func TestRunFailsWhenAnInstanceFails(t *testing.T) {
+	uffdtest.Require(t)
+	out, err := dsmnode(t, "run", "-n", "2", "--", "/bin/sh", "-c", `exit $DSM_NODE_ID`)
+	require.Error(t, err, out)
+	require.Contains(t, out, "instance 1")
+}
+
+func TestRunStatusOfARunningNode(t *testing.T) {
+	uffdtest.Require(t)
+	out, err := dsmnode(t, "run", "-n", "2", "--", "/bin/sh", "-c", `"$DSMNODE" status --socket "$DSM_SOCKET"`)
+	require.NoError(t, err, out)
+	require.Contains(t, out, "[0] node")
+	require.Contains(t, out, "pages")
+	require.Contains(t, out, "fault latency")
+	require.Regexp(t, `peer 1 +127\.0\.0\.1:\d+ up`, out)
+}
+
+func TestProbe(t *testing.T) {
+	uffdtest.Require(t)
+	out, err := dsmnode(t, "probe")
+	require.NoError(t, err, out)
+	require.Contains(t, out, "result: OK")
+	require.Contains(t, out, "WP_HUGETLBFS_SHMEM")
+}
+
+func TestUsageErrors(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{nil, "usage: dsmnode"},
+		{[]string{"frobnicate"}, "unknown command"},
+		{[]string{"run", "-n", "2"}, "no program given"},
+		{[]string{"run", "--", "./no-such-program"}, "no-such-program"},
+		{[]string{"serve"}, "give --config"},
+		{[]string{"serve", "--id", "0", "--nodes", "2", "--peers", "1"}, "not id=host:port"},
+		{[]string{"status", "--socket", "/nonexistent/sock"}, "no dsmnode socket"},
+	}
+	for _, tc := range cases {
+		out, err := dsmnode(t, tc.args...)
+		require.Error(t, err, strings.Join(tc.args, " "))
+		require.Contains(t, out, tc.want, strings.Join(tc.args, " "))
+	}
+}
