@@ -1,0 +1,308 @@
+// Command falsesharing shows what false sharing costs in a DSM, measures it,
+// and lets the layout analyzer find it.
+//
+// It starts its own local cluster (2 nodes by default); each node increments
+// its own counter. It runs the same program with two layouts: the counters
+// packed next to each other on one page (counter_A, counter_B, ... allocated
+// with r.Alloc), and the counters padded onto separate pages. For each it
+// prints increments per second, time per increment, page migrations and
+// bytes moved, then the slowdown of the packed layout, then the analyzer's
+// report.
+//
+//	go run ./examples/falsesharing [-nodes 2] [-iters 20000] [-json] [-out DIR]
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/dsmrt/dsm/analyzer"
+	"github.com/dsmrt/dsm/cluster"
+	"github.com/dsmrt/dsm/dsm"
+	"github.com/dsmrt/dsm/node"
+)
+
+const (
+	envLayout = "DSM_FS_LAYOUT"
+	envIters  = "DSM_FS_ITERS"
+)
+
+// Layout is the result of one layout's run.
+type Layout struct {
+	Name             string        `json:"name"`
+	Nodes            int           `json:"nodes"`
+	ItersPerNode     int           `json:"iters_per_node"`
+	Seconds          float64       `json:"seconds"`
+	IncrementsPerSec float64       `json:"increments_per_sec"`
+	NsPerIncrement   float64       `json:"ns_per_increment"`
+	Migrations       uint64        `json:"migrations"`
+	MigrationsPerInc float64       `json:"migrations_per_increment"`
+	BytesMoved       uint64        `json:"bytes_moved"`
+	FaultP50         time.Duration `json:"fault_p50_ns"`
+	FaultP99         time.Duration `json:"fault_p99_ns"`
+	Faults           uint64        `json:"faults"`
+	FaultTime        time.Duration `json:"fault_time_ns"`
+}
+
+// Result is what -json prints.
+type Result struct {
+	Packed   Layout             `json:"packed"`
+	Padded   Layout             `json:"padded"`
+	Slowdown float64            `json:"slowdown"`
+	Findings []analyzer.Finding `json:"findings"`
+	Plots    []string           `json:"plots,omitempty"`
+}
+
+func main() {
+	node.RunDaemonIfChild()
+	if layout := os.Getenv(envLayout); layout != "" {
+		if err := worker(layout); err != nil {
+			fmt.Fprintln(os.Stderr, "worker:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	nodes := flag.Int("nodes", 2, "nodes in the local cluster")
+	iters := flag.Int("iters", 20000, "increments per node")
+	asJSON := flag.Bool("json", false, "print one JSON object with the figures and the findings")
+	out := flag.String("out", "", "directory for the analyzer's pictures (heat map, migrations per variable)")
+	flag.Parse()
+	if *nodes < 2 || *nodes > 26 {
+		fatal(errors.New("-nodes must be 2..26 (false sharing needs two writers; counters are named counter_A..counter_Z)"))
+	}
+	if *iters < 1 {
+		fatal(errors.New("-iters must be positive"))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	var res Result
+	var report node.ReportReply
+	for _, name := range []string{"packed", "padded"} {
+		l, rep, err := runLayout(ctx, name, *nodes, *iters, *out, !*asJSON)
+		if err != nil {
+			fatal(fmt.Errorf("%s layout: %w", name, err))
+		}
+		if name == "packed" {
+			res.Packed, report = l, rep
+		} else {
+			res.Padded = l
+		}
+	}
+	res.Slowdown = res.Packed.NsPerIncrement / res.Padded.NsPerIncrement
+	res.Findings = report.Findings
+	res.Plots = report.Plots
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(res)
+		return
+	}
+	for _, l := range []Layout{res.Packed, res.Padded} {
+		fmt.Printf("%-7s %d nodes x %d increments: %.0f increments/s, %.1f ns per increment, %d page migrations (%.2f per increment), %d bytes moved; faults: %d, p50 %v, p99 %v, %v waiting in all\n",
+			l.Name, l.Nodes, l.ItersPerNode, l.IncrementsPerSec, l.NsPerIncrement, l.Migrations, l.MigrationsPerInc, l.BytesMoved, l.Faults, l.FaultP50, l.FaultP99, l.FaultTime.Round(time.Millisecond))
+	}
+	fmt.Printf("slowdown of the packed layout: %.1fx\n\n", res.Slowdown)
+	fmt.Print(report.Text())
+	for _, p := range report.Plots {
+		fmt.Println("wrote", p)
+	}
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "falsesharing:", err)
+	os.Exit(1)
+}
+
+// runLayout runs one layout on a fresh cluster and collects its figures and
+// node 0's analyzer report.
+func runLayout(ctx context.Context, name string, nodes, iters int, out string, progress bool) (Layout, node.ReportReply, error) {
+	l := Layout{Name: name, Nodes: nodes, ItersPerNode: iters}
+	c, err := cluster.Start(ctx, cluster.Options{Nodes: nodes, Size: 16 << 20})
+	if err != nil {
+		return l, node.ReportReply{}, err
+	}
+	defer c.Stop()
+	var outMu sync.Mutex
+	var lines []string
+	pr, pw := io.Pipe()
+	go func() {
+		s := bufio.NewScanner(pr)
+		for s.Scan() {
+			outMu.Lock()
+			lines = append(lines, s.Text())
+			outMu.Unlock()
+		}
+	}()
+	stopProgress := make(chan struct{})
+	var pwg sync.WaitGroup
+	if progress {
+		pwg.Add(1)
+		go func() {
+			defer pwg.Done()
+			showProgress(c, name, stopProgress)
+		}()
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return l, node.ReportReply{}, err
+	}
+	err = c.Run(ctx, []string{exe}, pw, envLayout+"="+name, envIters+"="+strconv.Itoa(iters))
+	close(stopProgress)
+	pwg.Wait()
+	pw.Close()
+	if err != nil {
+		outMu.Lock()
+		defer outMu.Unlock()
+		return l, node.ReportReply{}, fmt.Errorf("%w\n%s", err, strings.Join(lines, "\n"))
+	}
+	outMu.Lock()
+	for _, line := range lines {
+		_, js, ok := strings.Cut(line, "RESULT ")
+		if !ok {
+			continue
+		}
+		var w workerResult
+		if err := json.Unmarshal([]byte(js), &w); err != nil {
+			outMu.Unlock()
+			return l, node.ReportReply{}, fmt.Errorf("bad worker result %q: %w", line, err)
+		}
+		l.Seconds = max(l.Seconds, w.Seconds)
+	}
+	outMu.Unlock()
+	if l.Seconds == 0 {
+		return l, node.ReportReply{}, fmt.Errorf("workers printed no result:\n%s", strings.Join(lines, "\n"))
+	}
+	total := float64(nodes * iters)
+	l.IncrementsPerSec = total / l.Seconds
+	l.NsPerIncrement = l.Seconds * 1e9 / float64(iters)
+	for i := range c.Daemons {
+		st, err := c.Status(i)
+		if err != nil {
+			return l, node.ReportReply{}, err
+		}
+		l.Migrations += st.Migrations["in"]
+		l.BytesMoved += st.BytesOut
+		l.Faults += st.Latency.Count
+		if st.Latency.P50 > l.FaultP50 {
+			l.FaultP50, l.FaultP99 = st.Latency.P50, st.Latency.P99
+		}
+		l.FaultTime += st.FaultTime
+	}
+	l.MigrationsPerInc = float64(l.Migrations) / total
+	if name != "packed" {
+		out = ""
+	}
+	rep, err := c.Report(0, out)
+	return l, rep, err
+}
+
+func showProgress(c *cluster.Cluster, name string, stop <-chan struct{}) {
+	start := time.Now()
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			fmt.Fprintf(os.Stderr, "\r%-78s\r", "")
+			return
+		case <-t.C:
+			var mig, faults uint64
+			for i := range c.Daemons {
+				if st, err := c.Status(i); err == nil {
+					mig += st.Migrations["in"]
+					faults += st.Latency.Count
+				}
+			}
+			fmt.Fprintf(os.Stderr, "\r%s: running %.1fs, %d faults, %d page migrations so far ", name, time.Since(start).Seconds(), faults, mig)
+		}
+	}
+}
+
+type workerResult struct {
+	Node    int     `json:"node"`
+	Seconds float64 `json:"seconds"`
+	Value   uint64  `json:"value"`
+}
+
+// worker is one node's program: allocate the counters in the layout, wait
+// for every node, increment this node's counter, check it.
+func worker(layout string) error {
+	iters, err := strconv.Atoi(os.Getenv(envIters))
+	if err != nil {
+		return fmt.Errorf("%s: %w", envIters, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := dsm.Attach(ctx, dsm.Options{})
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	ps := r.PageSize()
+	start, err := r.Alloc("start_barrier", 8, ps)
+	if err != nil {
+		return err
+	}
+	align := 8
+	if layout == "padded" {
+		align = ps
+	}
+	var counters []int
+	// The first counter starts a page of its own, away from the barrier.
+	if _, err := r.Alloc("pad", 8, ps); err != nil {
+		return err
+	}
+	for i := 0; i < r.Nodes(); i++ {
+		off, err := r.Alloc("counter_"+string(rune('A'+i)), 8, align)
+		if err != nil {
+			return err
+		}
+		counters = append(counters, off)
+	}
+	mine := (*uint64)(r.Ptr(counters[r.NodeID()]))
+	// Start together: the last node to arrive sets a start time a little
+	// ahead; everyone waits for it. (The nodes share one clock here: the
+	// demo's cluster is local.) Without it the first node would finish its
+	// increments before the others got going, and nothing would be shared.
+	bar := (*uint64)(r.Ptr(start))
+	startAt := (*int64)(r.Ptr(start + 8))
+	if atomic.AddUint64(bar, 1) == uint64(r.Nodes()) {
+		atomic.StoreInt64(startAt, time.Now().Add(50*time.Millisecond).UnixNano())
+	}
+	var at int64
+	for at = atomic.LoadInt64(startAt); at == 0; at = atomic.LoadInt64(startAt) {
+		time.Sleep(20 * time.Microsecond)
+	}
+	time.Sleep(time.Until(time.Unix(0, at)))
+	t0 := time.Now()
+	for i := 0; i < iters; i++ {
+		atomic.AddUint64(mine, 1)
+	}
+	secs := time.Since(t0).Seconds()
+	v := atomic.LoadUint64(mine)
+	if v != uint64(iters) {
+		return fmt.Errorf("counter %d = %d after %d increments", r.NodeID(), v, iters)
+	}
+	b, _ := json.Marshal(workerResult{Node: r.NodeID(), Seconds: secs, Value: v})
+	fmt.Printf("RESULT %s\n", b)
+	// Wait until every node is done before detaching, so that the last
+	// owner is still there when another node needs the page.
+	atomic.AddUint64(bar, 1)
+	for atomic.LoadUint64(bar) < 2*uint64(r.Nodes()) {
+		time.Sleep(100 * time.Microsecond)
+	}
+	return nil
+}
