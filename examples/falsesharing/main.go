@@ -76,7 +76,7 @@ func main() {
 		return
 	}
 	nodes := flag.Int("nodes", 2, "nodes in the local cluster")
-	iters := flag.Int("iters", 20000, "increments per node")
+	iters := flag.Int("iters", 2_000_000, "increments per node")
 	asJSON := flag.Bool("json", false, "print one JSON object with the figures and the findings")
 	out := flag.String("out", "", "directory for the analyzer's pictures (heat map, migrations per variable)")
 	flag.Parse()
