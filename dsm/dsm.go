@@ -102,7 +102,11 @@ func attach(ctx context.Context, c *net.UnixConn, opts Options) (*Region, error)
 	}
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(aLongTimeAgo) })
 	defer stop()
-	if err := ctl.Write(c, ctl.Request{Op: ctl.OpAttach, Version: ctl.Version, PID: os.Getpid()}); err != nil {
+	req := ctl.Request{Op: ctl.OpAttach, Version: ctl.Version, PID: os.Getpid()}
+	if dl, ok := ctx.Deadline(); ok {
+		req.WaitMS = max(1, time.Until(dl).Milliseconds()-100)
+	}
+	if err := ctl.Write(c, req); err != nil {
 		return nil, err
 	}
 	buf := make([]byte, 64<<10)

@@ -17,6 +17,10 @@ import (
 	"github.com/dsmrt/dsm/uffd"
 )
 
+// DefaultAttachWait is how long an attach waits for the cluster to form when
+// the program gives no deadline.
+const DefaultAttachWait = 10 * time.Second
+
 // prog is an attached program.
 type prog struct {
 	id         int
@@ -107,6 +111,19 @@ func closeFDs(fds []int) {
 // serveProgram runs the attach handshake, then serves the program's
 // requests until it disconnects.
 func (n *Node) serveProgram(ctx context.Context, c *net.UnixConn, req ctl.Request) {
+	// A program is only useful once every node is there: wait for the
+	// cluster, and tell the program which peers are missing if it is not.
+	wait := time.Duration(req.WaitMS) * time.Millisecond
+	if wait <= 0 {
+		wait = DefaultAttachWait
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	err := n.tr.WaitPeers(wctx)
+	cancel()
+	if err != nil {
+		reply(c, req.ID, nil, fmt.Errorf("node %d cannot reach its cluster: %w", n.cfg.ID, err))
+		return
+	}
 	geo := &ctl.Geometry{Node: n.cfg.ID, Nodes: n.cfg.Nodes, Base: n.cfg.Base, Size: n.cfg.Size, PageSize: n.ps}
 	if err := ctl.Write(c, ctl.Reply{ID: req.ID, Geometry: geo}, n.memfd); err != nil {
 		n.log.Warn("attach: send memfd", "err", err)

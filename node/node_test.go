@@ -182,3 +182,21 @@ func TestDiffRanges(t *testing.T) {
 	_, err = decodeRanges([]byte{2, 0}, 64)
 	require.Error(t, err, "truncated")
 }
+
+// A program attaching to a node whose peer never came up is told which peer
+// is missing, instead of faulting forever.
+func TestAttachNamesMissingPeer(t *testing.T) {
+	a, _ := pair(t, nil)
+	start(t, a) // node 1 never starts
+	c, err := ctl.Dial(a.Socket)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, ctl.Write(c, ctl.Request{Op: ctl.OpAttach, Version: ctl.Version, WaitMS: 300}))
+	var rep ctl.Reply
+	buf := make([]byte, 1<<16)
+	fds, err := ctl.Read(c, buf, &rep)
+	require.NoError(t, err)
+	require.Empty(t, fds, "no memfd for a program that cannot run")
+	require.Contains(t, rep.Error, "cannot reach its cluster")
+	require.Contains(t, rep.Error, "node 1")
+}

@@ -47,6 +47,8 @@ type Request struct {
 	Fields  []Field         `json:"fields,omitempty"`
 	Args    json.RawMessage `json:"args,omitempty"`
 	UserMod bool            `json:"user_mode_only,omitempty"`
+	// WaitMS bounds how long an attach waits for the cluster to form.
+	WaitMS int64 `json:"wait_ms,omitempty"`
 }
 
 // Field is one field of a registered struct type, for the analyzer.
