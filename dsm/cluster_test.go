@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -222,9 +223,14 @@ func workFaultLoop(r *dsm.Region) error {
 
 func startCluster(t *testing.T, nodes int) *cluster.Cluster {
 	t.Helper()
+	return startClusterTuned(t, nodes, nil)
+}
+
+func startClusterTuned(t *testing.T, nodes int, tune func(*node.Config)) *cluster.Cluster {
+	t.Helper()
 	uffdtest.Require(t)
 	log := &syncWriter{w: &bytes.Buffer{}}
-	c, err := cluster.Start(context.Background(), cluster.Options{Nodes: nodes, Size: 16 << 20, Log: log})
+	c, err := cluster.Start(context.Background(), cluster.Options{Nodes: nodes, Size: 16 << 20, Log: log, Tune: tune})
 	require.NoError(t, err, "daemon log:\n%s", log.String())
 	t.Cleanup(func() {
 		c.Stop()
@@ -318,4 +324,50 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+func init() {
+	workers["owner"] = workOwner
+	workers["reader"] = workReader
+}
+
+// workOwner writes page 40 and waits to be killed.
+func workOwner(r *dsm.Region) error {
+	atomic.StoreUint64(word(r, 40*r.PageSize()), 42)
+	fmt.Println("written")
+	time.Sleep(time.Minute)
+	return nil
+}
+
+// workReader reads page 40 once the file named by DSM_TEST_GO exists.
+func workReader(r *dsm.Region) error {
+	fmt.Println("ready")
+	for {
+		if _, err := os.Stat(os.Getenv("DSM_TEST_GO")); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	v := atomic.LoadUint64(word(r, 40*r.PageSize()))
+	return fmt.Errorf("read %d from a page whose owner is gone", v)
+}
+
+// A peer that disappears with a page: the program that needs the page is
+// told why and exits, instead of waiting forever or reading anything wrong.
+func TestPeerGoneWithPageStopsProgram(t *testing.T) {
+	c := startClusterTuned(t, 2, func(cfg *node.Config) { cfg.FaultTimeout = node.Duration(time.Second) })
+	_, oout := startWorker(t, c.Env(1), "owner")
+	waitFor(t, func() bool { return strings.Contains(oout.String(), "written") })
+	gofile := filepath.Join(t.TempDir(), "go")
+	rcmd, rout := startWorker(t, append(c.Env(0), "DSM_TEST_GO="+gofile), "reader")
+	waitFor(t, func() bool { return strings.Contains(rout.String(), "ready") })
+	c.Kill(1)
+	require.NoError(t, os.WriteFile(gofile, nil, 0o644))
+	err := rcmd.Wait()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, rout.String())
+	require.Equal(t, 3, ee.ExitCode(), rout.String())
+	require.Contains(t, rout.String(), "has waited")
+	require.Contains(t, rout.String(), "node 1")
+	require.NotContains(t, rout.String(), "read 42")
 }

@@ -49,13 +49,18 @@ type Options struct {
 	// Socket is the daemon's unix socket; empty means $DSM_SOCKET.
 	Socket string
 	// OnLost is called, after the region was made inaccessible, when the
-	// connection to the daemon is lost. Nil means: print the reason to
-	// stderr and exit with status 3.
+	// connection to the daemon is lost (ErrLost) or the daemon stops the
+	// program because a fault cannot complete (ErrStopped). Nil means: print
+	// the reason to stderr and exit with status 3.
 	OnLost func(error)
 }
 
 // ErrLost reports that the node daemon went away.
 var ErrLost = errors.New("dsm: lost the node daemon: the shared region is no longer coherent")
+
+// ErrStopped reports that the node daemon stopped this program: a fault it
+// needed cannot complete (the node holding the page is down).
+var ErrStopped = errors.New("dsm: the node stopped this program")
 
 // Region is an attached shared region.
 type Region struct {
@@ -73,6 +78,7 @@ type Region struct {
 	lost    error
 	done    chan struct{}
 
+	lostOnce    sync.Once
 	lockClients uint64
 	barriers    map[string]*barrierState
 }
@@ -199,6 +205,12 @@ func (r *Region) watch() {
 			r.failCalls()
 			return
 		}
+		if rep.ID == 0 && rep.Error != "" {
+			// The daemon says this program cannot go on (a fault it
+			// cannot complete): stop as loudly as when the daemon dies.
+			r.lostOnce.Do(func() { r.loseRegion(ErrStopped, errors.New(rep.Error)) })
+			continue
+		}
 		r.mu.Lock()
 		ch := r.calls[rep.ID]
 		delete(r.calls, rep.ID)
@@ -210,11 +222,15 @@ func (r *Region) watch() {
 }
 
 func (r *Region) onLost(cause error) {
+	r.lostOnce.Do(func() { r.loseRegion(ErrLost, cause) })
+}
+
+func (r *Region) loseRegion(kind, cause error) {
 	// First make the region inaccessible, then let blocked faults go: they
 	// retry and hit PROT_NONE instead of reading memory nobody keeps.
 	unix.Mprotect(r.mem, unix.PROT_NONE)
 	r.u.Close()
-	err := fmt.Errorf("%w (node %d, socket %s: %v)", ErrLost, r.geo.Node, r.opts.Socket, cause)
+	err := fmt.Errorf("%w (node %d, socket %s: %v)", kind, r.geo.Node, r.opts.Socket, cause)
 	r.mu.Lock()
 	r.lost = err
 	r.mu.Unlock()

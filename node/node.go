@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -52,6 +53,11 @@ type Config struct {
 	Size     uint64         `json:"size"`   // region size in bytes
 	PageSize int            `json:"page_size"`
 	Tick     Duration       `json:"tick"` // coherence engine tick (retries)
+
+	// FaultTimeout is how long a fault may wait while a peer is down
+	// before the program that faulted is told to stop (it cannot go on
+	// without the page). Default 30 s.
+	FaultTimeout Duration `json:"fault_timeout,omitempty"`
 
 	// FreshLocks says this is the first start of a new cluster: the lock
 	// manager may grant at once. Otherwise (a restart) it waits one home
@@ -131,6 +137,9 @@ func (c *Config) Validate() error {
 	if c.Socket == "" {
 		return errors.New("no socket path: programs attach through a unix socket (--socket)")
 	}
+	if c.FaultTimeout == 0 {
+		c.FaultTimeout = Duration(30 * time.Second)
+	}
 	if c.Tick == 0 {
 		c.Tick = Duration(5 * time.Millisecond)
 	}
@@ -155,20 +164,21 @@ type Node struct {
 	// mu guards the engines and everything below: faults, messages, ticks
 	// and control requests are served under it by the goroutine they
 	// arrive on.
-	mu      sync.Mutex
-	stopped bool
-	fatal   error
-	cancel  context.CancelFunc
-	progs   map[int]*prog
-	nextID  int
-	phys    []coherence.State
-	waiting map[coherence.PageID][]waiter
-	twins   map[coherence.PageID][]byte
-	an      *analyzer.Analyzer
-	vars    map[string]analyzer.Var
-	stats   stats
-	buf     []byte // one page, scratch
-	locks   lockState
+	mu             sync.Mutex
+	stopped        bool
+	lastStuckCheck time.Time
+	fatal          error
+	cancel         context.CancelFunc
+	progs          map[int]*prog
+	nextID         int
+	phys           []coherence.State
+	waiting        map[coherence.PageID][]waiter
+	twins          map[coherence.PageID][]byte
+	an             *analyzer.Analyzer
+	vars           map[string]analyzer.Var
+	stats          stats
+	buf            []byte // one page, scratch
+	locks          lockState
 
 	wg sync.WaitGroup
 }
@@ -354,6 +364,36 @@ func (n *Node) do(ctx context.Context, fn func()) error {
 // WaitPeers blocks until every peer has completed the handshake.
 func (n *Node) WaitPeers(ctx context.Context) error { return n.tr.WaitPeers(ctx) }
 
+// failStuckFaults tells every program whose fault has waited longer than
+// FaultTimeout while a peer is down that it cannot go on. The program exits
+// with the reason; its thread would otherwise wait in the fault forever.
+// Called with n.mu held.
+func (n *Node) failStuckFaults(now time.Time) {
+	var down []string
+	for _, p := range n.tr.Peers() {
+		if !p.Up {
+			down = append(down, fmt.Sprintf("node %d (%s)", p.ID, p.Addr))
+		}
+	}
+	if len(down) == 0 {
+		return
+	}
+	limit := time.Duration(n.cfg.FaultTimeout)
+	told := map[*prog]bool{}
+	for page, ws := range n.waiting {
+		for _, w := range ws {
+			if w.p.gone || told[w.p] || now.Sub(w.at) < limit {
+				continue
+			}
+			told[w.p] = true
+			err := fmt.Errorf("a fault on page %d (offset 0x%x) has waited %v and %s down: the page may be there, so the program cannot go on",
+				page, uint64(page)*uint64(n.ps), now.Sub(w.at).Round(time.Second), strings.Join(down, ", ")+" is")
+			n.log.Error("program stopped: fault cannot complete", "pid", w.p.pid, "err", err)
+			reply(w.p.conn, 0, nil, err)
+		}
+	}
+}
+
 // fail stops the node because it can no longer keep its pages coherent.
 // Its programs see the daemon go and fail loudly; nothing goes on with
 // memory that is wrong. Called with n.mu held.
@@ -414,6 +454,10 @@ func (n *Node) loop(ctx context.Context) error {
 			n.eng.Tick()
 			n.tickLocks(now)
 			n.flush()
+			if now.Sub(n.lastStuckCheck) >= time.Second {
+				n.lastStuckCheck = now
+				n.failStuckFaults(now)
+			}
 			n.mu.Unlock()
 		}
 	}
