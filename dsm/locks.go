@@ -58,7 +58,10 @@ func (r *Region) Mutex(name string) *Mutex {
 }
 
 // Lock blocks until the lock is held or ctx ends.
-func (m *Mutex) Lock(ctx context.Context) error {
+func (m *Mutex) Lock(ctx context.Context) error { return m.acquire(ctx, "lock") }
+
+// acquire takes the lock (kind "lock") or the leadership ("campaign").
+func (m *Mutex) acquire(ctx context.Context, kind string) error {
 	select {
 	case m.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -68,10 +71,10 @@ func (m *Mutex) Lock(ctx context.Context) error {
 	m.req++
 	req := m.req
 	m.mu.Unlock()
-	rep, err := m.r.lockCall(ctx, ctl.LockArgs{Kind: "lock", Name: m.name, Client: m.client, Req: req})
+	rep, err := m.r.lockCall(ctx, ctl.LockArgs{Kind: kind, Name: m.name, Client: m.client, Req: req})
 	if err != nil {
 		<-m.sem
-		return fmt.Errorf("dsm: lock %q: %w", m.name, err)
+		return fmt.Errorf("dsm: %s %q: %w", kind, m.name, err)
 	}
 	m.mu.Lock()
 	m.token = rep.Token
@@ -208,27 +211,7 @@ type Election struct{ m *Mutex }
 func (r *Region) Election(name string) *Election { return &Election{m: r.Mutex(name)} }
 
 // Campaign blocks until this program leads or ctx ends.
-func (e *Election) Campaign(ctx context.Context) error {
-	m := e.m
-	select {
-	case m.sem <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	m.mu.Lock()
-	m.req++
-	req := m.req
-	m.mu.Unlock()
-	rep, err := m.r.lockCall(ctx, ctl.LockArgs{Kind: "campaign", Name: m.name, Client: m.client, Req: req})
-	if err != nil {
-		<-m.sem
-		return fmt.Errorf("dsm: campaign %q: %w", m.name, err)
-	}
-	m.mu.Lock()
-	m.token = rep.Token
-	m.mu.Unlock()
-	return nil
-}
+func (e *Election) Campaign(ctx context.Context) error { return e.m.acquire(ctx, "campaign") }
 
 // Resign gives up the leadership.
 func (e *Election) Resign() error {

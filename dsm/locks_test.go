@@ -209,6 +209,20 @@ func TestLockHolderDaemonKilled(t *testing.T) {
 	tok1 := tokenAfter(t, hout, "holding token ")
 	wcmd, wout := startWorker(t, c.Env(waiterNode), "waitlock")
 	waitFor(t, func() bool { return strings.Contains(wout.String(), "waiting") })
+	// dsmnode status of the home lists the lock: holder, waiter, token, lease.
+	waitFor(t, func() bool {
+		st, err := c.Status(home)
+		require.NoError(t, err)
+		for _, l := range st.Locks {
+			if l.Name == "held" && len(l.Holders) == 1 && l.Waiters == 1 {
+				require.Equal(t, tok1, l.Token)
+				require.Contains(t, l.Holders[0], fmt.Sprintf("node %d", holderNode))
+				require.NotEmpty(t, l.Lease)
+				return true
+			}
+		}
+		return false
+	})
 	c.Kill(holderNode)
 	tok2 := tokenAfter(t, wout, "got token ")
 	require.Greater(t, tok2, tok1, "the next holder's fencing token must be larger")
@@ -235,4 +249,50 @@ func TestLockHolderProgramKilled(t *testing.T) {
 // uses.
 func lockHome(name string, nodes int) int {
 	return int(dht.ClusterRing(nodes).HomeOfString(name))
+}
+
+func init() { workers["election"] = workElection }
+
+// workElection: every node campaigns again and again; while one leads no
+// other may, and Leader names it.
+func workElection(r *dsm.Region) error {
+	ctx := context.Background()
+	inside := (*uint64)(r.Ptr(9 * r.PageSize()))
+	el := r.Election("scheduler")
+	if err := r.Barrier(ctx, "start", r.Nodes()); err != nil {
+		return err
+	}
+	var last uint64
+	for i := 0; i < 20; i++ {
+		if err := el.Campaign(ctx); err != nil {
+			return err
+		}
+		if !atomic.CompareAndSwapUint64(inside, 0, uint64(r.NodeID())+1) {
+			return fmt.Errorf("node %d elected while node %d leads", r.NodeID(), atomic.LoadUint64(inside)-1)
+		}
+		if tok := el.Token(); tok <= last {
+			return fmt.Errorf("leadership token %#x after %#x", tok, last)
+		} else {
+			last = tok
+		}
+		leader, ok, err := el.Leader(ctx)
+		if err != nil {
+			return err
+		}
+		if ok && leader != r.NodeID() {
+			return fmt.Errorf("node %d leads but Leader says node %d", r.NodeID(), leader)
+		}
+		atomic.StoreUint64(inside, 0)
+		if err := el.Resign(); err != nil {
+			return err
+		}
+	}
+	fmt.Println("election ok")
+	return r.Barrier(ctx, "exit", r.Nodes())
+}
+
+func TestElectionOneLeaderAtATime(t *testing.T) {
+	c := startCluster(t, 3)
+	out := runWorkers(t, c, "election")
+	require.Equal(t, 3, strings.Count(out, "election ok"), out)
 }
