@@ -54,6 +54,15 @@ const (
 	// ActWake wakes the threads waiting on a page whose state already
 	// allows the access (a fault that raced with its resolution).
 	ActWake
+	// ActHold says that another node waits for a page this node made
+	// accessible for a local fault (the last ActInstall or ActUnprotect of
+	// Page), and that the engine keeps it here until the local program had
+	// its chance: the daemon calls Engine.EndHold(Page) once its minimum
+	// hold has passed since it applied that action (at once, after the rest
+	// of the batch, if it has passed already). Only with Config.Hold; at
+	// most one is outstanding per page, and it comes only when somebody
+	// waits, so an uncontended page is never held.
+	ActHold
 )
 
 // Action is one page action for the daemon to apply.

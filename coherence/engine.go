@@ -29,6 +29,23 @@ type Config struct {
 	// value above every id of its previous run (its start time in
 	// nanoseconds, say).
 	ReqBase uint64
+	// Hold turns on the minimum hold and, with it, pipelining at the home.
+	// A page this node installs or upgrades for a local fault is then in
+	// its hold until the daemon calls EndHold: a forwarded request that
+	// would take it away (hand it over, or write-protect it for a reader)
+	// and an invalidation of it wait in the engine, which asks for EndHold
+	// with ActHold. The home of a page forwards the next queued request to
+	// the pending owner as soon as it grants a write, without waiting for
+	// the confirmation (see the package documentation). Without Hold the
+	// engine never emits ActHold and the home runs one transaction per
+	// page at a time: a pipelined forward would take a page away the
+	// moment it arrived, before the faulting thread could use it. Every
+	// node of a cluster should use the same setting.
+	Hold bool
+	// NoPipeline keeps the minimum hold of Hold but makes the home wait for
+	// each transaction's confirmation before it starts the next one, as
+	// without Hold. It exists to measure what pipelining buys.
+	NoPipeline bool
 }
 
 // Errors returned (wrapped) by New, Fault and Step. Check them with
@@ -72,6 +89,10 @@ type Stats struct {
 
 	Transactions uint64 `json:"transactions"` // home: transactions completed
 	Redrives     uint64 `json:"redrives"`     // home: current transaction driven again by a retried request
+	Pipelined    uint64 `json:"pipelined"`    // home: transactions started before the previous one was confirmed
+
+	Holds     uint64 `json:"holds"`      // ActHold emitted: a request waited for the minimum hold
+	EarlyFwds uint64 `json:"early_fwds"` // forwards that arrived before the page they ask for, kept until it came
 
 	Stale     uint64 `json:"stale"`     // messages ignored as stale or duplicate
 	Anomalies uint64 `json:"anomalies"` // situations the protocol rules out, survived (a bug if non-zero)
@@ -81,19 +102,22 @@ type Stats struct {
 // pages this node uses and the directory for the pages homed on it.
 //
 // An Engine is a pure state machine. It never blocks, starts no goroutine,
-// reads no clock and does no I/O: Fault, Step and Tick feed it inputs, and
-// Ready hands back what it decided, as a batch of Outputs. It is not safe for
-// concurrent use; one goroutine (the daemon's event loop) drives it.
+// reads no clock and does no I/O: Fault, Step, Tick and EndHold feed it
+// inputs, and Ready hands back what it decided, as a batch of Outputs. It is
+// not safe for concurrent use; one goroutine (the daemon's event loop)
+// drives it.
 //
 // The daemon must apply every Output of a batch, in order, before it calls
-// Fault, Step or Tick again: the engine's idea of which pages are present is
-// only true once the batch is applied.
+// Fault, Step, Tick or EndHold again: the engine's idea of which pages are
+// present is only true once the batch is applied.
 type Engine struct {
 	id    NodeID
 	n     int
 	pages int
 	home  func(PageID) NodeID
 	retry uint64
+	hold  bool // Config.Hold
+	pipe  bool // Config.Hold && !Config.NoPipeline: the home pipelines
 
 	clock   clocks.Vector // this node's vector clock
 	now     uint64        // ticks so far
@@ -101,7 +125,7 @@ type Engine struct {
 
 	local map[PageID]*localPage
 	dirs  map[PageID]*dirEntry
-	timed map[PageID]struct{} // pages with a request, a confirmation or a kept hand-over
+	timed map[PageID]struct{} // pages with a request, a confirmation, a kept hand-over or a message waiting
 	tbuf  []PageID
 
 	out   []Output
@@ -116,6 +140,8 @@ type bugs struct {
 	skipInval bool // the home grants writes without invalidating the other copies
 	noProtect bool // an Exclusive owner sends its page to a reader without write-protecting it
 	noRetry   bool // Tick retransmits nothing
+	noHold    bool // forwards and invalidations take a page at once, during its hold
+	pipeRead  bool // the home pipelines behind a read too, forgetting the new reader's copy
 }
 
 // localPage is this node's view of one page.
@@ -127,6 +153,13 @@ type localPage struct {
 	req     *request      // the request in flight or awaiting MsgDone
 	xfer    *Message      // a page handed over, kept until the home releases it
 	xferAt  uint64        // tick of the last hand-over or query
+
+	// The minimum hold (Config.Hold) and the messages that wait.
+	hold  bool     // made accessible for a local fault; EndHold has not come since
+	asked bool     // ActHold emitted for this hold
+	held  *Message // a forward for the copy this node holds, waiting for the hold to end
+	early *Message // a forward for the copy this node's request will bring (pipelined)
+	inval *Message // an invalidation that waits for the hold to end
 }
 
 // request is a fault this node is resolving.
@@ -161,6 +194,8 @@ func New(cfg Config) (*Engine, error) {
 		pages:   cfg.Pages,
 		home:    cfg.Home,
 		retry:   uint64(cfg.RetryTicks),
+		hold:    cfg.Hold,
+		pipe:    cfg.Hold && !cfg.NoPipeline,
 		lastReq: cfg.ReqBase,
 		clock:   clocks.NewVector(cfg.Nodes),
 		local:   map[PageID]*localPage{},
@@ -368,18 +403,36 @@ func (e *Engine) Pending() int {
 }
 
 // Idle reports whether the engine waits for nothing: no request in flight,
-// no confirmation unacknowledged, no handed-over page kept, and no
-// transaction open or queued at this node's directory.
+// no confirmation unacknowledged, no handed-over page kept, no forward or
+// invalidation waiting (for a page or for EndHold), and no transaction open
+// or queued at this node's directory.
 func (e *Engine) Idle() bool {
 	if len(e.timed) > 0 {
 		return false
 	}
 	for _, d := range e.dirs {
-		if d.cur != nil || len(d.queue) > 0 {
+		if len(d.open) > 0 || len(d.queue) > 0 {
 			return false
 		}
 	}
 	return true
+}
+
+// EndHold tells the engine that the minimum hold of page p has passed: the
+// local program had its chance at the copy the engine last installed or
+// upgraded (ActInstall, ActUnprotect), and the requests from other nodes
+// that wait for it may take it now. The daemon calls it in answer to
+// ActHold, once per ActHold; a call without an ActHold outstanding for p
+// is ignored.
+func (e *Engine) EndHold(p PageID) {
+	lp := e.local[p]
+	if lp == nil || !lp.asked {
+		return
+	}
+	e.clock.Tick(int(e.id))
+	lp.hold, lp.asked = false, false
+	e.settle(p, lp)
+	e.drain()
 }
 
 // Clock returns a copy of the node's vector clock.
@@ -440,10 +493,8 @@ func (e *Engine) dispatch(m *Message) {
 		e.onConfirm(m)
 	case MsgXferQuery:
 		e.onXferQuery(m)
-	case MsgFwdRead:
-		e.onFwdRead(m)
-	case MsgFwdWrite:
-		e.onFwdWrite(m)
+	case MsgFwdRead, MsgFwdWrite:
+		e.onForward(m)
 	case MsgInval:
 		e.onInval(m)
 	case MsgData:
@@ -462,7 +513,7 @@ func (e *Engine) dispatch(m *Message) {
 func (e *Engine) stale() { e.stats.Stale++ }
 
 func (e *Engine) untime(p PageID, lp *localPage) {
-	if lp.req == nil && lp.xfer == nil {
+	if lp.req == nil && lp.xfer == nil && lp.held == nil && lp.early == nil && lp.inval == nil {
 		delete(e.timed, p)
 	}
 }
@@ -558,7 +609,9 @@ func (e *Engine) install(p PageID, lp *localPage, r *request, m *Message) {
 	e.stats.Installs++
 	e.act(Action{Kind: ActInstall, Page: p, Writable: m.Writable, Zero: m.Zero, Data: m.Data, Meta: m.Meta,
 		From: m.From, Version: m.Version, Clock: c})
+	lp.hold, lp.asked = e.hold, false
 	e.complete(p, lp, r)
+	e.settle(p, lp)
 }
 
 func (e *Engine) onGrant(m *Message) {
@@ -572,6 +625,7 @@ func (e *Engine) onGrant(m *Message) {
 		lp.state, lp.version, lp.clock = Exclusive, m.Version, e.clock.Clone()
 		e.stats.Upgrades++
 		e.act(Action{Kind: ActUnprotect, Page: m.Page, Writable: true, Version: lp.version, Clock: lp.clock})
+		lp.hold, lp.asked = e.hold, false
 	case lp.state != Invalid && lp.version == m.Version && (!m.Writable || lp.state == Exclusive):
 		// The directory says this node already holds what it asked for.
 		e.act(Action{Kind: ActWake, Page: m.Page, Version: lp.version, Clock: lp.clock})
@@ -580,6 +634,7 @@ func (e *Engine) onGrant(m *Message) {
 		return
 	}
 	e.complete(m.Page, lp, r)
+	e.settle(m.Page, lp)
 }
 
 // complete finishes request r after the page was installed or upgraded.
@@ -605,17 +660,36 @@ func (e *Engine) onDone(m *Message) {
 
 // Holder side.
 
+// onInval drops the copy older than the invalidated version and
+// acknowledges; during the page's hold the invalidation waits for EndHold.
 func (e *Engine) onInval(m *Message) {
 	lp := e.page(m.Page)
 	lp.floor = max(lp.floor, m.Version)
+	if lp.hold && !e.bugs.noHold && lp.state != Invalid && lp.version < m.Version {
+		if w := lp.inval; w != nil && w.Version > m.Version {
+			// Cannot be current: the newer one's transaction started after
+			// this one was acknowledged. No acknowledgement while the copy
+			// is here.
+			e.stale()
+			return
+		}
+		lp.inval = m
+		e.timed[m.Page] = struct{}{}
+		e.askHold(m.Page, lp)
+		return
+	}
+	e.applyInval(m.Page, lp, m)
+}
+
+func (e *Engine) applyInval(p PageID, lp *localPage, m *Message) {
 	if lp.state != Invalid && lp.version < m.Version {
 		lp.state = Invalid
 		e.stats.InvalidationsApplied++
-		e.act(Action{Kind: ActDrop, Page: m.Page, Version: lp.version, Clock: lp.clock})
+		e.act(Action{Kind: ActDrop, Page: p, Version: lp.version, Clock: lp.clock})
 	} else {
 		e.stale() // already gone or newer; acknowledge again all the same
 	}
-	e.send(&Message{Type: MsgInvalAck, To: m.From, Page: m.Page, Req: m.Req, Requester: m.Requester, Version: m.Version})
+	e.send(&Message{Type: MsgInvalAck, To: m.From, Page: p, Req: m.Req, Requester: m.Requester, Version: m.Version})
 }
 
 // seal write-protects an Exclusive page before its content leaves the node:
@@ -634,25 +708,35 @@ func (e *Engine) seal(p PageID, lp *localPage) {
 	e.act(Action{Kind: ActProtect, Page: p, Version: lp.version, Clock: lp.clock})
 }
 
-func (e *Engine) onFwdRead(m *Message) {
-	lp := e.page(m.Page)
-	if m.Requester == e.id {
-		e.stats.Anomalies++
-		return
+// servable reports whether this node holds the copy forward m asks for: the
+// version a reader gets, or the version before the one a writer gets.
+func (lp *localPage) servable(m *Message) bool {
+	if lp.state == Invalid {
+		return false
 	}
-	if lp.state == Invalid || lp.version != m.Version {
-		e.stale()
-		return
+	if m.Type == MsgFwdWrite {
+		return lp.version+1 == m.Version
 	}
-	e.seal(m.Page, lp)
-	e.stats.CopiesOut++
-	e.send(&Message{Type: MsgData, To: m.Requester, Page: m.Page, Req: m.Req, Requester: m.Requester,
-		Version: lp.version, PageClock: lp.clock.Clone(), NeedData: true})
+	return lp.version == m.Version
 }
 
-func (e *Engine) onFwdWrite(m *Message) {
+// takes reports whether serving forward m takes access away from this
+// node: a hand-over drops the page, a read copy write-protects an
+// Exclusive one. A read copy of a Shared page takes nothing.
+func (lp *localPage) takes(m *Message) bool {
+	return m.Type == MsgFwdWrite || lp.state == Exclusive
+}
+
+// onForward handles MsgFwdRead and MsgFwdWrite. The home sends a forward
+// to the page's owner or, pipelining, to its pending owner: a node whose
+// request for the page is granted but whose copy may not have arrived.
+// Such a forward waits here until the copy comes (early), and a forward
+// that would take the page during its hold waits for EndHold (held). A
+// node can have one of each: the owner of a Shared copy whose own write
+// request was pipelined behind the hand-over of that copy.
+func (e *Engine) onForward(m *Message) {
 	lp := e.page(m.Page)
-	if x := lp.xfer; x != nil && x.Req == m.Req && x.Requester == m.Requester && x.Version == m.Version {
+	if x := lp.xfer; m.Type == MsgFwdWrite && x != nil && x.Req == m.Req && x.Requester == m.Requester && x.Version == m.Version {
 		// The hand-over was lost: send the kept copy again.
 		if x.NeedData {
 			e.stats.Anomalies++ // the daemon did not fill the message in place
@@ -664,21 +748,108 @@ func (e *Engine) onFwdWrite(m *Message) {
 		e.send(c)
 		return
 	}
-	if m.Requester == e.id || lp.state == Invalid || lp.version+1 != m.Version {
-		e.stale()
+	if m.Requester == e.id {
+		e.stats.Anomalies++
 		return
 	}
-	e.seal(m.Page, lp)
-	d := &Message{Type: MsgData, To: m.Requester, Page: m.Page, Req: m.Req, Requester: m.Requester,
+	switch {
+	case lp.servable(m):
+		e.hand(m.Page, lp, m)
+	case lp.req != nil && !lp.req.confirming:
+		// The page may be on its way: the home granted this node's
+		// request and forwarded the next one without waiting. Keep the
+		// newest such forward; the copy the request brings decides
+		// whether it is current (settle).
+		if w := lp.early; w != nil && w.Version > m.Version {
+			e.stale()
+			return
+		}
+		if lp.early == nil {
+			e.stats.EarlyFwds++
+		}
+		lp.early = m
+		e.timed[m.Page] = struct{}{}
+	default:
+		e.stale()
+	}
+}
+
+// hand serves forward m, which asks for the copy this node holds, or keeps
+// it until EndHold if serving it would take the page during its hold.
+func (e *Engine) hand(p PageID, lp *localPage, m *Message) {
+	if lp.hold && lp.takes(m) && !e.bugs.noHold {
+		lp.held = m
+		e.timed[p] = struct{}{}
+		e.askHold(p, lp)
+		return
+	}
+	lp.held = nil
+	e.serve(p, lp, m)
+	e.untime(p, lp)
+}
+
+// serve answers forward m, which lp can serve.
+func (e *Engine) serve(p PageID, lp *localPage, m *Message) {
+	e.seal(p, lp)
+	if m.Type == MsgFwdRead {
+		e.stats.CopiesOut++
+		e.send(&Message{Type: MsgData, To: m.Requester, Page: p, Req: m.Req, Requester: m.Requester,
+			Version: lp.version, PageClock: lp.clock.Clone(), NeedData: true})
+		return
+	}
+	d := &Message{Type: MsgData, To: m.Requester, Page: p, Req: m.Req, Requester: m.Requester,
 		Version: m.Version, PageClock: lp.clock.Clone(), NeedData: true, Writable: true}
 	e.send(d)
 	lp.state = Invalid
 	lp.floor = max(lp.floor, m.Version)
-	e.act(Action{Kind: ActDrop, Page: m.Page, Version: lp.version, Clock: lp.clock})
-	e.send(&Message{Type: MsgDropped, To: m.Requester, Page: m.Page, Req: m.Req, Requester: m.Requester, Version: m.Version})
+	e.act(Action{Kind: ActDrop, Page: p, Version: lp.version, Clock: lp.clock})
+	e.send(&Message{Type: MsgDropped, To: m.Requester, Page: p, Req: m.Req, Requester: m.Requester, Version: m.Version})
 	lp.xfer, lp.xferAt = d, e.now
-	e.timed[m.Page] = struct{}{}
+	e.timed[p] = struct{}{}
 	e.stats.MigrationsOut++
+}
+
+// askHold asks the daemon for EndHold, once per hold.
+func (e *Engine) askHold(p PageID, lp *localPage) {
+	if lp.asked {
+		return
+	}
+	lp.asked = true
+	e.stats.Holds++
+	e.act(Action{Kind: ActHold, Page: p, Version: lp.version, Clock: lp.clock})
+}
+
+// settle handles the messages that wait on page p after its state or its
+// hold changed: an invalidation applies once the hold is over; a forward
+// is served if this node now holds what it asks for (after the hold, if it
+// takes the page), an early one is kept while this node's request may
+// still bring that, and the others are dropped as stale.
+func (e *Engine) settle(p PageID, lp *localPage) {
+	if m := lp.inval; m != nil && !lp.hold {
+		lp.inval = nil
+		e.applyInval(p, lp, m)
+	}
+	if m := lp.held; m != nil {
+		if lp.servable(m) {
+			e.hand(p, lp, m)
+		} else {
+			lp.held = nil
+			e.stale()
+		}
+	}
+	if m := lp.early; m != nil && lp.held == nil {
+		switch {
+		case lp.servable(m):
+			lp.early = nil
+			e.hand(p, lp, m)
+		case lp.req != nil && !lp.req.confirming:
+			// Still on its way.
+		default:
+			lp.early = nil
+			e.stale()
+		}
+	}
+	e.untime(p, lp)
 }
 
 func (e *Engine) onRelease(m *Message) {

@@ -17,9 +17,15 @@ type harness struct {
 	s *sim
 }
 
-func newHarness(t *testing.T, nodes, pages int) *harness {
+// newHarness returns a harness of nodes engines with the minimum hold and
+// pipelining on; edit, if not nil, changes the config first.
+func newHarness(t *testing.T, nodes, pages int, edit func(*SimConfig)) *harness {
 	t.Helper()
-	s, err := newSim(SimConfig{Seed: 1, Nodes: nodes, Pages: pages, Threads: 1, RetryTicks: 2})
+	cfg := SimConfig{Seed: 1, Nodes: nodes, Pages: pages, Threads: 1, RetryTicks: 2, Hold: true, manual: true}
+	if edit != nil {
+		edit(&cfg)
+	}
+	s, err := newSim(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,6 +100,29 @@ func deliver(i int) func(*harness) []string {
 			h.t.Fatalf("Step(%v): %v", m, err)
 		}
 		return h.flush(int(p.to))
+	}
+}
+
+// endHold answers node n's ActHold for page p: its minimum hold is over.
+func endHold(n int, p PageID) func(*harness) []string {
+	return func(h *harness) []string {
+		node := h.s.nodes[n]
+		i := slices.IndexFunc(node.holds, func(x simHold) bool { return x.page == p })
+		if i < 0 {
+			h.t.Fatalf("node %d has no ActHold outstanding for page %d", n, p)
+		}
+		node.holds = slices.Delete(node.holds, i, i+1)
+		node.pages[p].held = false
+		node.eng.EndHold(p)
+		return h.flush(n)
+	}
+}
+
+// strayEndHold calls EndHold on node n for page p without an ActHold.
+func strayEndHold(n int, p PageID) func(*harness) []string {
+	return func(h *harness) []string {
+		h.s.nodes[n].eng.EndHold(p)
+		return h.flush(n)
 	}
 }
 
@@ -175,7 +204,8 @@ func expectDir(n int, p PageID, want DirEntry) func(*harness) []string {
 		got.Clock = nil
 		if got.Version != want.Version || got.Owner != want.Owner || got.HasOwner != want.HasOwner ||
 			got.Exclusive != want.Exclusive || !slices.Equal(got.Copies, want.Copies) ||
-			got.Busy != want.Busy || got.Queue != want.Queue {
+			got.Busy != want.Busy || got.Open != want.Open || got.Queue != want.Queue ||
+			(got.Busy && got.Requester != want.Requester) {
 			h.t.Fatalf("directory of page %d: got %+v, want %+v", p, got, want)
 		}
 		return nil
@@ -188,6 +218,12 @@ func expectIdle() func(*harness) []string {
 		for _, n := range h.s.nodes {
 			if !n.eng.Idle() || n.eng.Pending() != 0 {
 				h.t.Fatalf("node %d is not idle (%d pending)", n.id, n.eng.Pending())
+			}
+			if len(n.holds) > 0 {
+				h.t.Fatalf("node %d has %d ActHolds unanswered", n.id, len(n.holds))
+			}
+			if a := n.eng.Stats().Anomalies; a > 0 {
+				h.t.Fatalf("node %d counted %d anomalies", n.id, a)
 			}
 		}
 		if len(h.s.net) > 0 {
@@ -208,11 +244,14 @@ var ownedBy1 = []tstep{
 	step(write(1, 0, 7)),
 }
 
-// sharedBy12 continues ownedBy1: node 2 reads page 0 from node 1.
+// sharedBy12 continues ownedBy1: node 2 reads page 0 from node 1. Node
+// 1's copy is in its minimum hold since its install, so the forward asks
+// for EndHold first (the daemon answers at once: the hold passed long ago).
 var sharedBy12 = append(slices.Clip(ownedBy1),
 	step(fault(2, 0, Read), "send Request 2->0 p0 r1 read"),
 	step(deliver(0), "send FwdRead 0->1 p0 n2/r1 v1"),
-	step(deliver(0), "act Protect p0 v1", "send Data 1->2 p0 n2/r1 v1 needdata"),
+	step(deliver(0), "act Hold p0 v1"),
+	step(endHold(1, 0), "act Protect p0 v1", "send Data 1->2 p0 n2/r1 v1 needdata"),
 	step(deliver(0), "act Install p0 v1 from=1", "send Confirm 2->0 p0 n2/r1 v1"),
 	step(deliver(0), "send Done 0->2 p0 n2/r1 v1"),
 	step(deliver(0)),
@@ -222,7 +261,8 @@ var sharedBy12 = append(slices.Clip(ownedBy1),
 var handOver12 = append(slices.Clip(ownedBy1),
 	step(fault(2, 0, Write), "send Request 2->0 p0 r1 write"),
 	step(deliver(0), "send FwdWrite 0->1 p0 n2/r1 v2"),
-	step(deliver(0), "act Protect p0 v1", "send Data 1->2 p0 n2/r1 v2 writable needdata",
+	step(deliver(0), "act Hold p0 v1"),
+	step(endHold(1, 0), "act Protect p0 v1", "send Data 1->2 p0 n2/r1 v2 writable needdata",
 		"act Drop p0 v1", "send Dropped 1->2 p0 n2/r1 v2"),
 )
 
@@ -300,10 +340,11 @@ func TestTransitions(t *testing.T) {
 			step(expectDir(0, 0, DirEntry{Version: 2, Owner: 2, HasOwner: true, Exclusive: true, Copies: []NodeID{2}})),
 			step(expectIdle()),
 		})},
-		{"write miss with readers: invalidations first, then the hand-over", 4, seq(sharedBy12, []tstep{
+		{"write miss with readers: invalidations first (after the reader's hold), then the hand-over", 4, seq(sharedBy12, []tstep{
 			step(fault(3, 0, Write), "send Request 3->0 p0 r1 write"),
 			step(deliver(0), "send Inval 0->2 p0 n3/r1 v2"),
-			step(deliver(0), "act Drop p0 v1", "send InvalAck 2->0 p0 n3/r1 v2"),
+			step(deliver(0), "act Hold p0 v1"),
+			step(endHold(2, 0), "act Drop p0 v1", "send InvalAck 2->0 p0 n3/r1 v2"),
 			step(deliver(0), "send FwdWrite 0->1 p0 n3/r1 v2"),
 			step(deliver(0), "send Data 1->3 p0 n3/r1 v2 writable needdata", "act Drop p0 v1", "send Dropped 1->3 p0 n3/r1 v2"),
 			step(deliver(0)),
@@ -323,26 +364,11 @@ func TestTransitions(t *testing.T) {
 			step(expect(1, 0, Exclusive, 1, 0)),
 			step(expectIdle()),
 		}},
-		{"requests queue at the home in arrival order", 3, []tstep{
-			step(fault(1, 0, Write), "send Request 1->0 p0 r1 write"),
-			step(fault(2, 0, Write), "send Request 2->0 p0 r1 write"),
-			step(deliver(0), "send Data 0->1 p0 n1/r1 v1 writable dropped zero"),
-			step(deliver(0)), // node 2's request waits
-			step(expectDir(0, 0, DirEntry{Busy: true, Queue: 1})),
-			step(deliver(0), "act Install p0 v1 from=0 writable zero", "send Confirm 1->0 p0 n1/r1 v1"),
-			step(write(1, 0, 5)),
-			step(deliver(0), "send Done 0->1 p0 n1/r1 v1", "send FwdWrite 0->1 p0 n2/r1 v2"),
-			step(deliver(0)),
-			step(deliver(0), "act Protect p0 v1", "send Data 1->2 p0 n2/r1 v2 writable needdata",
-				"act Drop p0 v1", "send Dropped 1->2 p0 n2/r1 v2"),
-			step(deliver(0)),
-			step(deliver(0), "act Install p0 v2 from=1 writable", "send Confirm 2->0 p0 n2/r1 v2"),
-			step(expect(2, 0, Exclusive, 2, 5)),
-		}},
 		{"lost read copy: the retry drives the home again and the owner resends", 3, seq(ownedBy1, []tstep{
 			step(fault(2, 0, Read), "send Request 2->0 p0 r1 read"),
 			step(deliver(0), "send FwdRead 0->1 p0 n2/r1 v1"),
-			step(deliver(0), "act Protect p0 v1", "send Data 1->2 p0 n2/r1 v1 needdata"),
+			step(deliver(0), "act Hold p0 v1"),
+			step(endHold(1, 0), "act Protect p0 v1", "send Data 1->2 p0 n2/r1 v1 needdata"),
 			step(lose(0)),
 			step(tick(2, 1)),
 			step(tick(2, 1), "send Request 2->0 p0 r1 read"),
@@ -443,7 +469,7 @@ func TestTransitions(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := newHarness(t, tt.nodes, 2)
+			h := newHarness(t, tt.nodes, 2, nil)
 			for i, st := range tt.steps {
 				got := st.do(h)
 				if !slices.Equal(got, st.want) {
@@ -456,7 +482,7 @@ func TestTransitions(t *testing.T) {
 }
 
 func TestStats(t *testing.T) {
-	h := newHarness(t, 3, 1)
+	h := newHarness(t, 3, 1, nil)
 	for _, st := range seq(sharedBy12, []tstep{
 		step(fault(2, 0, Read)),
 		step(fault(2, 0, Write)),

@@ -7,6 +7,8 @@ import (
 )
 
 // DirEntry is a snapshot of the directory entry of a page homed on a node.
+// Version, Owner, Exclusive and Copies describe the transactions that are
+// closed; open ones are counted in Open.
 type DirEntry struct {
 	Version   uint64        // the page's current version (0: never written)
 	Clock     clocks.Vector // the current version's clock, as last confirmed
@@ -15,21 +17,28 @@ type DirEntry struct {
 	Exclusive bool          // the owner holds the page Exclusive
 	Copies    []NodeID      // the nodes holding the current version, owner included, ascending
 	Busy      bool          // a transaction is in progress
-	Requester NodeID        // the current transaction's requester (valid if Busy)
-	Queue     int           // requests waiting behind the current transaction
+	Requester NodeID        // the oldest open transaction's requester (valid if Busy)
+	Open      int           // transactions in progress: more than one when pipelined
+	Queue     int           // requests waiting behind the open transactions
+}
+
+// dirView is what a directory entry says about a page's copies: the
+// closed state, or the state once the open transactions close.
+type dirView struct {
+	version  uint64
+	owner    NodeID
+	hasOwner bool
+	excl     bool
+	copies   []NodeID // ascending; includes the owner
 }
 
 // dirEntry is the directory entry of a page homed on this node.
 type dirEntry struct {
-	version  uint64
-	clock    clocks.Vector
-	owner    NodeID
-	hasOwner bool
-	excl     bool
-	copies   []NodeID          // ascending; includes the owner
-	seen     map[NodeID]uint64 // the newest request id accepted from each node
-	queue    []queued          // FIFO, at most one entry per node
-	cur      *txn
+	dirView                   // the state the closed transactions left
+	clock   clocks.Vector     // the current version's clock, as last confirmed
+	seen    map[NodeID]uint64 // the newest request id accepted from each node
+	queue   []queued          // FIFO, at most one entry per node
+	open    []*txn            // transactions in progress, oldest first
 }
 
 // queued is a request waiting at the home.
@@ -58,9 +67,15 @@ type txn struct {
 	queued
 	kind    txnKind
 	version uint64   // the version the requester will hold
-	source  NodeID   // tkReadFwd, tkWriteFwd: the owner
+	source  NodeID   // tkReadFwd, tkWriteFwd: the owner, or the pending owner when pipelined
 	waiting []NodeID // invalidations not yet acknowledged
 	granted bool     // the invalidations are done and the grant step was sent
+}
+
+// owns reports whether t makes its requester the only holder of the page,
+// Exclusive: the transactions the home may pipeline behind.
+func (t *txn) owns() bool {
+	return t.kind == tkWriteFwd || t.kind == tkWriteZero || t.kind == tkUpgrade
 }
 
 // DirEntry returns the directory entry of page p, if p is homed on this
@@ -75,10 +90,10 @@ func (e *Engine) DirEntry(p PageID) (DirEntry, bool) {
 	}
 	de := DirEntry{
 		Version: d.version, Clock: d.clock.Clone(), Owner: d.owner, HasOwner: d.hasOwner,
-		Exclusive: d.excl, Copies: slices.Clone(d.copies), Queue: len(d.queue),
+		Exclusive: d.excl, Copies: slices.Clone(d.copies), Open: len(d.open), Queue: len(d.queue),
 	}
-	if d.cur != nil {
-		de.Busy, de.Requester = true, d.cur.from
+	if len(d.open) > 0 {
+		de.Busy, de.Requester = true, d.open[0].from
 	}
 	return de, true
 }
@@ -92,21 +107,21 @@ func (e *Engine) dir(p PageID) *dirEntry {
 	return d
 }
 
-func (d *dirEntry) has(n NodeID) bool {
-	_, ok := slices.BinarySearch(d.copies, n)
+func (v *dirView) has(n NodeID) bool {
+	_, ok := slices.BinarySearch(v.copies, n)
 	return ok
 }
 
-func (d *dirEntry) addCopy(n NodeID) {
-	if i, ok := slices.BinarySearch(d.copies, n); !ok {
-		d.copies = slices.Insert(d.copies, i, n)
+func (v *dirView) addCopy(n NodeID) {
+	if i, ok := slices.BinarySearch(v.copies, n); !ok {
+		v.copies = slices.Insert(v.copies, i, n)
 	}
 }
 
 // others returns the copies except the given nodes.
-func (d *dirEntry) others(except ...NodeID) []NodeID {
+func (v *dirView) others(except ...NodeID) []NodeID {
 	var out []NodeID
-	for _, n := range d.copies {
+	for _, n := range v.copies {
 		if !slices.Contains(except, n) {
 			out = append(out, n)
 		}
@@ -114,29 +129,50 @@ func (d *dirEntry) others(except ...NodeID) []NodeID {
 	return out
 }
 
+// find returns the index of the open transaction of node n (a node has at
+// most one), or -1.
+func (d *dirEntry) find(n NodeID) int {
+	return slices.IndexFunc(d.open, func(t *txn) bool { return t.from == n })
+}
+
+// view returns the state of the page once the open transactions close,
+// when the last one is base (nil: none is open). The home pipelines only
+// behind a transaction that makes its requester the sole, Exclusive holder,
+// so that state is known without waiting for it.
+func (d *dirEntry) view(base *txn) dirView {
+	switch {
+	case base == nil:
+		return d.dirView
+	case base.kind == tkReadFwd:
+		// Only under bugs.pipeRead: the new reader is forgotten.
+		return dirView{version: base.version, owner: base.source, hasOwner: true, copies: []NodeID{base.source}}
+	}
+	return dirView{version: base.version, owner: base.from, hasOwner: true, excl: true, copies: []NodeID{base.from}}
+}
+
 func (e *Engine) onRequest(m *Message) {
 	d := e.dir(m.Page)
 	last := d.seen[m.From]
 	if m.Req <= last {
-		if t := d.cur; t != nil && t.from == m.From && t.req == m.Req {
+		if i := d.find(m.From); i >= 0 && d.open[i].req == m.Req {
 			// The requester is still waiting: something was lost.
 			e.stats.Redrives++
-			e.drive(m.Page, d)
+			e.drive(m.Page, d.open[i])
 			return
 		}
 		e.stale() // queued already, or finished
 		return
 	}
-	if t := d.cur; t != nil && t.from == m.From {
-		if !t.granted {
+	if i := d.find(m.From); i >= 0 {
+		if !d.open[i].granted {
 			// Cannot happen: the requester has not been served yet, so
 			// it cannot have a newer request.
 			e.stats.Anomalies++
 			return
 		}
 		// A node sends a new request for a page only after it installed
-		// the last one: this closes the current transaction.
-		e.closeTxn(m.Page, d, nil)
+		// the last one: this closes its transaction and the ones before.
+		e.closeThrough(m.Page, d, i, nil)
 	}
 	if i := slices.IndexFunc(d.queue, func(q queued) bool { return q.from == m.From }); i >= 0 {
 		e.stats.Anomalies++ // a node has one request per page at a time
@@ -147,47 +183,64 @@ func (e *Engine) onRequest(m *Message) {
 	e.next(m.Page, d)
 }
 
-// next starts the first queued transaction if none is running.
+// next starts the queued requests that may start: the first one when no
+// transaction is open; when pipelining, also the ones behind a granted
+// transaction that makes its requester the sole holder (the pending
+// owner), which the home forwards to it at once.
 func (e *Engine) next(p PageID, d *dirEntry) {
-	if d.cur != nil || len(d.queue) == 0 {
-		return
+	for len(d.queue) > 0 {
+		var base *txn
+		if n := len(d.open); n > 0 {
+			base = d.open[n-1]
+			ok := base.owns() || (e.bugs.pipeRead && base.kind == tkReadFwd)
+			if !e.pipe || !base.granted || !ok || base.from == d.queue[0].from {
+				return
+			}
+			e.stats.Pipelined++
+		}
+		q := d.queue[0]
+		d.queue = slices.Delete(d.queue, 0, 1)
+		e.start(p, d, q, base)
 	}
-	q := d.queue[0]
-	d.queue = slices.Delete(d.queue, 0, 1)
+}
+
+// start plans the transaction for request q on the state the open
+// transactions leave (base is the last of them, or nil) and drives it.
+func (e *Engine) start(p PageID, d *dirEntry, q queued, base *txn) {
+	v := d.view(base)
 	t := &txn{queued: q}
-	holds := d.has(q.from) && q.have && q.haveVersion == d.version
-	if d.has(q.from) && !holds {
+	holds := v.has(q.from) && q.have && q.haveVersion == v.version
+	if v.has(q.from) && !holds {
 		e.stats.Anomalies++ // the directory and the requester disagree
 	}
 	switch {
 	case q.access == Read && holds:
-		t.kind, t.version = tkHeld, d.version
-	case q.access == Read && d.hasOwner:
-		t.kind, t.version, t.source = tkReadFwd, d.version, d.owner
+		t.kind, t.version = tkHeld, v.version
+	case q.access == Read && v.hasOwner:
+		t.kind, t.version, t.source = tkReadFwd, v.version, v.owner
 	case q.access == Read:
-		t.kind, t.version = tkReadZero, d.version
-	case holds && d.excl && d.owner == q.from:
-		t.kind, t.version = tkHeld, d.version
+		t.kind, t.version = tkReadZero, v.version
+	case holds && v.excl && v.owner == q.from:
+		t.kind, t.version = tkHeld, v.version
 	case holds:
-		t.kind, t.version, t.waiting = tkUpgrade, d.version+1, d.others(q.from)
-	case d.hasOwner:
-		t.kind, t.version, t.source = tkWriteFwd, d.version+1, d.owner
-		t.waiting = d.others(q.from, d.owner)
+		t.kind, t.version, t.waiting = tkUpgrade, v.version+1, v.others(q.from)
+	case v.hasOwner:
+		t.kind, t.version, t.source = tkWriteFwd, v.version+1, v.owner
+		t.waiting = v.others(q.from, v.owner)
 	default:
-		t.kind, t.version, t.waiting = tkWriteZero, d.version+1, d.others(q.from)
+		t.kind, t.version, t.waiting = tkWriteZero, v.version+1, v.others(q.from)
 	}
 	if e.bugs.skipInval {
 		t.waiting = nil
 	}
-	d.cur = t
+	d.open = append(d.open, t)
 	e.stats.InvalidationsSent += uint64(len(t.waiting))
-	e.drive(p, d)
+	e.drive(p, t)
 }
 
-// drive sends what the current transaction waits for: the invalidations
-// not yet acknowledged, or else the grant step.
-func (e *Engine) drive(p PageID, d *dirEntry) {
-	t := d.cur
+// drive sends what transaction t waits for: the invalidations not yet
+// acknowledged, or else the grant step.
+func (e *Engine) drive(p PageID, t *txn) {
 	if len(t.waiting) > 0 {
 		for _, n := range t.waiting {
 			e.send(&Message{Type: MsgInval, To: n, Page: p, Req: t.req, Requester: t.from, Version: t.version})
@@ -215,30 +268,36 @@ func (e *Engine) drive(p PageID, d *dirEntry) {
 
 func (e *Engine) onInvalAck(m *Message) {
 	d := e.dirs[m.Page]
-	if d == nil || d.cur == nil || d.cur.from != m.Requester || d.cur.req != m.Req || d.cur.granted {
+	if d == nil {
 		e.stale()
 		return
 	}
-	t := d.cur
-	i := slices.Index(t.waiting, m.From)
-	if i < 0 {
+	i := d.find(m.Requester)
+	if i < 0 || d.open[i].req != m.Req || d.open[i].granted {
 		e.stale()
 		return
 	}
-	t.waiting = slices.Delete(t.waiting, i, i+1)
+	t := d.open[i]
+	j := slices.Index(t.waiting, m.From)
+	if j < 0 {
+		e.stale()
+		return
+	}
+	t.waiting = slices.Delete(t.waiting, j, j+1)
 	if len(t.waiting) == 0 {
-		e.drive(m.Page, d)
+		e.drive(m.Page, t)
+		e.next(m.Page, d)
 	}
 }
 
 func (e *Engine) onConfirm(m *Message) {
 	d := e.dir(m.Page)
-	if t := d.cur; t != nil && t.from == m.From && t.req == m.Req {
-		if !t.granted {
+	if i := d.find(m.From); i >= 0 && d.open[i].req == m.Req {
+		if !d.open[i].granted {
 			e.stats.Anomalies++
 			return
 		}
-		e.closeTxn(m.Page, d, m.PageClock)
+		e.closeThrough(m.Page, d, i, m.PageClock)
 		e.send(&Message{Type: MsgDone, To: m.From, Page: m.Page, Req: m.Req, Requester: m.From, Version: m.Version})
 		e.next(m.Page, d)
 		return
@@ -252,28 +311,36 @@ func (e *Engine) onConfirm(m *Message) {
 	e.stale()
 }
 
-// closeTxn records the outcome of the current transaction in the directory.
-func (e *Engine) closeTxn(p PageID, d *dirEntry, pageClock clocks.Vector) {
-	t := d.cur
-	switch t.kind {
-	case tkReadFwd:
-		d.excl = false
-		d.addCopy(t.from)
-	case tkReadZero:
-		d.addCopy(t.from)
-	case tkWriteFwd, tkWriteZero, tkUpgrade:
-		if t.kind == tkWriteFwd {
-			e.send(&Message{Type: MsgRelease, To: t.source, Page: p, Version: t.version})
+// closeThrough closes the open transactions up to the i-th, whose requester
+// installed what it asked for, and records their outcome in the directory.
+// The earlier ones are complete too: each handed the page on to the next
+// (a transaction pipelined behind another gets its copy from that one's
+// requester). Their requesters get MsgDone, in case they still wait for it.
+func (e *Engine) closeThrough(p PageID, d *dirEntry, i int, pageClock clocks.Vector) {
+	for k, t := range d.open[:i+1] {
+		switch t.kind {
+		case tkReadFwd:
+			d.excl = false
+			d.addCopy(t.from)
+		case tkReadZero:
+			d.addCopy(t.from)
+		case tkWriteFwd, tkWriteZero, tkUpgrade:
+			if t.kind == tkWriteFwd {
+				e.send(&Message{Type: MsgRelease, To: t.source, Page: p, Version: t.version})
+			}
+			d.version = t.version
+			d.owner, d.hasOwner, d.excl = t.from, true, true
+			d.copies = append(d.copies[:0], t.from)
 		}
-		d.version = t.version
-		d.owner, d.hasOwner, d.excl = t.from, true, true
-		d.copies = append(d.copies[:0], t.from)
+		if k < i {
+			e.send(&Message{Type: MsgDone, To: t.from, Page: p, Req: t.req, Requester: t.from, Version: t.version})
+		}
+		e.stats.Transactions++
 	}
 	if pageClock != nil {
 		d.clock = pageClock.Clone()
 	}
-	d.cur = nil
-	e.stats.Transactions++
+	d.open = slices.Delete(d.open, 0, i+1)
 }
 
 func (e *Engine) onXferQuery(m *Message) {

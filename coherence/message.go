@@ -21,11 +21,13 @@ const (
 	// HaveVersion say which copy the requester holds.
 	MsgRequest MsgType = iota + 1
 	// MsgFwdRead (home -> owner) asks the owner to downgrade to Shared and
-	// send its copy of Version to Requester.
+	// send its copy of Version to Requester. Pipelining, the home sends it
+	// to the pending owner, which keeps it until its copy arrives.
 	MsgFwdRead
 	// MsgFwdWrite (home -> owner) asks the owner to hand its copy and the
 	// ownership to Requester, who will hold Version (the owner's version
-	// plus one), and to drop its own copy.
+	// plus one), and to drop its own copy. Pipelining, the home sends it to
+	// the pending owner, which keeps it until its copy arrives.
 	MsgFwdWrite
 	// MsgInval (home -> sharer) asks a node to drop any copy older than
 	// Version and to acknowledge.

@@ -121,11 +121,17 @@ func FuzzUnmarshalMessage(f *testing.F) {
 		if again := m.AppendBinary(nil); !bytes.Equal(again, b) {
 			t.Fatalf("accepted input does not re-encode to itself:\n in %x\nout %x", b, again)
 		}
-		// Whatever arrives, the engine must not panic.
-		e, err := New(Config{ID: m.To % 4, Nodes: 4, Pages: 8})
-		if err != nil {
-			t.Fatal(err)
+		// Whatever arrives, the engine must not panic, with or without
+		// the minimum hold (which keeps early forwards).
+		for _, hold := range []bool{false, true} {
+			e, err := New(Config{ID: m.To % 4, Nodes: 4, Pages: 8, Hold: hold})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.Fault(m.Page%8, Write)
+			e.Step(m)
+			e.EndHold(m.Page % 8)
+			e.Tick()
 		}
-		e.Step(m)
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"slices"
 
@@ -27,6 +28,14 @@ type SimConfig struct {
 	Dup        float64 // probability that a message is delivered twice (chaotic phase)
 	MaxDelay   int     // a message is delivered 0..MaxDelay steps after it is sent
 	RetryTicks int     // Config.RetryTicks of every engine
+	Hold       bool    // Config.Hold of every engine: the daemons run the minimum hold
+	NoPipeline bool    // Config.NoPipeline of every engine
+	// HoldSteps is the daemons' minimum hold: each install or upgrade draws
+	// a hold of 0..HoldSteps steps from the moment it is applied, and one
+	// in three is also patient, lasting until every thread it woke has made
+	// its access. An ActHold is answered with EndHold once the hold has
+	// passed: at once if it has already.
+	HoldSteps int
 	// SettleSteps bounds the reliable phase at the end: a run that does not
 	// reach quiescence within it violates liveness. 0 means 200000.
 	SettleSteps int
@@ -34,8 +43,10 @@ type SimConfig struct {
 	Trace io.Writer
 
 	// Test hooks: deliberate bugs, to prove the checks catch them.
-	bugs   bugs
-	mutate func(n NodeID, o *Output) bool // false drops the output
+	bugs      bugs
+	mutate    func(n NodeID, o *Output) bool // false drops the output
+	earlyHold bool                           // the daemons answer ActHold at once, however young the page
+	manual    bool                           // ActHolds wait until a test ends them (the message-by-message tests)
 }
 
 // SimConfigFor returns the config of the seeded schedule seed: cluster size,
@@ -54,6 +65,9 @@ func SimConfigFor(seed uint64) SimConfig {
 		Dup:        pick(0, 0.05, 0.2),
 		MaxDelay:   int(pick(0, 2, 10, 40)),
 		RetryTicks: 1 + r.IntN(8),
+		Hold:       r.IntN(8) != 0,
+		NoPipeline: r.IntN(5) == 0,
+		HoldSteps:  int(pick(0, 3, 20)),
 	}
 }
 
@@ -66,6 +80,7 @@ type SimResult struct {
 	Sent       int     // messages the daemons sent
 	Lost       int     // messages the network lost
 	Duplicated int     // messages the network delivered twice
+	Holds      int     // EndHold calls the daemons made
 	Stats      []Stats // each engine's counters at the end
 }
 
@@ -83,6 +98,8 @@ const (
 	ViolVersion        = "page version out of order"
 	ViolClock          = "page version clocks out of causal order"
 	ViolDaemonContract = "output breaks the daemon contract"
+	ViolHold           = "page taken away during its minimum hold"
+	ViolProgress       = "woken thread faulted again before its access"
 	ViolEngineError    = "engine refused an input"
 	ViolAnomaly        = "engine reached an impossible state"
 	ViolLiveness       = "run did not complete once the network was reliable"
@@ -108,7 +125,11 @@ func (v *Violation) Unwrap() error { return ErrViolation }
 // step: at most one writable copy of a page, no readable copy beside a
 // writable one, every copy and every read holds the latest write, Invalid
 // pages hold no data, the engines' states match the pages, versions grow one
-// write at a time, and every output keeps the daemon contract. The run has a
+// write at a time, and every output keeps the daemon contract. With Hold it
+// also checks the progress guarantee: no page is write-protected or dropped
+// between the install or upgrade that answered a local fault and the
+// EndHold that ends its hold, and a thread woken by an install whose hold
+// is patient makes its access without faulting again. The run has a
 // chaotic phase (the programs run, the network misbehaves) and a reliable
 // phase (no loss or duplication) that must reach quiescence: every fault
 // served, every transaction closed. The same config gives the same run.
@@ -139,7 +160,8 @@ func newSim(cfg SimConfig) (*sim, error) {
 		chaos:  true,
 	}
 	for i := range cfg.Nodes {
-		e, err := New(Config{ID: NodeID(i), Nodes: cfg.Nodes, Pages: cfg.Pages, RetryTicks: cfg.RetryTicks})
+		e, err := New(Config{ID: NodeID(i), Nodes: cfg.Nodes, Pages: cfg.Pages, RetryTicks: cfg.RetryTicks,
+			Hold: cfg.Hold, NoPipeline: cfg.NoPipeline})
 		if err != nil {
 			return nil, err
 		}
@@ -172,7 +194,8 @@ type simNode struct {
 	id      NodeID
 	eng     *Engine
 	outq    []Output   // the rest of the batch being applied
-	inbox   []simEvent // faults and messages waiting for the daemon
+	inbox   []simEvent // faults, messages and ends of holds waiting for the daemon
+	holds   []simHold  // ActHolds not answered yet
 	pages   []simPage
 	threads []simThread
 }
@@ -181,18 +204,33 @@ type simNode struct {
 type simPage struct {
 	data     []byte
 	writable bool
+
+	// The daemon's minimum hold of the copy it last installed or upgraded.
+	held      bool // in its hold: EndHold not called since
+	installed int  // step of the install or upgrade
+	holdLen   int  // the hold drawn for it, in steps
+	patient   bool // the hold also lasts until the threads it woke made their access
+}
+
+// simHold is an ActHold the daemon has not answered yet.
+type simHold struct {
+	page    PageID
+	due     int  // EndHold from this step
+	patient bool // and once no thread is owed an access to the page
 }
 
 type simEvent struct {
-	msg    []byte // a message, or else a fault
-	page   PageID
-	access Access
+	msg     []byte // a message, or else a fault or an EndHold
+	page    PageID
+	access  Access
+	endHold bool
 }
 
 type simThread struct {
 	left    int    // accesses still to start
 	busy    bool   // an access is under way
 	blocked bool   // faulted; waits for a wake
+	owed    bool   // woken by an install with a patient hold: the access must not fault
 	page    PageID // the access under way
 	access  Access
 }
@@ -211,6 +249,7 @@ const (
 	cInput
 	cDeliver
 	cTick
+	cHold
 )
 
 type cand struct {
@@ -276,6 +315,11 @@ func (s *sim) once() (*simNode, error) {
 		} else if len(n.inbox) > 0 {
 			c = append(c, cand{cInput, i, 0}, cand{cInput, i, 0}, cand{cInput, i, 0})
 		}
+		for h := range n.holds {
+			if s.holdOver(n, n.holds[h]) {
+				c = append(c, cand{cHold, i, h})
+			}
+		}
 	}
 	for i, p := range s.net {
 		if p.at <= s.step {
@@ -317,8 +361,29 @@ func (s *sim) once() (*simNode, error) {
 		s.tracef("node %d: tick", n.id)
 		n.eng.Tick()
 		return n, s.collect(n)
+	case cHold:
+		h := n.holds[x.arg]
+		n.holds = slices.Delete(n.holds, x.arg, x.arg+1)
+		s.tracef("node %d: hold of p%d over", n.id, h.page)
+		n.inbox = append(n.inbox, simEvent{page: h.page, endHold: true})
+		return nil, nil
 	}
 	return nil, nil
+}
+
+// holdOver reports whether the daemon's hold h has passed.
+func (s *sim) holdOver(n *simNode, h simHold) bool {
+	if s.step < h.due {
+		return false
+	}
+	if h.patient {
+		for _, th := range n.threads {
+			if th.owed && th.page == h.page {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // access runs one step of a program thread: start an access and try it.
@@ -341,15 +406,19 @@ func (s *sim) access(n *simNode, th *simThread) error {
 			return s.violation(ViolStaleRead, "node %d read %d from page %d, the latest write is %d", n.id, v, th.page, s.latest[th.page])
 		}
 		s.res.Reads++
-		th.busy = false
+		th.busy, th.owed = false, false
 	case th.access == Write && pg.data != nil && pg.writable:
 		s.value++
 		binary.LittleEndian.PutUint64(pg.data, s.value)
 		s.latest[th.page] = s.value
 		s.tracef("node %d: write p%d = %d", n.id, th.page, s.value)
 		s.res.Writes++
-		th.busy = false
+		th.busy, th.owed = false, false
 	default:
+		if th.owed {
+			return s.violation(ViolProgress, "node %d: a thread woken for a %v of page %d faults again (the page is %v)",
+				n.id, th.access, th.page, physState(pg))
+		}
 		s.tracef("node %d: %v fault on p%d", n.id, th.access, th.page)
 		s.res.Faults++
 		th.blocked = true
@@ -360,6 +429,13 @@ func (s *sim) access(n *simNode, th *simThread) error {
 
 // input feeds the daemon's next event to its engine.
 func (s *sim) input(n *simNode, ev simEvent) error {
+	if ev.endHold {
+		s.tracef("node %d: EndHold(p%d)", n.id, ev.page)
+		s.res.Holds++
+		n.pages[ev.page].held = false
+		n.eng.EndHold(ev.page)
+		return s.collect(n)
+	}
 	if ev.msg == nil {
 		s.tracef("node %d: Fault(p%d, %v)", n.id, ev.page, ev.access)
 		if err := n.eng.Fault(ev.page, ev.access); err != nil {
@@ -447,10 +523,15 @@ func (s *sim) apply(n *simNode, o Output) error {
 				n.id, a.Page, len(a.Data), a.Meta, a.From)
 		}
 		pg.writable = a.Writable
+		s.startHold(n, a.Page)
 		s.wake(n, a.Page)
 	case ActProtect:
 		if pg.data == nil || !pg.writable {
 			return s.violation(ViolDaemonContract, "node %d protects page %d, which is %s", n.id, a.Page, physState(pg))
+		}
+		if pg.held {
+			return s.violation(ViolHold, "node %d write-protects page %d %d steps after it was made writable, before EndHold",
+				n.id, a.Page, s.step-pg.installed)
 		}
 		pg.writable = false
 	case ActUnprotect:
@@ -461,14 +542,37 @@ func (s *sim) apply(n *simNode, o Output) error {
 			return err
 		}
 		pg.writable = true
+		s.startHold(n, a.Page)
 		s.wake(n, a.Page)
 	case ActDrop:
 		if pg.data == nil {
 			return s.violation(ViolDaemonContract, "node %d drops page %d, which is absent", n.id, a.Page)
 		}
+		if pg.held {
+			return s.violation(ViolHold, "node %d drops page %d %d steps after it was installed, before EndHold",
+				n.id, a.Page, s.step-pg.installed)
+		}
 		pg.data, pg.writable = nil, false
 	case ActWake:
 		s.wake(n, a.Page)
+	case ActHold:
+		if !s.cfg.Hold || pg.data == nil || !pg.held || slices.ContainsFunc(n.holds, func(h simHold) bool { return h.page == a.Page }) {
+			return s.violation(ViolDaemonContract, "node %d: %v, the page is %s (held %v, hold config %v)",
+				n.id, a, physState(pg), pg.held, s.cfg.Hold)
+		}
+		h := simHold{page: a.Page, due: pg.installed + pg.holdLen, patient: pg.patient}
+		switch {
+		case s.cfg.manual:
+			h.due = math.MaxInt
+		case s.cfg.earlyHold:
+			h = simHold{page: a.Page}
+		}
+		if s.holdOver(n, h) {
+			// The hold has passed: EndHold right after this batch.
+			n.inbox = slices.Insert(n.inbox, 0, simEvent{page: a.Page, endHold: true})
+		} else {
+			n.holds = append(n.holds, h)
+		}
 	default:
 		return s.violation(ViolDaemonContract, "node %d: unknown action %v", n.id, a)
 	}
@@ -501,6 +605,23 @@ func (s *sim) wake(n *simNode, p PageID) {
 	for t := range n.threads {
 		if th := &n.threads[t]; th.blocked && th.page == p {
 			th.blocked = false
+		}
+	}
+}
+
+// startHold starts the daemon's minimum hold of page p, just installed or
+// upgraded, and marks the threads it must let make their access.
+func (s *sim) startHold(n *simNode, p PageID) {
+	if !s.cfg.Hold {
+		return
+	}
+	pg := &n.pages[p]
+	pg.held, pg.installed = true, s.step
+	pg.holdLen = s.rng.IntN(s.cfg.HoldSteps + 1)
+	pg.patient = s.rng.IntN(3) == 0
+	for t := range n.threads {
+		if th := &n.threads[t]; th.busy && th.page == p {
+			th.owed = pg.patient && (th.access == Read || pg.writable)
 		}
 	}
 }
@@ -574,7 +695,7 @@ func (s *sim) quiescent() bool {
 		return false
 	}
 	for _, n := range s.nodes {
-		if len(n.outq) > 0 || len(n.inbox) > 0 || !n.eng.Idle() {
+		if len(n.outq) > 0 || len(n.inbox) > 0 || len(n.holds) > 0 || !n.eng.Idle() {
 			return false
 		}
 	}
@@ -589,6 +710,9 @@ func (s *sim) waitingFor() string {
 			if th.busy {
 				b = fmt.Appendf(b, "node %d thread %d waits for a %v of page %d (blocked=%v); ", n.id, t, th.access, th.page, th.blocked)
 			}
+		}
+		for _, h := range n.holds {
+			b = fmt.Appendf(b, "node %d holds page %d until step %d (patient %v); ", n.id, h.page, h.due, h.patient)
 		}
 		if pend := n.eng.Pending(); pend > 0 {
 			b = fmt.Appendf(b, "node %d has %d requests in flight; ", n.id, pend)

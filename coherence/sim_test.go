@@ -53,8 +53,8 @@ func TestSimulator(t *testing.T) {
 			t.Logf("trace of seed %d:\n%s", *seedFlag, buf.String())
 		}
 		t.Logf("config %+v", SimConfigFor(*seedFlag))
-		t.Logf("result: %d steps, %d reads, %d writes, %d faults, %d sent, %d lost, %d duplicated",
-			res.Steps, res.Reads, res.Writes, res.Faults, res.Sent, res.Lost, res.Duplicated)
+		t.Logf("result: %d steps, %d reads, %d writes, %d faults, %d sent, %d lost, %d duplicated, %d holds",
+			res.Steps, res.Reads, res.Writes, res.Faults, res.Sent, res.Lost, res.Duplicated, res.Holds)
 		if err != nil {
 			t.Fatalf("%v\n%s", err, replayHint(*seedFlag))
 		}
@@ -75,6 +75,7 @@ func TestSimulator(t *testing.T) {
 		first   *failure
 		next    uint64 = 1
 		total   SimResult
+		engine  Stats // summed over every engine of every schedule
 		workers = runtime.GOMAXPROCS(0)
 		wg      sync.WaitGroup
 	)
@@ -103,6 +104,12 @@ func TestSimulator(t *testing.T) {
 				total.Sent += res.Sent
 				total.Lost += res.Lost
 				total.Duplicated += res.Duplicated
+				total.Holds += res.Holds
+				for _, st := range res.Stats {
+					engine.Pipelined += st.Pipelined
+					engine.EarlyFwds += st.EarlyFwds
+					engine.Holds += st.Holds
+				}
 				mu.Unlock()
 			}
 		}()
@@ -113,8 +120,11 @@ func TestSimulator(t *testing.T) {
 	}
 	t.Logf("%d schedules: %d steps, %d reads, %d writes, %d faults, %d messages (%d lost, %d duplicated)",
 		n, total.Steps, total.Reads, total.Writes, total.Faults, total.Sent, total.Lost, total.Duplicated)
-	if total.Reads == 0 || total.Writes == 0 || total.Lost == 0 || total.Duplicated == 0 {
-		t.Fatalf("the schedules exercised too little: %+v", total)
+	t.Logf("%d transactions pipelined, %d forwards arrived before their page, %d holds asked, %d ended",
+		engine.Pipelined, engine.EarlyFwds, engine.Holds, total.Holds)
+	if total.Reads == 0 || total.Writes == 0 || total.Lost == 0 || total.Duplicated == 0 ||
+		engine.Pipelined == 0 || engine.EarlyFwds == 0 || engine.Holds == 0 || total.Holds == 0 {
+		t.Fatalf("the schedules exercised too little: %+v, engines %+v", total, engine)
 	}
 }
 
@@ -223,6 +233,38 @@ func TestSimulatorCatchesBugs(t *testing.T) {
 			kinds: []string{ViolClock},
 		},
 		{
+			name: "forwards and invalidations ignore the minimum hold",
+			tweak: func(c *SimConfig) {
+				c.Hold = true
+				c.bugs.noHold = true
+			},
+			kinds: []string{ViolHold},
+		},
+		{
+			name: "the daemon ends holds at once, before woken threads ran",
+			tweak: func(c *SimConfig) {
+				c.Hold = true
+				c.earlyHold = true
+			},
+			kinds: []string{ViolProgress},
+		},
+		{
+			name: "the daemon never ends a hold",
+			tweak: func(c *SimConfig) {
+				c.Hold, c.SettleSteps = true, 5000
+				c.mutate = func(n NodeID, o *Output) bool { return o.Act == nil || o.Act.Kind != ActHold }
+			},
+			kinds: []string{ViolLiveness},
+		},
+		{
+			name: "the home pipelines behind a read and forgets the reader",
+			tweak: func(c *SimConfig) {
+				c.Hold, c.NoPipeline = true, false
+				c.bugs.pipeRead = true
+			},
+			kinds: []string{ViolReaderBeside, ViolStaleCopy, ViolStaleRead},
+		},
+		{
 			name: "requests are never retransmitted",
 			tweak: func(c *SimConfig) {
 				c.SettleSteps = 5000
@@ -265,6 +307,11 @@ func TestSimulatorShapes(t *testing.T) {
 		{"eager retries, long delays", func(c *SimConfig) { c.RetryTicks, c.MaxDelay = 1, 60 }},
 		{"read-mostly", func(c *SimConfig) { c.WriteRatio = 0.02 }},
 		{"write-only", func(c *SimConfig) { c.WriteRatio = 1 }},
+		{"the protocol without hold or pipelining", func(c *SimConfig) { c.Hold = false }},
+		{"holds without pipelining", func(c *SimConfig) { c.Hold, c.NoPipeline = true, true }},
+		{"contended page, long holds", func(c *SimConfig) {
+			c.Pages, c.WriteRatio, c.Hold, c.NoPipeline, c.HoldSteps = 1, 0.9, true, false, 60
+		}},
 	}
 	seeds := 300
 	if testing.Short() || raceEnabled {

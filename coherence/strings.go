@@ -42,6 +42,8 @@ func (k ActionKind) String() string {
 		return "Drop"
 	case ActWake:
 		return "Wake"
+	case ActHold:
+		return "Hold"
 	}
 	return "ActionKind(" + strconv.Itoa(int(k)) + ")"
 }
