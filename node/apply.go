@@ -43,6 +43,7 @@ func (n *Node) apply(a *coherence.Action) {
 		}
 		n.phys[p] = coherence.Exclusive
 		n.protectAll(p, false)
+		n.noteAccessible(p, true)
 		n.resolved(p, false)
 	case coherence.ActDrop:
 		if n.phys[p] == coherence.Exclusive {
@@ -53,9 +54,12 @@ func (n *Node) apply(a *coherence.Action) {
 		}
 		n.phys[p] = coherence.Invalid
 		delete(n.twins, p)
+		delete(n.holds, p)
 		n.stats.drops++
 	case coherence.ActWake:
 		n.resolved(p, true)
+	case coherence.ActHold:
+		n.startHold(p)
 	default:
 		n.log.Error("unknown engine action", "kind", a.Kind, "page", p)
 	}
@@ -144,6 +148,7 @@ func (n *Node) install(a *coherence.Action) {
 		n.phys[p] = coherence.Shared
 	}
 	n.stats.installs++
+	n.noteAccessible(p, a.Writable)
 	if a.From != coherence.NodeID(n.cfg.ID) && !a.Zero {
 		n.stats.migrationsIn++
 		var ranges []analyzer.Range

@@ -59,6 +59,15 @@ type Config struct {
 	// without the page). Default 30 s.
 	FaultTimeout Duration `json:"fault_timeout,omitempty"`
 
+	// MinHold and MaxHold bound how long a contended page stays after it
+	// was made accessible for a local fault (see hold.go): until the
+	// program wrote it, or MinHold for a read, and at most MaxHold.
+	// Defaults 20 µs and 200 µs. NoHold turns the hold (and the home's
+	// pipelining of requests that comes with it) off.
+	MinHold Duration `json:"min_hold,omitempty"`
+	MaxHold Duration `json:"max_hold,omitempty"`
+	NoHold  bool     `json:"no_hold,omitempty"`
+
 	// FreshLocks says this is the first start of a new cluster: the lock
 	// manager may grant at once. Otherwise (a restart) it waits one home
 	// lease so that no lease granted before the restart can overlap.
@@ -140,6 +149,12 @@ func (c *Config) Validate() error {
 	if c.FaultTimeout == 0 {
 		c.FaultTimeout = Duration(30 * time.Second)
 	}
+	if c.MinHold == 0 {
+		c.MinHold = Duration(20 * time.Microsecond)
+	}
+	if c.MaxHold == 0 {
+		c.MaxHold = Duration(200 * time.Microsecond)
+	}
 	if c.Tick == 0 {
 		c.Tick = Duration(5 * time.Millisecond)
 	}
@@ -174,6 +189,7 @@ type Node struct {
 	phys           []coherence.State
 	waiting        map[coherence.PageID][]waiter
 	twins          map[coherence.PageID][]byte
+	holds          map[coherence.PageID]holdState
 	an             *analyzer.Analyzer
 	vars           map[string]analyzer.Var
 	stats          stats
@@ -208,6 +224,7 @@ func New(cfg Config) (*Node, error) {
 		progs:   map[int]*prog{},
 		waiting: map[coherence.PageID][]waiter{},
 		twins:   map[coherence.PageID][]byte{},
+		holds:   map[coherence.PageID]holdState{},
 		vars:    map[string]analyzer.Var{},
 		buf:     make([]byte, cfg.PageSize),
 		an:      analyzer.New(cfg.PageSize),
@@ -219,6 +236,7 @@ func New(cfg Config) (*Node, error) {
 		Nodes: cfg.Nodes,
 		Pages: n.pages,
 		Home:  n.Home,
+		Hold:  !cfg.NoHold,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("coherence engine: %w", err)

@@ -10,7 +10,7 @@ import (
 
 type stats struct {
 	readFaults, writeFaults, wpFaults uint64
-	installs, drops                   uint64
+	installs, drops, holds            uint64
 	migrationsIn, migrationsOut       uint64
 	bytesOut                          uint64
 	attaches                          uint64
@@ -96,7 +96,7 @@ func (n *Node) status() Status {
 		},
 		Migrations: map[string]uint64{
 			"in": n.stats.migrationsIn, "out": n.stats.migrationsOut,
-			"installs": n.stats.installs, "drops": n.stats.drops,
+			"installs": n.stats.installs, "drops": n.stats.drops, "holds": n.stats.holds,
 		},
 		BytesOut:  n.stats.bytesOut,
 		Latency:   n.stats.lat.percentiles(),
