@@ -59,6 +59,7 @@ type Options struct {
 // Daemon is one node daemon of a local cluster.
 type Daemon struct {
 	ID     int
+	cfg    node.Config
 	Socket string
 	Addr   string
 	cmd    *exec.Cmd
@@ -183,7 +184,7 @@ func (c *Cluster) startDaemon(cfg node.Config) (*Daemon, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start daemon %d (%s): %w", cfg.ID, c.opts.Executable, err)
 	}
-	d := &Daemon{ID: cfg.ID, Socket: cfg.Socket, Addr: cfg.Addr, cmd: cmd, exited: make(chan struct{})}
+	d := &Daemon{ID: cfg.ID, cfg: cfg, Socket: cfg.Socket, Addr: cfg.Addr, cmd: cmd, exited: make(chan struct{})}
 	go func() {
 		d.err = cmd.Wait()
 		cmd.Stdout.(io.Closer).Close()
@@ -250,6 +251,17 @@ func (c *Cluster) Kill(i int) {
 	d := c.Daemons[i]
 	d.cmd.Process.Kill()
 	<-d.exited
+}
+
+// Restart starts daemon i again with the same configuration, after Kill. It
+// does not wait for the new daemon to reach its peers.
+func (c *Cluster) Restart(i int) error {
+	d, err := c.startDaemon(c.Daemons[i].cfg)
+	if err != nil {
+		return err
+	}
+	c.Daemons[i] = d
+	return nil
 }
 
 // Status asks daemon i for its status.

@@ -371,3 +371,19 @@ func TestPeerGoneWithPageStopsProgram(t *testing.T) {
 	require.Contains(t, rout.String(), "node 1")
 	require.NotContains(t, rout.String(), "read 42")
 }
+
+// A node that restarts has lost its pages and its directory: the other nodes
+// must not go on as if nothing happened. They stop, and their programs exit
+// with the reason.
+func TestRestartedPeerStopsTheCluster(t *testing.T) {
+	c := startCluster(t, 2)
+	cmd, out := startWorker(t, c.Env(0), "hold")
+	waitFor(t, func() bool { return strings.Contains(out.String(), "attached") })
+	c.Kill(1)
+	require.NoError(t, c.Restart(1))
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, out.String())
+	require.Equal(t, 3, ee.ExitCode(), out.String())
+	require.Contains(t, out.String(), "node 1 restarted")
+}

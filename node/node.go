@@ -17,6 +17,7 @@ package node
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -182,6 +183,8 @@ type Node struct {
 	mu             sync.Mutex
 	stopped        bool
 	lastStuckCheck time.Time
+	incarnation    uint64            // random, per start of this daemon
+	peerInc        map[uint16]uint64 // each peer's incarnation, as first heard
 	fatal          error
 	cancel         context.CancelFunc
 	progs          map[int]*prog
@@ -225,11 +228,15 @@ func New(cfg Config) (*Node, error) {
 		waiting: map[coherence.PageID][]waiter{},
 		twins:   map[coherence.PageID][]byte{},
 		holds:   map[coherence.PageID]holdState{},
+		peerInc: map[uint16]uint64{},
 		vars:    map[string]analyzer.Var{},
 		buf:     make([]byte, cfg.PageSize),
 		an:      analyzer.New(cfg.PageSize),
 	}
 	n.phys = make([]coherence.State, n.pages)
+	var inc [8]byte
+	rand.Read(inc[:])
+	n.incarnation = binary.LittleEndian.Uint64(inc[:])
 	n.ring = dht.ClusterRing(cfg.Nodes)
 	eng, err := coherence.New(coherence.Config{
 		ID:    coherence.NodeID(cfg.ID),
@@ -343,6 +350,9 @@ func (n *Node) onPeer(ev dsmnet.PeerEvent) {
 	switch ev.Kind {
 	case dsmnet.PeerUp:
 		n.log.Info("peer up", "peer", ev.Peer)
+		// Tell the peer who we are, so that it notices if we restart.
+		msg := binary.LittleEndian.AppendUint64([]byte{protoIncarnation}, n.incarnation)
+		go n.tr.Send(ev.Peer, msg)
 	case dsmnet.PeerDown:
 		if errors.Is(ev.Err, dsmnet.ErrPeerClosed) {
 			n.log.Info("peer stopped", "peer", ev.Peer)
@@ -412,6 +422,26 @@ func (n *Node) failStuckFaults(now time.Time) {
 	}
 }
 
+// onIncarnation checks a peer's incarnation. A peer that restarted lost the
+// pages it held and the directory entries homed on it: the cluster can no
+// longer be kept coherent, and this node stops (its programs fail loudly)
+// rather than serve anything wrong. Called with n.mu held.
+func (n *Node) onIncarnation(from uint16, b []byte) {
+	if len(b) != 8 {
+		n.log.Warn("malformed incarnation message dropped", "peer", from)
+		return
+	}
+	inc := binary.LittleEndian.Uint64(b)
+	old, seen := n.peerInc[from]
+	if !seen {
+		n.peerInc[from] = inc
+		return
+	}
+	if old != inc {
+		n.fail(fmt.Errorf("node %d restarted: the pages it held and the directory it kept are gone, so the region is no longer coherent; restart the whole cluster", from))
+	}
+}
+
 // fail stops the node because it can no longer keep its pages coherent.
 // Its programs see the daemon go and fail loudly; nothing goes on with
 // memory that is wrong. Called with n.mu held.
@@ -419,6 +449,11 @@ func (n *Node) fail(err error) {
 	if n.fatal == nil {
 		n.fatal = err
 		n.log.Error("node stopping: it cannot keep the region coherent", "err", err)
+		for _, p := range n.progs {
+			if !p.gone {
+				reply(p.conn, 0, nil, err) // the program stops with the reason
+			}
+		}
 		n.cancel()
 	}
 }
@@ -499,8 +534,9 @@ func (n *Node) onFault(pr *prog, p coherence.PageID, write, wp bool, at time.Tim
 
 // Protocol bytes that start every transport message.
 const (
-	protoCoherence = 1
-	protoLock      = 2
+	protoCoherence   = 1
+	protoLock        = 2
+	protoIncarnation = 3 // a node's incarnation, sent to each peer when it comes up
 )
 
 func (n *Node) onPeerMessage(from uint16, b []byte) {
@@ -524,6 +560,8 @@ func (n *Node) onPeerMessage(from uint16, b []byte) {
 		}
 	case protoLock:
 		n.onLockMessage(from, b[1:])
+	case protoIncarnation:
+		n.onIncarnation(from, b[1:])
 	default:
 		n.log.Warn("message of unknown protocol dropped", "peer", from, "proto", b[0])
 	}

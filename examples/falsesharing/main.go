@@ -1,6 +1,11 @@
 // Command falsesharing shows what false sharing costs in a DSM, measures it,
 // and lets the layout analyzer find it.
 //
+// Flags: -nodes, -iters, -json (one JSON object with the figures and the
+// findings), -out DIR (the analyzer's pictures), -hold=false (no pipelined
+// hand-off, to compare), -yield=false (workers never yield the CPU; on a
+// machine with fewer cores than nodes x 2 the scheduler then sets the pace).
+//
 // It starts its own local cluster (2 nodes by default); each node increments
 // its own counter. It runs the same program with two layouts: the counters
 // packed next to each other on one page (counter_A, counter_B, ... allocated
@@ -114,7 +119,7 @@ func main() {
 		return
 	}
 	for _, l := range []Layout{res.Packed, res.Padded} {
-		fmt.Printf("%-7s %d nodes x %d increments: %.0f increments/s, %.1f ns per increment, %d page migrations (%.2f per increment), %d bytes moved; faults: %d, p50 %v, p99 %v, %v waiting in all\n",
+		fmt.Printf("%-7s %d nodes x %d increments: %.0f increments/s, %.1f ns per increment, %d page migrations (%.4f per increment), %d bytes moved; faults: %d, p50 %v, p99 %v, %v waiting in all\n",
 			l.Name, l.Nodes, l.ItersPerNode, l.IncrementsPerSec, l.NsPerIncrement, l.Migrations, l.MigrationsPerInc, l.BytesMoved, l.Faults, l.FaultP50, l.FaultP99, l.FaultTime.Round(time.Millisecond))
 	}
 	fmt.Printf("slowdown of the packed layout: %.1fx\n\n", res.Slowdown)
