@@ -175,7 +175,8 @@ type Node struct {
 	eng   *coherence.Engine
 	ln    *net.UnixListener
 
-	done chan struct{}
+	done    chan struct{}
+	trReady chan struct{} // closed once n.tr is set
 
 	// mu guards the engines and everything below: faults, messages, ticks
 	// and control requests are served under it by the goroutine they
@@ -224,6 +225,7 @@ func New(cfg Config) (*Node, error) {
 		ps:      cfg.PageSize,
 		pages:   int(cfg.Size / uint64(cfg.PageSize)),
 		done:    make(chan struct{}),
+		trReady: make(chan struct{}),
 		progs:   map[int]*prog{},
 		waiting: map[coherence.PageID][]waiter{},
 		twins:   map[coherence.PageID][]byte{},
@@ -301,6 +303,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("transport on %s: %w", cfg.Addr, err)
 	}
 	n.tr = tr
+	close(n.trReady)
 	return n, nil
 }
 
@@ -352,7 +355,14 @@ func (n *Node) onPeer(ev dsmnet.PeerEvent) {
 		n.log.Info("peer up", "peer", ev.Peer)
 		// Tell the peer who we are, so that it notices if we restart.
 		msg := binary.LittleEndian.AppendUint64([]byte{protoIncarnation}, n.incarnation)
-		go n.tr.Send(ev.Peer, msg)
+		go func() {
+			// The first PeerUp can come while Listen is still returning.
+			select {
+			case <-n.trReady:
+				n.tr.Send(ev.Peer, msg)
+			case <-n.done:
+			}
+		}()
 	case dsmnet.PeerDown:
 		if errors.Is(ev.Err, dsmnet.ErrPeerClosed) {
 			n.log.Info("peer stopped", "peer", ev.Peer)
