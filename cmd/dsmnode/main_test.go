@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"strings"
@@ -83,4 +84,21 @@ func TestUsageErrors(t *testing.T) {
 		require.Error(t, err, strings.Join(tc.args, " "))
 		require.Contains(t, out, tc.want, strings.Join(tc.args, " "))
 	}
+}
+
+func TestReportOfARunningNode(t *testing.T) {
+	uffdtest.Require(t)
+	dir := t.TempDir()
+	out, err := dsmnode(t, "run", "-n", "2", "--", "/bin/sh", "-c",
+		`[ "$DSM_NODE_ID" = 0 ] && "$DSMNODE" report --socket "$DSM_SOCKET" --json > `+dir+`/report.json; "$DSMNODE" report --socket "$DSM_SOCKET"`)
+	require.NoError(t, err, out)
+	require.Contains(t, out, "[0] layout analyzer:")
+	require.Contains(t, out, "no false sharing found")
+	b, err := os.ReadFile(dir + "/report.json")
+	require.NoError(t, err)
+	var rep struct {
+		PageSize int `json:"page_size"`
+	}
+	require.NoError(t, json.Unmarshal(b, &rep), string(b))
+	require.Equal(t, os.Getpagesize(), rep.PageSize)
 }
