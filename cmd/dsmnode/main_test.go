@@ -2,10 +2,14 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -101,4 +105,47 @@ func TestReportOfARunningNode(t *testing.T) {
 	}
 	require.NoError(t, json.Unmarshal(b, &rep), string(b))
 	require.Equal(t, os.Getpagesize(), rep.PageSize)
+}
+
+// Two nodes started with serve, by flags and by a config file, form a
+// cluster that status reports.
+func TestServeTwoNodes(t *testing.T) {
+	uffdtest.Require(t)
+	dir := t.TempDir()
+	addrs := make([]string, 2)
+	for i := range addrs {
+		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		require.NoError(t, err)
+		addrs[i] = pc.LocalAddr().String()
+		pc.Close()
+	}
+	keyFile := filepath.Join(dir, "key")
+	require.NoError(t, os.WriteFile(keyFile, []byte("0123456789abcdef0123456789abcdef\n"), 0o600))
+	sock := func(i int) string { return filepath.Join(dir, fmt.Sprintf("n%d.sock", i)) }
+	cfg := fmt.Sprintf(`{"id": 1, "nodes": 2, "addr": %q, "peers": {"0": %q}, "key": "0123456789abcdef0123456789abcdef", "socket": %q, "size": 4194304}`,
+		addrs[1], addrs[0], sock(1))
+	cfgFile := filepath.Join(dir, "node1.json")
+	require.NoError(t, os.WriteFile(cfgFile, []byte(cfg), 0o644))
+	start := func(args ...string) {
+		cmd := exec.Command(os.Args[0], args...)
+		cmd.Env = append(os.Environ(), envMain+"=1")
+		require.NoError(t, cmd.Start())
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	}
+	start("serve", "--id", "0", "--nodes", "2", "--addr", addrs[0], "--peers", "1="+addrs[1],
+		"--key-file", keyFile, "--socket", sock(0), "--size", "4194304")
+	start("serve", "--config", cfgFile)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, err := dsmnode(t, "status", "--socket", sock(0))
+		if err == nil && strings.Contains(out, " up,") {
+			require.Regexp(t, `node +0 of 2`, out)
+			require.Contains(t, out, "4194304 bytes")
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the two nodes did not form a cluster: %v\n%s", err, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
