@@ -28,9 +28,10 @@ const (
 // maxBars bounds the number of variables in the bar chart.
 const maxBars = 40
 
-// nodePalette holds well-separated colours for the first nodes of a chart;
+// Palette holds well-separated colours for the first nodes of a chart (the
+// benchmarks' plots use it too, so a node has one colour everywhere);
 // further nodes get colours spread around the hue circle.
-var nodePalette = []color.RGBA{
+var Palette = []color.RGBA{
 	{0x1f, 0x5f, 0xbf, 0xff}, // blue
 	{0xe0, 0x6c, 0x10, 0xff}, // orange
 	{0x2a, 0x9d, 0x3a, 0xff}, // green
@@ -45,8 +46,8 @@ var nodePalette = []color.RGBA{
 
 // nodeColor returns the colour of the i-th node of a chart.
 func nodeColor(i int) color.RGBA {
-	if i < len(nodePalette) {
-		return nodePalette[i]
+	if i < len(Palette) {
+		return Palette[i]
 	}
 	// Golden-angle hue steps keep neighbours apart.
 	h := math.Mod(float64(i)*137.508, 360)
@@ -407,8 +408,8 @@ func (a *Analyzer) WriteVarBars(path string) error {
 	if err != nil {
 		return fmt.Errorf("analyzer: bar chart: %w", err)
 	}
-	b1.Color, b1.LineStyle.Width, b1.Offset = nodePalette[0], 0, -bw/2
-	b2.Color, b2.LineStyle.Width, b2.Offset = nodePalette[1], 0, bw/2
+	b1.Color, b1.LineStyle.Width, b1.Offset = Palette[0], 0, -bw/2
+	b2.Color, b2.LineStyle.Width, b2.Offset = Palette[1], 0, bw/2
 	p.Add(b1, b2)
 	p.Y.Min, p.Y.Max = 0, top*1.3
 	p.Legend.Top = true

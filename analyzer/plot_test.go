@@ -218,7 +218,7 @@ func TestWriteVarBars(t *testing.T) {
 	for x := b.Min.X; x < b.Max.X; x++ {
 		run, best := 0, 0
 		for y := b.Min.Y; y < b.Max.Y; y++ {
-			if same(img.At(x, y), nodePalette[0]) {
+			if same(img.At(x, y), Palette[0]) {
 				run++
 				best = max(best, run)
 			} else {

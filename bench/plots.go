@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/dsmrt/dsm/analyzer"
+
 	"errors"
 	"fmt"
 	"image/color"
@@ -36,20 +38,7 @@ const (
 	plotH = 5 * vg.Inch
 )
 
-var palette = []color.RGBA{
-	{0x1f, 0x5f, 0xbf, 0xff}, // blue
-	{0xe0, 0x6c, 0x10, 0xff}, // orange
-	{0x2a, 0x9d, 0x3a, 0xff}, // green
-	{0xc8, 0x24, 0x2c, 0xff}, // red
-	{0x80, 0x4c, 0xb4, 0xff}, // purple
-	{0x8a, 0x56, 0x3c, 0xff}, // brown
-	{0xd9, 0x5f, 0xb8, 0xff}, // pink
-	{0x6e, 0x6e, 0x6e, 0xff}, // grey
-	{0xa8, 0xa8, 0x1c, 0xff}, // olive
-	{0x14, 0xae, 0xc4, 0xff}, // cyan
-}
-
-func colour(i int) color.RGBA { return palette[i%len(palette)] }
+func colour(i int) color.RGBA { return analyzer.Palette[i%len(analyzer.Palette)] }
 
 // labelled is a latency series: a figure key and its label on a plot.
 type labelled struct{ key, label string }
