@@ -1,8 +1,6 @@
 package main
 
 import (
-	"github.com/dsmrt/dsm/analyzer"
-
 	"errors"
 	"fmt"
 	"image/color"
@@ -16,6 +14,8 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
+
+	"github.com/dsmrt/dsm/analyzer"
 )
 
 // plotData is what the plots need beyond the figures: the samples of every
