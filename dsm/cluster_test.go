@@ -259,6 +259,11 @@ func TestAtomicCountersExact(t *testing.T) {
 	st, err := c.Status(0)
 	require.NoError(t, err)
 	require.NotZero(t, st.Migrations["in"]+st.Migrations["out"], "the counters must have migrated")
+	sg := st.Stages
+	require.NotZero(t, sg.Remote.Count, "remote faults are broken down into stages")
+	require.Equal(t, sg.Remote.Count, sg.Send.Count)
+	require.Equal(t, sg.Remote.Count, sg.Install.Count)
+	require.LessOrEqual(t, sg.Remote.Count, st.Latency.Count, "no more traced faults than faults")
 }
 
 func TestMessagePassingLitmus(t *testing.T) {

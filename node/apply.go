@@ -198,6 +198,7 @@ func (n *Node) resolved(p coherence.PageID, wakeAll bool) {
 		return
 	}
 	now := time.Now()
+	n.traceDone(p, now)
 	woken := map[*prog]bool{}
 	var via *prog
 	if !wakeAll {

@@ -194,6 +194,7 @@ type Node struct {
 	waiting        map[coherence.PageID][]waiter
 	twins          map[coherence.PageID][]byte
 	holds          map[coherence.PageID]holdState
+	traces         map[coherence.PageID]*faultTrace
 	an             *analyzer.Analyzer
 	vars           map[string]analyzer.Var
 	stats          stats
@@ -230,6 +231,7 @@ func New(cfg Config) (*Node, error) {
 		waiting: map[coherence.PageID][]waiter{},
 		twins:   map[coherence.PageID][]byte{},
 		holds:   map[coherence.PageID]holdState{},
+		traces:  map[coherence.PageID]*faultTrace{},
 		peerInc: map[uint16]uint64{},
 		vars:    map[string]analyzer.Var{},
 		buf:     make([]byte, cfg.PageSize),
@@ -532,6 +534,7 @@ func (n *Node) onFault(pr *prog, p coherence.PageID, write, wp bool, at time.Tim
 		return
 	}
 	n.waiting[p] = append(n.waiting[p], waiter{p: pr, wp: wp, at: at})
+	n.traceFault(p, at)
 	a := coherence.Read
 	if write || wp {
 		a = coherence.Write
@@ -565,6 +568,7 @@ func (n *Node) onPeerMessage(from uint16, b []byte) {
 			n.log.Warn("coherence message claims another sender; dropped", "peer", from, "claims", m.From)
 			return
 		}
+		n.traceAnswer(m)
 		if err := n.eng.Step(m); err != nil {
 			n.log.Warn("coherence message refused", "peer", from, "err", err)
 		}
@@ -636,6 +640,7 @@ func (n *Node) send(m *coherence.Message) {
 		}
 		m.NeedData = false
 	}
+	n.traceSend(m.Page)
 	b := make([]byte, 1, 64+len(m.Data)+len(m.Meta))
 	b[0] = protoCoherence
 	b = m.AppendBinary(b)

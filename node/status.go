@@ -15,6 +15,7 @@ type stats struct {
 	bytesOut                          uint64
 	attaches                          uint64
 	lat                               latencies
+	stages                            breakdown
 }
 
 func (s *stats) countFault(a coherence.Access, wp bool) {
@@ -81,6 +82,7 @@ type Status struct {
 	BytesOut   uint64              `json:"bytes_out"`
 	Latency    Percentiles         `json:"fault_latency"`
 	FaultTime  time.Duration       `json:"fault_time_ns"` // total time threads waited in faults
+	Stages     Breakdown           `json:"fault_stages"`  // where remote faults spend their time
 	Engine     coherence.Stats     `json:"engine"`
 	Peers      []dsmnet.PeerStatus `json:"peers"`
 	Locks      []LockInfo          `json:"locks,omitempty"`
@@ -101,6 +103,7 @@ func (n *Node) status() Status {
 		BytesOut:  n.stats.bytesOut,
 		Latency:   n.stats.lat.percentiles(),
 		FaultTime: n.stats.lat.sum,
+		Stages:    n.stats.stages.percentiles(),
 		Engine:    n.eng.Stats(),
 		Peers:     n.tr.Peers(),
 		Locks:     n.lockInfo(),

@@ -174,6 +174,10 @@ func cmdStatus(args []string) error {
 	fmt.Fprintf(w, "migrations\tin %d, out %d (installs %d, drops %d), %d bytes sent\n", st.Migrations["in"], st.Migrations["out"], st.Migrations["installs"], st.Migrations["drops"], st.BytesOut)
 	l := st.Latency
 	fmt.Fprintf(w, "fault latency\tp50 %v, p90 %v, p99 %v, max %v (last %d of %d faults)\n", l.P50, l.P90, l.P99, l.Max, l.Window, l.Count)
+	if sg := st.Stages; sg.Remote.Count > 0 {
+		fmt.Fprintf(w, "remote faults\tp50 %v to send the request, %v until the page or grant came, %v to install and wake (%d faults)\n",
+			sg.Send.P50, sg.Remote.P50, sg.Install.P50, sg.Remote.Count)
+	}
 	for _, p := range st.Peers {
 		state := "down"
 		if p.Up {

@@ -61,6 +61,10 @@ type Layout struct {
 	FaultP99         time.Duration `json:"fault_p99_ns"`
 	Faults           uint64        `json:"faults"`
 	FaultTime        time.Duration `json:"fault_time_ns"`
+	// The fault path on node 0, p50 of each stage (see node.Breakdown).
+	StageSend    time.Duration `json:"stage_send_ns"`
+	StageRemote  time.Duration `json:"stage_remote_ns"`
+	StageInstall time.Duration `json:"stage_install_ns"`
 }
 
 // Result is what -json prints.
@@ -122,6 +126,9 @@ func main() {
 		fmt.Printf("%-7s %d nodes x %d increments: %.0f increments/s, %.1f ns per increment, %d page migrations (%.4f per increment), %d bytes moved; faults: %d, p50 %v, p99 %v, %v waiting in all\n",
 			l.Name, l.Nodes, l.ItersPerNode, l.IncrementsPerSec, l.NsPerIncrement, l.Migrations, l.MigrationsPerInc, l.BytesMoved, l.Faults, l.FaultP50, l.FaultP99, l.FaultTime.Round(time.Millisecond))
 	}
+	p := res.Packed
+	fmt.Printf("packed fault path on node 0 (p50): %v to send the request, %v until the page came (network, home, owner and its hold), %v to install it and wake the thread\n",
+		p.StageSend, p.StageRemote, p.StageInstall)
 	fmt.Printf("slowdown of the packed layout: %.1fx\n\n", res.Slowdown)
 	fmt.Print(report.Text())
 	for _, p := range report.Plots {
@@ -212,6 +219,9 @@ func runLayout(ctx context.Context, name string, nodes, iters int, out string, h
 			l.FaultP50, l.FaultP99 = st.Latency.P50, st.Latency.P99
 		}
 		l.FaultTime += st.FaultTime
+		if i == 0 {
+			l.StageSend, l.StageRemote, l.StageInstall = st.Stages.Send.P50, st.Stages.Remote.P50, st.Stages.Install.P50
+		}
 	}
 	l.MigrationsPerInc = float64(l.Migrations) / total
 	if name != "packed" {
