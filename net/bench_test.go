@@ -9,7 +9,9 @@ import (
 
 // BenchmarkRoundTrip4K measures a 64-byte request and a 4 KiB reply on
 // loopback over raw UDP (the machine's limit), this package's Transport
-// (encrypted, reliable) and kcp-go's stock sessions (the reference). Each
+// (encrypted, reliable) and kcp-go's stock sessions (the reference), and
+// UDP and the Transport with the replying end in a second process, as the
+// node daemons run. Each
 // iteration is one round trip; median and p99 are reported in µs.
 func BenchmarkRoundTrip4K(b *testing.B) {
 	for _, bc := range []struct {
@@ -21,6 +23,8 @@ func BenchmarkRoundTrip4K(b *testing.B) {
 		{"transport", RoundTripKCP, nil},
 		{"transport-fec", RoundTripKCP, []RoundTripOption{WithFEC(8, 2)}},
 		{"kcp-go", RoundTripKCPGo, nil},
+		{"udp-2proc", RoundTripUDP2Proc, nil},
+		{"transport-2proc", RoundTripKCP2Proc, nil},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)

@@ -64,15 +64,19 @@ func WithWarmup(n int) RoundTripOption {
 	return func(o *rtOptions) { o.warmup = n }
 }
 
-// WithMTU sets the transport's MTU (kind "kcp" only; default automatic).
+// WithMTU sets the transport's MTU (kinds "kcp" and "kcp-2proc" only;
+// default automatic).
 func WithMTU(n int) RoundTripOption {
 	return func(o *rtOptions) { o.mtu = n }
 }
 
 // MeasureRoundTrip measures n round trips of a request and a reply (64
 // bytes and 4 KiB unless WithSizes says otherwise) between two endpoints
-// on loopback, over the given kind of path (RoundTripUDP, RoundTripKCP or
-// RoundTripKCPGo), and returns each round trip's duration in order.
+// on loopback, over the given kind of path (RoundTripUDP, RoundTripKCP,
+// RoundTripKCPGo, or, with the server in another process,
+// RoundTripUDP2Proc and RoundTripKCP2Proc), and returns each round trip's
+// duration in order. The cross-process kinds re-execute the current binary:
+// its main or TestMain must call RunEchoIfRequested first.
 func MeasureRoundTrip(ctx context.Context, kind string, n int, opts ...RoundTripOption) ([]time.Duration, error) {
 	if n < 0 {
 		return nil, fmt.Errorf("net: MeasureRoundTrip: n = %d", n)
@@ -115,8 +119,11 @@ func newRoundTripper(ctx context.Context, kind string, opts ...RoundTripOption) 
 	if o.req < 1 || o.reply < 1 || o.req > 60000 || o.reply > 60000 {
 		return nil, fmt.Errorf("net: round-trip sizes %d/%d out of range [1, 60000]", o.req, o.reply)
 	}
-	if kind != RoundTripKCP && (o.faults != nil || o.fec.enabled() || o.mtu != 0) {
-		return nil, fmt.Errorf("net: faults, FEC and MTU options apply to kind %q only, not %q (it has no retransmission)", RoundTripKCP, kind)
+	if kind != RoundTripKCP && (o.faults != nil || o.fec.enabled()) {
+		return nil, fmt.Errorf("net: faults and FEC options apply to kind %q only, not %q", RoundTripKCP, kind)
+	}
+	if kind != RoundTripKCP && kind != RoundTripKCP2Proc && o.mtu != 0 {
+		return nil, fmt.Errorf("net: the MTU option applies to kinds %q and %q only, not %q", RoundTripKCP, RoundTripKCP2Proc, kind)
 	}
 	var (
 		rt  roundTripper
@@ -129,8 +136,13 @@ func newRoundTripper(ctx context.Context, kind string, opts ...RoundTripOption) 
 		rt, err = newTransportRoundTripper(ctx, o)
 	case RoundTripKCPGo:
 		rt, err = newKCPGoRoundTripper(o)
+	case RoundTripUDP2Proc:
+		rt, err = newUDP2ProcRoundTripper(ctx, o)
+	case RoundTripKCP2Proc:
+		rt, err = newKCP2ProcRoundTripper(ctx, o)
 	default:
-		return nil, fmt.Errorf("net: unknown round-trip kind %q (want %q, %q or %q)", kind, RoundTripUDP, RoundTripKCP, RoundTripKCPGo)
+		return nil, fmt.Errorf("net: unknown round-trip kind %q (want %q, %q, %q, %q or %q)", kind,
+			RoundTripUDP, RoundTripKCP, RoundTripKCPGo, RoundTripUDP2Proc, RoundTripKCP2Proc)
 	}
 	if err != nil {
 		return nil, err
@@ -221,7 +233,7 @@ type transportRoundTripper struct {
 func newTransportRoundTripper(ctx context.Context, o rtOptions) (*transportRoundTripper, error) {
 	key := make([]byte, 32)
 	rand.Read(key)
-	geom := Geometry{Nodes: 2, PageSize: 4096, RegionSize: 1 << 30, Base: 0x600000000000}
+	geom := rtGeometry
 	r := &transportRoundTripper{req: make([]byte, o.req), replies: make(chan time.Time, 1), failed: make(chan error, 1)}
 	reply := make([]byte, o.reply)
 	quiet := slog.New(slog.DiscardHandler)
@@ -241,14 +253,7 @@ func newTransportRoundTripper(ctx context.Context, o rtOptions) (*transportRound
 		ID: 0, Addr: addrA, Peers: map[NodeID]string{1: addrB}, Key: key, Geometry: geom,
 		MTU: o.mtu, FEC: o.fec, WrapConn: wrap(0), Logger: quiet,
 		Handler: func(NodeID, []byte) { r.replies <- time.Now() },
-		OnPeer: func(ev PeerEvent) {
-			if ev.Kind != PeerUp {
-				select {
-				case r.failed <- fmt.Errorf("net: peer %v: %w", ev.Kind, ev.Err):
-				default:
-				}
-			}
-		},
+		OnPeer:  r.onPeer,
 	})
 	if err != nil {
 		return nil, err
@@ -278,6 +283,16 @@ func newTransportRoundTripper(ctx context.Context, o rtOptions) (*transportRound
 		return nil, err
 	}
 	return r, nil
+}
+
+// onPeer fails the round trip in progress when the peer goes down.
+func (r *transportRoundTripper) onPeer(ev PeerEvent) {
+	if ev.Kind != PeerUp {
+		select {
+		case r.failed <- fmt.Errorf("net: peer %v: %w", ev.Kind, ev.Err):
+		default:
+		}
+	}
 }
 
 // twoLoopbackPorts finds two free UDP ports on 127.0.0.1.

@@ -695,6 +695,9 @@ func TestMeasureRoundTrip(t *testing.T) {
 		{RoundTripKCP, nil},
 		{RoundTripKCP, []RoundTripOption{WithLoss(0.1, 1), WithFEC(4, 2)}},
 		{RoundTripKCPGo, []RoundTripOption{WithSizes(100, 8192)}},
+		{RoundTripUDP2Proc, nil},
+		{RoundTripKCP2Proc, nil},
+		{RoundTripKCP2Proc, []RoundTripOption{WithSizes(100, 20000), WithMTU(1400)}},
 	}
 	for _, tc := range tests {
 		d, err := MeasureRoundTrip(ctx, tc.kind, 50, append(tc.opts, WithWarmup(5))...)
@@ -715,6 +718,9 @@ func TestMeasureRoundTrip(t *testing.T) {
 	}
 	if _, err := MeasureRoundTrip(ctx, RoundTripUDP, 1, WithLoss(0.1, 1)); err == nil {
 		t.Error("loss on raw UDP accepted")
+	}
+	if _, err := MeasureRoundTrip(ctx, RoundTripKCP2Proc, 1, WithFEC(4, 2)); err == nil {
+		t.Error("FEC on kcp-2proc accepted")
 	}
 }
 
