@@ -172,15 +172,15 @@ func (p *peer) whyNotUp() error {
 	return errors.New("net: handshake in progress")
 }
 
-// send queues msg (see Transport.Send).
-func (p *peer) send(msg []byte) error {
+// send queues msg (see Transport.Send); now is the time of the call.
+func (p *peer) send(msg []byte, now time.Time) error {
 	switch p.state {
 	case stUp:
 		if p.kcp.WaitSnd() >= maxWaitSnd {
 			return fmt.Errorf("%w: %d segments wait for node %d", ErrQueueFull, p.kcp.WaitSnd(), p.id)
 		}
 		if p.kcp.WaitSnd() == 0 {
-			p.lastProgress, p.tlpBackoff = time.Now(), 0
+			p.lastProgress, p.tlpBackoff = now, 0
 		}
 		if err := p.kcpSend(msg); err != nil {
 			return err
@@ -467,7 +467,9 @@ func (p *peer) process(rx *payload, pktType kcp.PacketType, msgs [][]byte) [][]b
 			}
 		}
 		if p.kcp.WaitSnd() < inFlight {
-			p.lastProgress, p.tlpBackoff = time.Now(), 0
+			// lastHeard is the arrival of this datagram: a clock read
+			// saved on the path of every reply.
+			p.lastProgress, p.tlpBackoff = p.lastHeard, 0
 		}
 		// Input may have flushed ACKs into p.dg; they leave with the
 		// handler's reply, or right after the handler (flushACKs).

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	stdnet "net"
 	"net/netip"
 	"os"
@@ -33,6 +34,8 @@ type Transport struct {
 	closed    atomic.Bool
 	done      chan struct{}
 	wake      chan struct{}
+	timer     *time.Timer  // wakes timerLoop
+	timerMu   sync.Mutex   // serialises changes of timerNext and timer
 	timerNext atomic.Int64 // UnixNano of the timer's next planned wake
 	wg        sync.WaitGroup
 	closeErr  error
@@ -82,6 +85,7 @@ func Listen(cfg Config) (*Transport, error) {
 		epoch:   time.Now(),
 		done:    make(chan struct{}),
 		wake:    make(chan struct{}, 1),
+		timer:   time.NewTimer(0),
 		changed: make(chan struct{}),
 		logged:  make(map[string]bool),
 	}
@@ -130,13 +134,17 @@ func (t *Transport) Send(to NodeID, msg []byte) error {
 	if len(msg) > MaxMessageSize {
 		return fmt.Errorf("%w: %d bytes, at most %d", ErrMessageTooLarge, len(msg), MaxMessageSize)
 	}
+	now := time.Now()
 	p.mu.Lock()
-	err := p.send(msg)
+	err := p.send(msg, now)
 	p.mu.Unlock()
-	// The timer may sleep until the next heartbeat; retransmissions of
-	// what was just queued need it sooner.
-	if err == nil && t.timerNext.Load()-time.Now().UnixNano() > int64(20*time.Millisecond) {
-		t.poke()
+	// The timer may sleep until the next heartbeat; tail-loss probes and
+	// retransmissions of what was just queued need it sooner. Moving the
+	// timer earlier wakes no goroutine now (a poke would cost a thread
+	// wake-up per message, which on two cores competes with the reader
+	// and the peer's process); when it fires, tick plans the next wake.
+	if err == nil {
+		t.wakeBy(now.Add(tlpMin))
 	}
 	return err
 }
@@ -299,6 +307,21 @@ func (t *Transport) Close() error {
 	return t.closeErr
 }
 
+// wakeBy makes the timer goroutine run no later than at.
+func (t *Transport) wakeBy(at time.Time) {
+	ns := at.UnixNano()
+	if t.timerNext.Load() <= ns {
+		return
+	}
+	t.timerMu.Lock()
+	if t.timerNext.Load() > ns {
+		t.timerNext.Store(ns)
+		t.timer.Reset(time.Until(at))
+	}
+	t.timerMu.Unlock()
+}
+
+// poke makes the timer goroutine run now.
 func (t *Transport) poke() {
 	select {
 	case t.wake <- struct{}{}:
@@ -503,15 +526,19 @@ const minTimerWait = time.Millisecond
 
 func (t *Transport) timerLoop() {
 	defer t.wg.Done()
-	tm := time.NewTimer(0)
-	defer tm.Stop()
+	defer t.timer.Stop()
 	for {
 		select {
 		case <-t.done:
 			return
-		case <-tm.C:
+		case <-t.timer.C:
 		case <-t.wake:
 		}
+		// Until the next wake is planned below, a Send must move the
+		// timer itself (wakeBy): tick may have passed its peer already.
+		t.timerMu.Lock()
+		t.timerNext.Store(math.MaxInt64)
+		t.timerMu.Unlock()
 		now := time.Now()
 		next := t.cfg.HeartbeatInterval
 		for _, p := range t.order {
@@ -521,7 +548,10 @@ func (t *Transport) timerLoop() {
 		}
 		t.deliverEvents()
 		next = max(next, minTimerWait)
-		t.timerNext.Store(now.Add(next).UnixNano())
-		tm.Reset(next)
+		t.timerMu.Lock()
+		at := min(now.Add(next).UnixNano(), t.timerNext.Load())
+		t.timerNext.Store(at)
+		t.timer.Reset(time.Duration(at - time.Now().UnixNano()))
+		t.timerMu.Unlock()
 	}
 }
