@@ -113,6 +113,7 @@ type peer struct {
 	dgLimit     int       // max len(dg) (header and plaintext)
 	kcpOff      int       // offset of the KCP frame header in dg
 	ctl         []byte    // scratch for control datagrams
+	nonce       [12]byte  // scratch: a nonce handed to the AEAD interface escapes, so it must not live on the stack
 	sbuf        []byte    // scratch for message headers
 
 	heardAny      bool // an authenticated datagram arrived
@@ -394,7 +395,8 @@ func (p *peer) onSessionDatagram(h dgHeader, b []byte, src srcAddr) [][]byte {
 		}
 		return nil
 	}
-	pt, err := p.sess.recv.Open(b[headerLen:headerLen], h.nonce[:], b[headerLen:], b[:headerLen])
+	p.nonce = h.nonce
+	pt, err := p.sess.recv.Open(b[headerLen:headerLen], p.nonce[:], b[headerLen:], b[:headerLen])
 	if err != nil {
 		p.authFailed(src, false)
 		return nil
@@ -707,7 +709,8 @@ func (p *peer) sealAndWrite(b []byte) {
 	binary.BigEndian.PutUint64(h.nonce[4:], p.sendCtr)
 	p.sendCtr++
 	h.put(b)
-	out := p.sess.send.Seal(b[:headerLen], h.nonce[:], b[headerLen:], b[:headerLen])
+	p.nonce = h.nonce
+	out := p.sess.send.Seal(b[:headerLen], p.nonce[:], b[headerLen:], b[:headerLen])
 	p.write(out)
 }
 
