@@ -57,6 +57,8 @@ var requiredFigures = []string{
 	"limit/uffd_local_fault",
 	"limit/udp_rtt",
 	"limit/kcp_rtt",
+	"limit/udp_rtt_2proc",
+	"limit/kcp_rtt_2proc",
 	"read_fault",
 	"read_fault/home=reader",
 	"read_fault/home=writer",
@@ -140,7 +142,7 @@ func TestSuiteQuick(t *testing.T) {
 	}
 	assert.Greater(t, got.Limits.LimitNs, 0.0)
 	// Each limit was measured at the start and at the end of the run.
-	require.Len(t, got.Limits.Measurements, 3)
+	require.Len(t, got.Limits.Measurements, len(limitKinds))
 	for _, m := range got.Limits.Measurements {
 		require.Len(t, m.Runs, 2, m.Limit)
 		assert.Equal(t, "start", m.Runs[0].When)

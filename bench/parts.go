@@ -37,6 +37,10 @@ var limitKinds = []struct{ kind, key, name, note string }{
 	{"uffd", "limit/uffd_local_fault", "local userfaultfd fault (MISSING, UFFDIO_COPY, resolver in another process)", "time of the faulting load"},
 	{dsmnet.RoundTripUDP, "limit/udp_rtt", "UDP round trip, 64 B request / 4 KiB reply, loopback", "raw datagrams"},
 	{dsmnet.RoundTripKCP, "limit/kcp_rtt", "KCP round trip, 64 B request / 4 KiB reply, loopback", "our transport (net.Transport), encrypted"},
+	// The same between two processes, as node daemons are: shown beside
+	// the in-process limits, which the ratios keep using.
+	{dsmnet.RoundTripUDP2Proc, "limit/udp_rtt_2proc", "UDP round trip between two processes, 64 B request / 4 KiB reply, loopback", "raw datagrams; the echo server is a second process; not used in the ratios"},
+	{dsmnet.RoundTripKCP2Proc, "limit/kcp_rtt_2proc", "KCP round trip between two processes, 64 B request / 4 KiB reply, loopback", "our transport, the echo server a second process; not used in the ratios"},
 }
 
 // limitRun is one measurement of every limit.
@@ -101,7 +105,7 @@ func (s *suite) settleLimits() {
 			s.res.Limits.UffdFault = bestStat
 		case dsmnet.RoundTripUDP:
 			s.res.Limits.UDP = bestStat
-		default:
+		case dsmnet.RoundTripKCP:
 			s.res.Limits.KCP = bestStat
 		}
 		note := k.note

@@ -18,6 +18,7 @@ import (
 
 	"github.com/dsmrt/dsm/dht"
 	"github.com/dsmrt/dsm/dsm"
+	dsmnet "github.com/dsmrt/dsm/net"
 	"github.com/dsmrt/dsm/node"
 	"github.com/dsmrt/dsm/uffd"
 )
@@ -631,6 +632,7 @@ func (w *worker) hammer(res *workerResult) error {
 // returns at once otherwise. main and TestMain call it first.
 func childMain() {
 	uffd.RunChildIfRequested()
+	dsmnet.RunEchoIfRequested()
 	node.RunDaemonIfChild()
 	if js, ok := os.LookupEnv(envSpec); ok {
 		if err := workerMain(js); err != nil {
