@@ -392,3 +392,45 @@ func TestRestartedPeerStopsTheCluster(t *testing.T) {
 	require.Equal(t, 3, ee.ExitCode(), out.String())
 	require.Contains(t, out.String(), "node 1 restarted")
 }
+
+func init() { workers["shared3"] = workShared3 }
+
+// workShared3: three programs, two of them on one node, increment one word
+// and a word on another page; the totals must be exact.
+func workShared3(r *dsm.Region) error {
+	ctx := context.Background()
+	ps := r.PageSize()
+	if err := r.Barrier(ctx, "start", 3); err != nil {
+		return err
+	}
+	for i := 0; i < increments; i++ {
+		atomic.AddUint64(word(r, 11*ps), 1)
+		atomic.AddUint64(word(r, 12*ps+8), 1)
+	}
+	if err := r.Barrier(ctx, "end", 3); err != nil {
+		return err
+	}
+	for _, off := range []int{11 * ps, 12*ps + 8} {
+		if got := atomic.LoadUint64(word(r, off)); got != 3*increments {
+			return fmt.Errorf("word at %d = %d, want %d", off, got, 3*increments)
+		}
+	}
+	fmt.Println("three programs exact")
+	return r.Barrier(ctx, "exit", 3)
+}
+
+// Two programs attached to one daemon share its pages (coherent by
+// hardware) and stay coherent with a program on another node.
+func TestTwoProgramsOnOneNode(t *testing.T) {
+	c := startCluster(t, 2)
+	var cmds []*exec.Cmd
+	var outs []*syncWriter
+	for _, n := range []int{0, 0, 1} {
+		cmd, out := startWorker(t, c.Env(n), "shared3")
+		cmds, outs = append(cmds, cmd), append(outs, out)
+	}
+	for i, cmd := range cmds {
+		require.NoError(t, cmd.Wait(), outs[i].String())
+		require.Contains(t, outs[i].String(), "three programs exact")
+	}
+}
