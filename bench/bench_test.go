@@ -41,6 +41,7 @@ func testConfig(out string) Config {
 	c.OwnerPages = 60
 	c.InvPages, c.InvRounds = 30, 2
 	c.ScanPages, c.ScanRounds = 128, 2
+	c.ScanDepths = []int{1, 4}
 	c.Turns, c.HammerTime = 50, 100*time.Millisecond
 	c.SizePages, c.SizeRounds = 40, 2
 	c.SizeOwnerPages = 40
@@ -198,7 +199,7 @@ func TestSuiteQuick(t *testing.T) {
 	md, err := os.ReadFile(filepath.Join(dir, "results.md"))
 	require.NoError(t, err)
 	assert.Contains(t, string(md), "| figure |")
-	assert.Contains(t, string(md), "Read-ahead is **not implemented**")
+	assert.Contains(t, string(md), "Read-ahead depth d:")
 	assert.Contains(t, string(md), "## Distributed locks")
 	assert.Contains(t, string(md), "| sync.Mutex floor | × floor |")
 
@@ -382,7 +383,7 @@ func TestConfigValidate(t *testing.T) {
 		is     error
 	}{
 		{"full is valid", func(*Config) {}, "", nil},
-		{"read-ahead", func(c *Config) { c.ScanDepths = []int{1, 4} }, "scan depth 4", ErrReadAhead},
+		{"read-ahead", func(c *Config) { c.ScanDepths = []int{1, 0} }, "scan depth 0", ErrReadAhead},
 		{"one-node cluster", func(c *Config) { c.Sizes = []int{1, 2} }, "cluster size 1", nil},
 		{"no sizes", func(c *Config) { c.Sizes = nil }, "no cluster sizes", nil},
 		{"content", func(c *Config) { c.Content = "video" }, `content "video"`, nil},

@@ -46,7 +46,7 @@ func main() {
 	run := flag.String("run", "", "parts to run: comma-separated names or a regexp (see -list); limits always run")
 	list := flag.Bool("list", false, "list the parts and exit")
 	sizes := flag.String("sizes", "", "cluster sizes for the size part, e.g. 2,4,8 (default 2,4,8; -quick 2,4)")
-	depths := flag.String("scan-depths", "1", "read-ahead depths for the scan part (the protocol has no read-ahead yet: only 1 works)")
+	depths := flag.String("scan-depths", "", "read-ahead depths for the scan part (1 = no read-ahead; d = d-1 pages asked for ahead of a sequential read fault; default 1,2,4,8,16, -quick 1,8)")
 	verbose := flag.Bool("v", false, "show the daemons' logs and the workers' output as they come")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -72,11 +72,13 @@ func main() {
 		}
 		cfg.Sizes = s
 	}
-	d, err := parseInts(*depths)
-	if err != nil {
-		fatal(fmt.Errorf("-scan-depths: %w", err))
+	if *depths != "" {
+		d, err := parseInts(*depths)
+		if err != nil {
+			fatal(fmt.Errorf("-scan-depths: %w", err))
+		}
+		cfg.ScanDepths = d
 	}
-	cfg.ScanDepths = d
 	cfg.Run = *run
 	cfg.Progress = os.Stderr
 	if *verbose {

@@ -363,7 +363,7 @@ func (s *suite) plotScan() (*plot.Plot, error) {
 	if len(pts) == 0 {
 		return nil, nil
 	}
-	p := newPlot("Sequential scan throughput against read-ahead depth\n(read-ahead not implemented in the protocol: depth 1 only)", "read-ahead depth (pages)", "MB/s")
+	p := newPlot("Sequential scan throughput against read-ahead depth", "read-ahead depth (pages in flight per sequential fault)", "MB/s")
 	var xy plotter.XYs
 	maxDepth := 1
 	for _, sp := range pts {

@@ -79,7 +79,7 @@ func FullConfig() Config {
 		OwnerPages: 6000,
 		InvPages:   1000, InvRounds: 5,
 		ScanPages: 8192, ScanRounds: 5,
-		ScanDepths: []int{1},
+		ScanDepths: []int{1, 2, 4, 8, 16},
 		Turns:      10000, HammerTime: 3 * time.Second,
 		SizePages: 3000, SizeRounds: 5,
 		SizeOwnerPages: 3000,
@@ -105,6 +105,7 @@ func QuickConfig() Config {
 	c.OwnerPages = 1000
 	c.InvPages, c.InvRounds = 300, 3
 	c.ScanPages, c.ScanRounds = 2048, 2
+	c.ScanDepths = []int{1, 8}
 	c.Turns, c.HammerTime = 1000, 500*time.Millisecond
 	c.SizePages, c.SizeRounds = 500, 3
 	c.SizeOwnerPages = 500
@@ -233,7 +234,7 @@ func (c *Config) validate() error {
 		errs = append(errs, fmt.Errorf("invalidate cluster size %d: must be 2..64", c.InvalidateNodes))
 	}
 	for _, d := range c.ScanDepths {
-		if d != 1 {
+		if d < 1 || d > MaxScanDepth {
 			errs = append(errs, fmt.Errorf("scan depth %d: %w", d, ErrReadAhead))
 		}
 	}

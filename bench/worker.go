@@ -478,14 +478,18 @@ func (w *worker) invalidate(res *workerResult) error {
 	return nil
 }
 
-// ErrReadAhead: the protocol has no read-ahead yet; a scan runs at depth 1.
-var ErrReadAhead = errors.New("read-ahead is not implemented in the protocol: only depth 1 can be measured")
+// ErrReadAhead: a scan depth outside 1..MaxScanDepth.
+var ErrReadAhead = errors.New("scan depth must be 1 (no read-ahead) to 1025 (1024 pages read ahead)")
+
+// MaxScanDepth is the deepest read-ahead a scan can ask for: the daemon's
+// read_ahead limit plus the page that faulted.
+const MaxScanDepth = 1025
 
 // scan: node 1 writes a region each round; node 0 reads it from start to
 // end, the whole of every page, timing the first load of each page and the
 // whole pass.
 func (w *worker) scan(res *workerResult) error {
-	if w.sp.Depth != 1 {
+	if w.sp.Depth < 1 || w.sp.Depth > MaxScanDepth {
 		return fmt.Errorf("scan depth %d: %w", w.sp.Depth, ErrReadAhead)
 	}
 	const reader, writer = 0, 1

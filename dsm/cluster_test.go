@@ -434,3 +434,53 @@ func TestTwoProgramsOnOneNode(t *testing.T) {
 		require.Contains(t, outs[i].String(), "three programs exact")
 	}
 }
+
+func init() { workers["scan"] = workScan }
+
+// workScan: node 1 writes 256 pages, node 0 reads them in order and checks
+// every word it reads.
+func workScan(r *dsm.Region) error {
+	ctx := context.Background()
+	ps := r.PageSize()
+	const first, pages = 100, 256
+	if r.NodeID() == 1 {
+		for p := first; p < first+pages; p++ {
+			for w := 0; w < ps; w += 512 {
+				atomic.StoreUint64(word(r, p*ps+w), uint64(p*ps+w))
+			}
+		}
+	}
+	if err := r.Barrier(ctx, "written", r.Nodes()); err != nil {
+		return err
+	}
+	if r.NodeID() == 0 {
+		for p := first; p < first+pages; p++ {
+			for w := 0; w < ps; w += 512 {
+				if got := atomic.LoadUint64(word(r, p*ps+w)); got != uint64(p*ps+w) {
+					return fmt.Errorf("page %d word %d = %d", p, w, got)
+				}
+			}
+		}
+		fmt.Println("scan ok")
+	}
+	return r.Barrier(ctx, "done", r.Nodes())
+}
+
+// A sequential scan of a remote region reads right with read-ahead on (the
+// daemon asks for pages ahead of the faults) and off.
+func TestSequentialScanReadAhead(t *testing.T) {
+	for _, ahead := range []int{-1, 7} {
+		t.Run(fmt.Sprint("read_ahead=", ahead), func(t *testing.T) {
+			c := startClusterTuned(t, 2, func(cfg *node.Config) { cfg.ReadAhead = ahead })
+			out := runWorkers(t, c, "scan")
+			require.Contains(t, out, "scan ok")
+			st, err := c.Status(0)
+			require.NoError(t, err)
+			if ahead < 0 {
+				require.Zero(t, st.Migrations["read_ahead"])
+			} else {
+				require.Greater(t, st.Migrations["read_ahead"], uint64(100), "most of 256 sequential pages are asked for ahead of their fault")
+			}
+		})
+	}
+}

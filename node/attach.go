@@ -27,7 +27,8 @@ type prog struct {
 	pid        int
 	u          *uffd.FD
 	conn       *net.UnixConn
-	gone       bool // owned by the loop: detached
+	gone       bool           // owned by the loop: detached
+	ra         readAheadState // under n.mu: this program's reads, for read-ahead
 	stopped    atomic.Bool
 	readerDone chan struct{}
 }

@@ -11,6 +11,7 @@ import (
 type stats struct {
 	readFaults, writeFaults, wpFaults uint64
 	installs, drops, holds            uint64
+	readAheads                        uint64
 	migrationsIn, migrationsOut       uint64
 	bytesOut                          uint64
 	attaches                          uint64
@@ -99,6 +100,7 @@ func (n *Node) status() Status {
 		Migrations: map[string]uint64{
 			"in": n.stats.migrationsIn, "out": n.stats.migrationsOut,
 			"installs": n.stats.installs, "drops": n.stats.drops, "holds": n.stats.holds,
+			"read_ahead": n.stats.readAheads,
 		},
 		BytesOut:  n.stats.bytesOut,
 		Latency:   n.stats.lat.percentiles(),

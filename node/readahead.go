@@ -1,0 +1,54 @@
+package node
+
+import "github.com/dsmrt/dsm/coherence"
+
+// Read-ahead: a program that reads a remote region in order pays a round
+// trip per page. When a program's read faults come in ascending consecutive
+// pages, the daemon asks for the next ReadAhead pages at once, as reads, so
+// that their round trips overlap and the program finds them present. It is
+// the daemon that guesses, not the protocol that changes: a prefetched page
+// is an ordinary read copy (the engine is asked for it exactly as for a
+// fault), and a wrong guess costs a read copy that the next writer
+// invalidates.
+
+// readAheadState is what the daemon remembers of a program's reads.
+type readAheadState struct {
+	last   coherence.PageID // the last page it read-faulted on
+	streak int              // consecutive pages in a row, ending at last
+	ahead  coherence.PageID // pages below this were already asked for
+}
+
+// readAhead notes a read fault of program pr on page p and, on a sequential
+// run, asks the engine for the next pages. Called with n.mu held.
+func (n *Node) readAhead(pr *prog, p coherence.PageID) {
+	depth := n.cfg.ReadAhead
+	if depth <= 0 {
+		return
+	}
+	ra := &pr.ra
+	switch {
+	case p == ra.last+1, p > ra.last && p <= ra.ahead:
+		// The next page, or one past pages read ahead that were found
+		// present: the run goes on.
+		ra.streak++
+	case p != ra.last:
+		ra.streak, ra.ahead = 1, 0
+	}
+	ra.last = p
+	if ra.streak < 2 {
+		return
+	}
+	from := max(p+1, ra.ahead)
+	to := min(p+1+coherence.PageID(depth), coherence.PageID(n.pages))
+	for q := from; q < to; q++ {
+		if n.phys[q] != coherence.Invalid || n.eng.State(q) != coherence.Invalid || len(n.waiting[q]) > 0 {
+			continue
+		}
+		if err := n.eng.Fault(q, coherence.Read); err != nil {
+			n.log.Warn("read-ahead refused by the engine", "page", q, "err", err)
+			return
+		}
+		n.stats.readAheads++
+	}
+	ra.ahead = max(ra.ahead, to)
+}
