@@ -320,7 +320,9 @@ func (c *Cluster) Stop() error {
 // it when the writer is done.
 func prefixWriter(w io.Writer, prefix string) io.WriteCloser {
 	pr, pw := io.Pipe()
+	p := &prefixed{pw: pw, done: make(chan struct{})}
 	go func() {
+		defer close(p.done)
 		s := bufio.NewScanner(pr)
 		s.Buffer(make([]byte, 64<<10), 1<<20)
 		for s.Scan() {
@@ -328,5 +330,20 @@ func prefixWriter(w io.Writer, prefix string) io.WriteCloser {
 		}
 		io.Copy(io.Discard, pr)
 	}()
-	return pw
+	return p
+}
+
+// prefixed is prefixWriter's writer: Close returns once every line written
+// before it has reached the underlying writer.
+type prefixed struct {
+	pw   *io.PipeWriter
+	done chan struct{}
+}
+
+func (p *prefixed) Write(b []byte) (int, error) { return p.pw.Write(b) }
+
+func (p *prefixed) Close() error {
+	err := p.pw.Close()
+	<-p.done
+	return err
 }

@@ -43,6 +43,7 @@ func (c *Cluster) Run(ctx context.Context, argv []string, out io.Writer, env ...
 		cmd.Stdout, cmd.Stderr = w, w
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
+			w.Close()
 			fail(fmt.Errorf("start instance %d: %w", i, err))
 			errs[i] = err
 			break
@@ -52,9 +53,7 @@ func (c *Cluster) Run(ctx context.Context, argv []string, out io.Writer, env ...
 		go func(i int) {
 			defer wg.Done()
 			err := cmd.Wait()
-			if c, ok := w.(io.Closer); ok {
-				c.Close()
-			}
+			w.Close() // every line is out before Run returns
 			if err != nil {
 				errs[i] = err
 				fail(fmt.Errorf("instance %d failed: %w", i, err))
