@@ -153,7 +153,9 @@ func runLayout(ctx context.Context, name string, nodes, iters int, out string, h
 	var outMu sync.Mutex
 	var lines []string
 	pr, pw := io.Pipe()
+	scanned := make(chan struct{})
 	go func() {
+		defer close(scanned)
 		s := bufio.NewScanner(pr)
 		for s.Scan() {
 			outMu.Lock()
@@ -182,6 +184,7 @@ func runLayout(ctx context.Context, name string, nodes, iters int, out string, h
 	close(stopProgress)
 	pwg.Wait()
 	pw.Close()
+	<-scanned // every line is in lines
 	if err != nil {
 		outMu.Lock()
 		defer outMu.Unlock()
