@@ -196,6 +196,27 @@ func (w *worker) barrier(name string, round int) error {
 func (w *worker) page(p int) []byte { return w.r.Bytes()[p*w.ps : (p+1)*w.ps] }
 
 // ptrs returns a pointer to the first word of each page.
+// writeRound has the writer node stamp every page for round, then waits for
+// every node at the "written" barrier of that round.
+func (w *worker) writeRound(writer int, pages []int, ptrs []unsafe.Pointer, round int) error {
+	if w.id == writer {
+		for i, p := range pages {
+			w.fill(ptrs[i], w.page(p), round, i)
+		}
+	}
+	return w.barrier("written", round)
+}
+
+// checkRound checks the whole body of every page the reader read in round.
+func (w *worker) checkRound(pages []int, round int) error {
+	for i, p := range pages {
+		if err := w.checkBody(w.page(p), round, i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (w *worker) ptrs(pages []int) []unsafe.Pointer {
 	out := make([]unsafe.Pointer, len(pages))
 	for i, p := range pages {
@@ -350,12 +371,7 @@ func (w *worker) read(res *workerResult) error {
 	order := rand.New(rand.NewPCG(w.sp.Seed, 1)).Perm(len(pages))
 	samples := make([]int64, 0, len(pages)*w.sp.Rounds)
 	for round := 1; round <= w.sp.Rounds; round++ {
-		if w.id == writer {
-			for i, p := range pages {
-				w.fill(ptrs[i], w.page(p), round, i)
-			}
-		}
-		if err := w.barrier("written", round); err != nil {
+		if err := w.writeRound(writer, pages, ptrs, round); err != nil {
 			return err
 		}
 		if w.id == reader {
@@ -373,10 +389,8 @@ func (w *worker) read(res *workerResult) error {
 			if bad >= 0 {
 				return fmt.Errorf("round %d: page %d read 0x%x, the writer stored 0x%x: stale data", round, pages[bad], got, stamp(w.sp.Content, round, bad))
 			}
-			for i, p := range pages {
-				if err := w.checkBody(w.page(p), round, i); err != nil {
-					return err
-				}
+			if err := w.checkRound(pages, round); err != nil {
+				return err
 			}
 			res.Checked += len(pages)
 		}
@@ -499,12 +513,7 @@ func (w *worker) scan(res *workerResult) error {
 	words := w.ps / 8
 	var elapsed time.Duration
 	for round := 1; round <= w.sp.Rounds; round++ {
-		if w.id == writer {
-			for i, p := range pages {
-				w.fill(ptrs[i], w.page(p), round, i)
-			}
-		}
-		if err := w.barrier("written", round); err != nil {
+		if err := w.writeRound(writer, pages, ptrs, round); err != nil {
 			return err
 		}
 		if w.id == reader {
@@ -527,10 +536,8 @@ func (w *worker) scan(res *workerResult) error {
 			if bad >= 0 {
 				return fmt.Errorf("round %d: page %d read stale data", round, pages[bad])
 			}
-			for i, p := range pages {
-				if err := w.checkBody(w.page(p), round, i); err != nil {
-					return err
-				}
+			if err := w.checkRound(pages, round); err != nil {
+				return err
 			}
 			res.Checked += len(pages)
 		}

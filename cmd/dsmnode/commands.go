@@ -103,29 +103,23 @@ func cmdServe(ctx context.Context, args []string) error {
 			return fmt.Errorf("config %s: %w", *config, err)
 		}
 	}
+	// Flags given on the command line override the file.
+	overrides := map[string]func(){
+		"id":     func() { cfg.ID = *id },
+		"nodes":  func() { cfg.Nodes = *nodes },
+		"addr":   func() { cfg.Addr = *addr },
+		"socket": func() { cfg.Socket = *socket },
+		"size":   func() { cfg.Size = *size },
+		"base":   func() { cfg.Base = *base },
+		"key":    func() { cfg.Key = *key },
+	}
 	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	if set["id"] {
-		cfg.ID = *id
-	}
-	if set["nodes"] {
-		cfg.Nodes = *nodes
-	}
-	if set["addr"] {
-		cfg.Addr = *addr
-	}
-	if set["socket"] {
-		cfg.Socket = *socket
-	}
-	if set["size"] {
-		cfg.Size = *size
-	}
-	if set["base"] {
-		cfg.Base = *base
-	}
-	if set["key"] {
-		cfg.Key = *key
-	}
+	fs.Visit(func(f *flag.Flag) {
+		set[f.Name] = true
+		if o := overrides[f.Name]; o != nil {
+			o()
+		}
+	})
 	if *keyFile != "" {
 		b, err := os.ReadFile(*keyFile)
 		if err != nil {
