@@ -94,6 +94,16 @@ type Config struct {
 	// Logger receives warnings (authentication failures, refused peers,
 	// peers going down). Default slog.Default().
 	Logger *slog.Logger
+	// Driven makes the transport start no goroutine of its own: the
+	// caller's event loop waits until Fd is readable or Deadline has come,
+	// and calls Receive and Tick. Handler and OnPeer then run on the
+	// goroutine that calls Receive or Tick, and nowhere else. Send may
+	// still be called from any goroutine: it moves Deadline earlier, and a
+	// loop that waits on an older deadline must be told (see Deadline).
+	// A node daemon drives its transport this way so that a page request
+	// is read, served and answered on one thread, with no hand-off between
+	// goroutines and no runtime timer on the path (Linux only).
+	Driven bool
 }
 
 // Defaults and limits.

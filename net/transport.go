@@ -55,8 +55,14 @@ type Transport struct {
 
 	unknownSender, misaddressed, malformed atomic.Uint64
 
-	// Reader goroutine only.
+	// driven: no goroutines; the caller's loop calls Receive and Tick.
+	driven bool
+	fd     int // the socket's descriptor, in driven mode
+
+	// Reader goroutine only (in driven mode, the caller of Receive and
+	// Tick).
 	rx     payload
+	rxBuf  []byte // a datagram read by Receive
 	rxFEC  payload
 	rxMsgs [][]byte
 	// ackPeers have ACKs waiting (see peer.flushACKs).
@@ -88,6 +94,17 @@ func Listen(cfg Config) (*Transport, error) {
 		timer:   time.NewTimer(0),
 		changed: make(chan struct{}),
 		logged:  make(map[string]bool),
+		driven:  c.Driven,
+		fd:      -1,
+	}
+	if t.driven {
+		fd, err := socketFD(udp)
+		if err != nil {
+			udp.Close()
+			return nil, err
+		}
+		t.fd = fd
+		t.rxBuf = make([]byte, MaxMTU+1)
 	}
 	if c.WrapConn != nil {
 		t.conn = c.WrapConn(udp)
@@ -107,6 +124,11 @@ func Listen(cfg Config) (*Transport, error) {
 		t.order = append(t.order, p)
 	}
 	slices.SortFunc(t.order, func(a, b *peer) int { return int(a.id) - int(b.id) })
+	if t.driven {
+		// Due at once: the first Tick sends the hellos.
+		t.timer.Stop()
+		return t, nil
+	}
 	t.wg.Add(2)
 	go t.readLoop()
 	go t.timerLoop()
@@ -287,7 +309,8 @@ func (t *Transport) Stats() Stats {
 
 // Close says goodbye to the peers that are up, closes the socket and waits
 // for the transport's goroutines. Messages not yet acknowledged are lost.
-// Close must not be called from Handler or OnPeer.
+// Close must not be called from Handler or OnPeer; a driven transport is
+// closed by the goroutine that drives it, or once it has stopped.
 func (t *Transport) Close() error {
 	t.closeOnce.Do(func() {
 		t.closed.Store(true) // no more events
@@ -307,11 +330,20 @@ func (t *Transport) Close() error {
 	return t.closeErr
 }
 
-// wakeBy makes the timer goroutine run no later than at.
+// wakeBy makes the timer goroutine run no later than at; in driven mode it
+// moves Deadline.
 func (t *Transport) wakeBy(at time.Time) {
 	ns := at.UnixNano()
 	if t.timerNext.Load() <= ns {
 		return
+	}
+	if t.driven {
+		for {
+			old := t.timerNext.Load()
+			if old <= ns || t.timerNext.CompareAndSwap(old, ns) {
+				return
+			}
+		}
 	}
 	t.timerMu.Lock()
 	if t.timerNext.Load() > ns {
@@ -321,8 +353,12 @@ func (t *Transport) wakeBy(at time.Time) {
 	t.timerMu.Unlock()
 }
 
-// poke makes the timer goroutine run now.
+// poke makes the timer goroutine run now (in driven mode: Tick is due).
 func (t *Transport) poke() {
+	if t.driven {
+		t.wakeBy(time.Unix(0, 0))
+		return
+	}
 	select {
 	case t.wake <- struct{}{}:
 	default:
@@ -497,6 +533,12 @@ func (t *Transport) handleDatagram(b []byte, src srcAddr) {
 	p.mu.Unlock()
 	if wait && !slices.Contains(t.ackPeers, p) {
 		t.ackPeers = append(t.ackPeers, p)
+		if t.driven {
+			p.mu.Lock()
+			dl := p.ackDeadline
+			p.mu.Unlock()
+			t.wakeBy(dl)
+		}
 	}
 }
 
@@ -524,6 +566,79 @@ func (t *Transport) ackTimer(now time.Time) time.Time {
 
 const minTimerWait = time.Millisecond
 
+// tickPeers runs every peer's timers and delivers the events they raised.
+// It returns how long until they need to run again (at least
+// minTimerWait, so that a peer whose timer is due keeps no thread busy).
+func (t *Transport) tickPeers(now time.Time) time.Duration {
+	next := t.cfg.HeartbeatInterval
+	for _, p := range t.order {
+		p.mu.Lock()
+		next = min(next, p.tick(now))
+		p.mu.Unlock()
+	}
+	t.deliverEvents()
+	return max(next, minTimerWait)
+}
+
+// Fd returns the descriptor of the transport's UDP socket, for the event
+// loop of a driven transport to wait on (readable: call Receive). It is -1
+// unless Config.Driven was set. The transport owns it: the caller must not
+// read, write or close it.
+func (t *Transport) Fd() int { return t.fd }
+
+// Deadline returns when a driven transport next needs Tick: retransmissions,
+// delayed acknowledgements, heartbeats and handshakes. Send may move it
+// earlier from any goroutine; an event loop that computed its wait from an
+// older value must recheck Deadline after it publishes its own wake-up time
+// (so that a concurrent Send either sees that time or the loop sees the new
+// deadline).
+func (t *Transport) Deadline() time.Time { return time.Unix(0, t.timerNext.Load()) }
+
+// Tick runs a driven transport's timers if Deadline has come, calling
+// OnPeer for the events they raise, and returns the next Deadline. Only the
+// goroutine that calls Receive may call it.
+func (t *Transport) Tick(now time.Time) time.Time {
+	if !t.driven || t.closed.Load() {
+		return t.Deadline()
+	}
+	if now.UnixNano() < t.timerNext.Load() {
+		return t.Deadline()
+	}
+	t.timerNext.Store(math.MaxInt64)
+	next := now.Add(t.tickPeers(now))
+	if len(t.ackPeers) > 0 {
+		if ack := t.ackTimer(now); !ack.IsZero() && ack.Before(next) {
+			next = ack
+		}
+	}
+	t.wakeBy(next)
+	return t.Deadline()
+}
+
+// Receive reads and serves the datagrams waiting on a driven transport's
+// socket, calling Handler and OnPeer, until none waits or max have been
+// read; it returns how many it read. It never blocks. Only one goroutine
+// may call it (the one that calls Tick).
+func (t *Transport) Receive(max int) int {
+	if !t.driven {
+		return 0
+	}
+	for i := 0; i < max; i++ {
+		if t.closed.Load() {
+			return i
+		}
+		n, src, err := recvFrom(t.fd, t.rxBuf)
+		if err != nil {
+			if err != errWouldBlock {
+				t.warnOnce("read-error", "reading the UDP socket failed", "err", err)
+			}
+			return i
+		}
+		t.handleDatagram(t.rxBuf[:n], srcAddr{ap: src})
+	}
+	return max
+}
+
 func (t *Transport) timerLoop() {
 	defer t.wg.Done()
 	defer t.timer.Stop()
@@ -540,14 +655,7 @@ func (t *Transport) timerLoop() {
 		t.timerNext.Store(math.MaxInt64)
 		t.timerMu.Unlock()
 		now := time.Now()
-		next := t.cfg.HeartbeatInterval
-		for _, p := range t.order {
-			p.mu.Lock()
-			next = min(next, p.tick(now))
-			p.mu.Unlock()
-		}
-		t.deliverEvents()
-		next = max(next, minTimerWait)
+		next := t.tickPeers(now)
 		t.timerMu.Lock()
 		at := min(now.Add(next).UnixNano(), t.timerNext.Load())
 		t.timerNext.Store(at)

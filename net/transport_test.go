@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -53,6 +55,8 @@ type testNode struct {
 	events chan PeerEvent
 	log    *logBuffer
 	fault  *FaultConn
+
+	stopDrive func() // stops the driver of a driven transport
 }
 
 // freeAddrs reserves n loopback UDP addresses.
@@ -96,6 +100,7 @@ func startNode(t *testing.T, id NodeID, addrs []string, mod func(*Config)) *test
 			return n.fault
 		},
 	}
+	cfg.Driven = drivenTests
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -105,7 +110,75 @@ func startNode(t *testing.T, id NodeID, addrs []string, mod func(*Config)) *test
 	}
 	n.Transport = tr
 	t.Cleanup(func() { tr.Close() })
+	if cfg.Driven {
+		n.stopDrive = drive(t, tr)
+	}
 	return n
+}
+
+// Close stops the node's driver, if any, then its transport: a driven
+// transport is closed by its loop or after it.
+func (n *testNode) Close() error {
+	if n.stopDrive != nil {
+		n.stopDrive()
+	}
+	return n.Transport.Close()
+}
+
+// drivenTests makes startNode start driven transports, served by drive.
+var drivenTests bool
+
+// drive serves a driven transport the way an event loop does: it waits
+// until the socket is readable or the deadline comes, then calls Receive
+// and Tick. The wait is capped at a millisecond because Send, called by
+// the tests from other goroutines, does not wake it. It stops before the
+// transport is closed (cleanups run last-in, first-out), or when the
+// returned function is called.
+func drive(t *testing.T, tr *Transport) (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		fds := []unix.PollFd{{Fd: int32(tr.Fd()), Events: unix.POLLIN}}
+		for {
+			select {
+			case <-quit:
+				return
+			default:
+			}
+			ms := 0
+			if time.Until(tr.Deadline()) > 0 {
+				ms = 1
+			}
+			unix.Poll(fds, ms)
+			tr.Receive(64)
+			tr.Tick(time.Now())
+		}
+	}()
+	var once sync.Once
+	stop = func() { once.Do(func() { close(quit); <-done }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+// TestDriven runs transport tests with driven transports: no goroutine of
+// the transport's own, the socket read by Receive, timers run by Tick.
+func TestDriven(t *testing.T) {
+	drivenTests = true
+	t.Cleanup(func() { drivenTests = false })
+	for _, tc := range []struct {
+		name string
+		test func(*testing.T)
+	}{
+		{"exchange", TestExchangeInOrder},
+		{"queued before handshake", TestMessagesBeforeHandshakeAreQueued},
+		{"wrong key", TestWrongKeyRefused},
+		{"close and restart", TestPeerCloseAndRestart},
+		{"crash and restart", TestCrashedPeerRestartStartsNewSession},
+		{"lossy", TestLossyNetwork},
+		{"forged datagrams", TestForgedDatagramsIgnored},
+	} {
+		t.Run(tc.name, tc.test)
+	}
 }
 
 func startCluster(t *testing.T, size int, mod func(NodeID, *Config)) []*testNode {
