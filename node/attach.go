@@ -6,13 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/dsmrt/dsm/analyzer"
-	"github.com/dsmrt/dsm/coherence"
 	"github.com/dsmrt/dsm/internal/ctl"
 	"github.com/dsmrt/dsm/uffd"
 )
@@ -23,17 +21,13 @@ const DefaultAttachWait = 10 * time.Second
 
 // prog is an attached program.
 type prog struct {
-	id         int
-	pid        int
-	u          *uffd.FD
-	conn       *net.UnixConn
-	gone       bool           // owned by the loop: detached
-	ra         readAheadState // under n.mu: this program's reads, for read-ahead
-	stopped    atomic.Bool
-	readerDone chan struct{}
+	id   int
+	pid  int
+	u    *uffd.FD
+	conn *net.UnixConn
+	gone bool           // under n.mu: detached, or its memory is gone
+	ra   readAheadState // under n.mu: this program's reads, for read-ahead
 }
-
-func (p *prog) stop() { p.stopped.Store(true) }
 
 func (p *prog) close() {
 	if p.u != nil {
@@ -150,7 +144,7 @@ func (n *Node) serveProgram(ctx context.Context, c *net.UnixConn, req ctl.Reques
 		reply(c, ureq.ID, nil, fmt.Errorf("attach: %w", err))
 		return
 	}
-	p := &prog{pid: req.PID, u: uffd.NewFD(fds[0]), conn: c, readerDone: make(chan struct{})}
+	p := &prog{pid: req.PID, u: uffd.NewFD(fds[0]), conn: c}
 	var attachErr error
 	err = n.do(ctx, func() {
 		// Write-protect the whole range in the new program: pages that are
@@ -162,6 +156,9 @@ func (n *Node) serveProgram(ctx context.Context, c *net.UnixConn, req ctl.Reques
 		}
 		n.nextID++
 		p.id = n.nextID
+		if attachErr = n.watch(p.u.Fd(), int32(p.id)); attachErr != nil {
+			return
+		}
 		n.progs[p.id] = p
 		n.stats.attaches++
 	})
@@ -174,14 +171,13 @@ func (n *Node) serveProgram(ctx context.Context, c *net.UnixConn, req ctl.Reques
 		return
 	}
 	n.log.Info("program attached", "pid", p.pid, "user_mode_only", ureq.UserMod)
-	go n.readFaults(p)
 	if err := reply(c, ureq.ID, nil, nil); err == nil {
 		n.serveRequests(ctx, c, p, buf)
 	}
-	// Detach: stop the reader, then forget the program in the loop.
-	p.stop()
-	<-p.readerDone
+	// Detach: the loop stops watching the program's userfaultfd and
+	// forgets it. Once the node has stopped, Run closes it.
 	n.do(context.Background(), func() {
+		n.unwatch(p.u.Fd())
 		p.gone = true
 		delete(n.progs, p.id)
 		n.releaseClientLocks(p)
@@ -249,48 +245,6 @@ func (n *Node) addVars(vs []analyzer.Var) error {
 	}
 	n.an.AddVars(add...)
 	return nil
-}
-
-// readFaults reads a program's userfaultfd until the program detaches. It
-// polls with a timeout so that it notices a detach, and reads with read(2)
-// on its own goroutine: never through the netpoller.
-func (n *Node) readFaults(p *prog) {
-	defer close(p.readerDone)
-	msgs := make([]uffd.Msg, 64)
-	base, size, ps := n.cfg.Base, n.cfg.Size, uint64(n.ps)
-	for !p.stopped.Load() {
-		ok, err := p.u.Wait(100 * time.Millisecond)
-		if err != nil {
-			n.log.Warn("userfaultfd of program closed", "pid", p.pid, "err", err)
-			return
-		}
-		if !ok {
-			continue
-		}
-		k, err := p.u.ReadMsgs(msgs)
-		if err != nil {
-			n.log.Warn("read userfaultfd", "pid", p.pid, "err", err)
-			return
-		}
-		now := time.Now()
-		n.mu.Lock()
-		if n.stopped {
-			n.mu.Unlock()
-			return
-		}
-		for _, m := range msgs[:k] {
-			if !m.IsPagefault() {
-				continue
-			}
-			if m.Address < base || m.Address >= base+size {
-				n.log.Error("fault outside the region", "pid", p.pid, "addr", fmt.Sprintf("0x%x", m.Address))
-				continue
-			}
-			n.onFault(p, coherence.PageID((m.Address-base)/ps), m.IsWrite(), m.IsWP(), now)
-		}
-		n.flush()
-		n.mu.Unlock()
-	}
 }
 
 // ReportArgs are the arguments of a report request.

@@ -64,12 +64,6 @@ func (n *Node) startHold(p coherence.PageID) {
 			}
 			runtime.Gosched()
 		}
-		n.mu.Lock()
-		defer n.mu.Unlock()
-		if n.stopped {
-			return
-		}
-		n.eng.EndHold(p)
-		n.flush()
+		n.offLoop(func() { n.eng.EndHold(p) })
 	}()
 }

@@ -10,9 +10,9 @@
 //
 // A Node owns the memfd behind the region, the userfaultfds that attached
 // programs hand it, the KCP transport to the other nodes, the coherence
-// engine and the lock manager. One goroutine (the loop) owns the engines and
-// applies their outputs in order; a goroutine per attached program reads its
-// userfaultfd with poll and a blocking read, never through the netpoller.
+// engine and the lock manager. Its faults, messages and timers are served by
+// one event loop on a locked OS thread (loop.go); control connections run on
+// goroutines of their own and do their work under the node's lock.
 package node
 
 import (
@@ -193,12 +193,12 @@ type Node struct {
 	eng   *coherence.Engine
 	ln    *net.UnixListener
 
-	done    chan struct{}
-	trReady chan struct{} // closed once n.tr is set
+	done chan struct{}
+	lp   *eventLoop
 
-	// mu guards the engines and everything below: faults, messages, ticks
-	// and control requests are served under it by the goroutine they
-	// arrive on.
+	// mu guards the engines and everything below: the event loop serves
+	// faults, messages and ticks under it, and control requests are served
+	// under it by the goroutine they arrive on (offLoop).
 	mu             sync.Mutex
 	stopped        bool
 	lastStuckCheck time.Time
@@ -244,7 +244,6 @@ func New(cfg Config) (*Node, error) {
 		ps:      cfg.PageSize,
 		pages:   int(cfg.Size / uint64(cfg.PageSize)),
 		done:    make(chan struct{}),
-		trReady: make(chan struct{}),
 		progs:   map[int]*prog{},
 		waiting: map[coherence.PageID][]waiter{},
 		twins:   map[coherence.PageID][]byte{},
@@ -279,7 +278,12 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("create the region's memfd (%d bytes): %w", cfg.Size, err)
 	}
 	n.memfd = fd
+	if err := n.openLoop(); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
 	if err := n.listenSocket(); err != nil {
+		n.closeLoop()
 		unix.Close(fd)
 		return nil, err
 	}
@@ -316,14 +320,21 @@ func New(cfg Config) (*Node, error) {
 		WrapConn: wrap,
 		FEC:      dsmnet.FECConfig{Data: cfg.FECData, Parity: cfg.FECParity},
 		Logger:   log,
+		Driven:   true,
 	})
+	if err == nil {
+		n.tr = tr
+		err = n.watch(tr.Fd(), tagSocket)
+		if err != nil {
+			tr.Close()
+		}
+	}
 	if err != nil {
 		n.ln.Close()
+		n.closeLoop()
 		unix.Close(fd)
 		return nil, fmt.Errorf("transport on %s: %w", cfg.Addr, err)
 	}
-	n.tr = tr
-	close(n.trReady)
 	return n, nil
 }
 
@@ -356,15 +367,10 @@ func (n *Node) listenSocket() error {
 	return nil
 }
 
-// onMessage is the transport's handler: it runs on the transport's
-// goroutine and serves the message right there, under the node's lock, so
-// that a reply leaves without a hop through another goroutine.
+// onMessage is the transport's handler: the event loop's Receive calls it,
+// with n.mu held, and the message is served right there, so that a reply
+// leaves on the same thread.
 func (n *Node) onMessage(from dsmnet.NodeID, msg []byte) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.stopped {
-		return
-	}
 	n.onPeerMessage(uint16(from), msg)
 	n.flush()
 }
@@ -375,14 +381,7 @@ func (n *Node) onPeer(ev dsmnet.PeerEvent) {
 		n.log.Info("peer up", "peer", ev.Peer)
 		// Tell the peer who we are, so that it notices if we restart.
 		msg := binary.LittleEndian.AppendUint64([]byte{protoIncarnation}, n.incarnation)
-		go func() {
-			// The first PeerUp can come while Listen is still returning.
-			select {
-			case <-n.trReady:
-				n.tr.Send(ev.Peer, msg)
-			case <-n.done:
-			}
-		}()
+		n.tr.Send(ev.Peer, msg)
 	case dsmnet.PeerDown:
 		if errors.Is(ev.Err, dsmnet.ErrPeerClosed) {
 			n.log.Info("peer stopped", "peer", ev.Peer)
@@ -392,30 +391,22 @@ func (n *Node) onPeer(ev dsmnet.PeerEvent) {
 	case dsmnet.PeerRefused:
 		n.log.Error("peer refused", "peer", ev.Peer, "err", ev.Err)
 	}
-	if ev.Kind != dsmnet.PeerDown {
-		return
-	}
-	// Not inline: the transport may call OnPeer while it holds its own
-	// locks, and the node's lock is held around transport sends.
-	go n.do(context.Background(), func() {
+	if ev.Kind == dsmnet.PeerDown {
 		// Locks homed on the dead node are refused now rather than waited
 		// for; the coherence engine keeps retrying until it returns.
 		n.locks.eng.PeerDown(lockmgr.NodeID(ev.Peer))
-	})
+	}
 }
 
-// do runs fn under the node's lock, then applies what the engines produced.
+// do runs fn under the node's lock on the calling goroutine (not the
+// loop's), then applies what the engines produced.
 func (n *Node) do(ctx context.Context, fn func()) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.stopped {
+	if !n.offLoop(fn) {
 		return errors.New("node stopped")
 	}
-	fn()
-	n.flush()
 	return nil
 }
 
@@ -501,7 +492,7 @@ func (n *Node) Run(ctx context.Context) error {
 		defer n.wg.Done()
 		n.acceptLoop(ctx)
 	}()
-	err := n.loop(ctx)
+	err := n.runLoop(ctx)
 	n.mu.Lock()
 	n.stopped = true
 	n.mu.Unlock()
@@ -509,41 +500,16 @@ func (n *Node) Run(ctx context.Context) error {
 	n.ln.Close()
 	os.Remove(n.cfg.Socket)
 	n.tr.Close()
-	for _, p := range n.progs {
-		p.stop()
-	}
 	n.wg.Wait()
 	for _, p := range n.progs {
 		p.close()
 	}
+	n.closeLoop()
 	unix.Close(n.memfd)
 	if n.fatal != nil {
 		return n.fatal
 	}
 	return err
-}
-
-// loop drives the engines' clocks. Faults, messages and requests are served
-// by the goroutines they arrive on, under n.mu.
-func (n *Node) loop(ctx context.Context) error {
-	t := time.NewTicker(time.Duration(n.cfg.Tick))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case now := <-t.C:
-			n.mu.Lock()
-			n.eng.Tick()
-			n.tickLocks(now)
-			n.flush()
-			if now.Sub(n.lastStuckCheck) >= time.Second {
-				n.lastStuckCheck = now
-				n.failStuckFaults(now)
-			}
-			n.mu.Unlock()
-		}
-	}
 }
 
 // onFault serves a page fault of program pr. Called with n.mu held.

@@ -1,0 +1,245 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dsmrt/dsm/coherence"
+	"github.com/dsmrt/dsm/uffd"
+)
+
+// The event loop. A remote fault costs what its thread wake-ups cost (see
+// DESIGN.md: the bytes on the wire are a small part), so the daemon's fault
+// path runs on one locked OS thread that waits in a single epoll_wait on the
+// transport's UDP socket, on every attached program's userfaultfd and on an
+// eventfd. A fault is read, decided and its request sent; a request is
+// served and answered; a page is received, installed and its thread woken:
+// all inline on that thread, with no goroutine hand-off, channel, netpoller
+// or runtime timer in between. The timers (the engines' ticks, the
+// transport's retransmissions, delayed acknowledgements and heartbeats, the
+// fault timeout) are the loop's own epoll_wait deadline.
+//
+// The rest of the daemon (control connections: attach, detach, locks,
+// status) runs on ordinary goroutines. They do their work under n.mu, which
+// the loop holds while it serves events, and wake the loop through the
+// eventfd only when what they did needs the loop sooner than it planned to
+// wake (a message they sent must be retransmitted before then): see
+// offLoop. A control request thus costs no extra wake-up of the loop when
+// nothing is due.
+
+// Epoll tags of the loop's own descriptors; a program's userfaultfd is
+// tagged with the program's id (positive).
+const (
+	tagSocket int32 = -1
+	tagKick   int32 = -2
+)
+
+// maxReceive bounds the datagrams served per wake-up before the loop looks
+// at the userfaultfds again.
+const maxReceive = 256
+
+// eventLoop is the loop's state. Only wakeAt is shared with other
+// goroutines.
+type eventLoop struct {
+	epfd   int
+	evfd   int
+	events [64]unix.EpollEvent
+	msgs   [64]uffd.Msg
+
+	// wakeAt is the time (UnixNano) at which the loop will wake by itself,
+	// published before it waits; zero while it is awake (it will look at
+	// every deadline again before it waits).
+	wakeAt atomic.Int64
+}
+
+func (n *Node) openLoop() error {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("event loop: epoll_create1: %w", err)
+	}
+	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return fmt.Errorf("event loop: eventfd: %w", err)
+	}
+	n.lp = &eventLoop{epfd: epfd, evfd: evfd}
+	if err := n.watch(evfd, tagKick); err != nil {
+		n.closeLoop()
+		return err
+	}
+	return nil
+}
+
+func (n *Node) closeLoop() {
+	unix.Close(n.lp.evfd)
+	unix.Close(n.lp.epfd)
+}
+
+// watch adds fd to the loop's epoll set with tag.
+func (n *Node) watch(fd int, tag int32) error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: tag}
+	if err := unix.EpollCtl(n.lp.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return fmt.Errorf("event loop: watch descriptor %d: %w", fd, err)
+	}
+	return nil
+}
+
+// unwatch removes fd from the loop's epoll set.
+func (n *Node) unwatch(fd int) {
+	unix.EpollCtl(n.lp.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+}
+
+// kick wakes the loop. Called with n.mu held and the node not stopped, so
+// that the eventfd is open.
+func (n *Node) kick() {
+	one := [8]byte{1}
+	unix.Write(n.lp.evfd, one[:])
+}
+
+// offLoop runs fn under n.mu on a goroutine other than the loop's, applies
+// what the engines produced, and wakes the loop if the transport now needs
+// it sooner than the loop planned to wake. It reports false, without
+// running fn, once the node has stopped.
+func (n *Node) offLoop(fn func()) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.stopped {
+		return false
+	}
+	fn()
+	n.flush()
+	// The loop publishes wakeAt before it reads the deadline a last time,
+	// and a send here moves the deadline before this reads wakeAt: one of
+	// the two sees the other.
+	if at := n.lp.wakeAt.Load(); at != 0 && n.tr.Deadline().UnixNano() < at {
+		n.kick()
+	}
+	return true
+}
+
+// runLoop serves the node on the calling goroutine, locked to its OS
+// thread, until ctx ends or the node fails.
+func (n *Node) runLoop(ctx context.Context) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	stop := context.AfterFunc(ctx, func() {
+		n.mu.Lock()
+		if !n.stopped {
+			n.kick()
+		}
+		n.mu.Unlock()
+	})
+	defer stop()
+	lp := n.lp
+	tick := time.Duration(n.cfg.Tick)
+	nextTick := time.Now().Add(tick)
+	ready := 0 // events of the last wait
+	for {
+		n.mu.Lock()
+		if ctx.Err() != nil {
+			n.mu.Unlock()
+			return nil
+		}
+		for _, ev := range lp.events[:ready] {
+			switch ev.Fd {
+			case tagSocket:
+				n.tr.Receive(maxReceive)
+			case tagKick:
+				var b [8]byte
+				unix.Read(lp.evfd, b[:])
+			default:
+				if pr := n.progs[int(ev.Fd)]; pr != nil {
+					n.readFaults(pr, ev.Events)
+				}
+			}
+		}
+		now := time.Now()
+		if !now.Before(nextTick) {
+			n.eng.Tick()
+			n.tickLocks(now)
+			if now.Sub(n.lastStuckCheck) >= time.Second {
+				n.lastStuckCheck = now
+				n.failStuckFaults(now)
+			}
+			nextTick = now.Add(tick)
+		}
+		n.tr.Tick(now)
+		n.flush()
+		n.mu.Unlock()
+
+		wake := nextTick
+		if d := n.tr.Deadline(); d.Before(wake) {
+			wake = d
+		}
+		lp.wakeAt.Store(wake.UnixNano())
+		if d := n.tr.Deadline(); d.Before(wake) {
+			wake = d // a send from another goroutine moved it
+		}
+		k, err := unix.EpollWait(lp.epfd, lp.events[:], waitMillis(time.Until(wake)))
+		lp.wakeAt.Store(0)
+		switch {
+		case err == nil:
+			ready = k
+		case errors.Is(err, unix.EINTR):
+			ready = 0
+		default:
+			return fmt.Errorf("event loop: epoll_wait: %w", err)
+		}
+	}
+}
+
+// waitMillis turns a wait into epoll_wait's milliseconds, rounded up so
+// that the loop never wakes before its deadline only to wait again.
+func waitMillis(d time.Duration) int {
+	if d <= 0 {
+		return 0
+	}
+	ms := (d + time.Millisecond - 1) / time.Millisecond
+	return int(min(ms, math.MaxInt32))
+}
+
+// readFaults reads the faults waiting on program pr's userfaultfd and
+// serves them. Called by the loop with n.mu held.
+func (n *Node) readFaults(pr *prog, events uint32) {
+	if pr.gone {
+		// Detaching or exited: what it left unread would keep the
+		// descriptor readable.
+		n.unwatch(pr.u.Fd())
+		return
+	}
+	if events&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+		n.log.Warn("userfaultfd of program failed; its faults are no longer served", "pid", pr.pid, "events", fmt.Sprintf("%#x", events))
+		n.unwatch(pr.u.Fd())
+		pr.gone = true
+		return
+	}
+	k, err := pr.u.ReadMsgs(n.lp.msgs[:])
+	if err != nil {
+		n.log.Warn("read userfaultfd; its faults are no longer served", "pid", pr.pid, "err", err)
+		n.unwatch(pr.u.Fd())
+		pr.gone = true
+		return
+	}
+	if k == 0 {
+		return
+	}
+	now := time.Now()
+	base, size, ps := n.cfg.Base, n.cfg.Size, uint64(n.ps)
+	for _, m := range n.lp.msgs[:k] {
+		if !m.IsPagefault() {
+			continue
+		}
+		if m.Address < base || m.Address >= base+size {
+			n.log.Error("fault outside the region", "pid", pr.pid, "addr", fmt.Sprintf("0x%x", m.Address))
+			continue
+		}
+		n.onFault(pr, coherence.PageID((m.Address-base)/ps), m.IsWrite(), m.IsWP(), now)
+	}
+}
