@@ -207,6 +207,7 @@ var (
 type config struct {
 	Config
 	local     netip.AddrPort // parsed Addr (port may be zero)
+	anyV6     bool           // a peer has an IPv6 address
 	peerAddrs map[NodeID]*stdnet.UDPAddr
 }
 
@@ -265,6 +266,9 @@ func (c Config) normalize() (*config, error) {
 		seen[ua.String()] = id
 		if !ua.IP.IsLoopback() {
 			allLoopback = false
+		}
+		if ua.IP.To4() == nil {
+			cfg.anyV6 = true
 		}
 		cfg.peerAddrs[id] = ua
 	}

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	stdnet "net"
 	"net/netip"
+	"os"
+	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -13,19 +16,169 @@ import (
 // errWouldBlock: no datagram waits on the socket.
 var errWouldBlock = errors.New("net: no datagram waiting")
 
-// socketFD returns the descriptor behind c. The descriptor stays owned by
-// c (Close closes it); it is non-blocking, as every socket of package net.
-func socketFD(c *stdnet.UDPConn) (int, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return -1, fmt.Errorf("net: socket descriptor: %w", err)
-	}
-	fd := -1
-	if err := rc.Control(func(f uintptr) { fd = int(f) }); err != nil {
-		return -1, fmt.Errorf("net: socket descriptor: %w", err)
-	}
-	return fd, nil
+// rawConn is the UDP socket of a driven transport. It is opened with raw
+// system calls and never registered with Go's netpoller: a socket of
+// package net is (edge-triggered, for reading and writing), so every
+// datagram it received or sent would also wake an idle thread of the Go
+// runtime sleeping in the netpoller, for nothing. On a machine of two cores
+// that stray wake-up costs as much as the one the event loop needs.
+type rawConn struct {
+	fd     int
+	family int
+	local  *stdnet.UDPAddr
+	closed atomic.Bool
 }
+
+// listenRaw opens a non-blocking UDP socket bound to local. v6 asks for an
+// IPv6 socket (which also reaches IPv4 peers through mapped addresses).
+func listenRaw(local netip.AddrPort, v6 bool) (*rawConn, error) {
+	family := unix.AF_INET
+	if a := local.Addr(); v6 || a.Is6() && !a.Is4In6() {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	c := &rawConn{fd: fd, family: family}
+	if family == unix.AF_INET6 {
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
+	}
+	sa, err := c.sockaddr(local)
+	if err == nil {
+		err = unix.Bind(fd, sa)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("bind %s: %w", local, err)
+	}
+	got, err := unix.Getsockname(fd)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("getsockname: %w", err)
+	}
+	switch a := got.(type) {
+	case *unix.SockaddrInet4:
+		c.local = &stdnet.UDPAddr{IP: stdnet.IP(a.Addr[:]).To16(), Port: a.Port}
+	case *unix.SockaddrInet6:
+		c.local = &stdnet.UDPAddr{IP: stdnet.IP(a.Addr[:]), Port: a.Port}
+	}
+	// As setSocketBuffers does for a socket of package net.
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, socketBuffer)
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, socketBuffer)
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, socketBuffer)
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, socketBuffer)
+	return c, nil
+}
+
+func (c *rawConn) sockaddr(ap netip.AddrPort) (unix.Sockaddr, error) {
+	a := ap.Addr()
+	if !a.IsValid() { // an unspecified local address (":0")
+		a = netip.IPv6Unspecified()
+		if c.family == unix.AF_INET {
+			a = netip.IPv4Unspecified()
+		}
+	}
+	if c.family == unix.AF_INET {
+		if !a.Is4() && !a.Is4In6() {
+			return nil, fmt.Errorf("net: %s is not an IPv4 address", a)
+		}
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.Unmap().As4()}, nil
+	}
+	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}, nil
+}
+
+// writeTo sends b to ap with a raw sendto(2) that never blocks: a full
+// socket buffer drops the datagram, as a full queue on the way would, and
+// KCP sends it again.
+func (c *rawConn) writeTo(b []byte, ap netip.AddrPort) error {
+	var rsa unix.RawSockaddrInet6 // large enough for either family
+	var size uintptr
+	a := ap.Addr()
+	port := ap.Port()
+	if c.family == unix.AF_INET {
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&rsa))
+		sa.Family = unix.AF_INET
+		sa.Port = port>>8 | port<<8
+		sa.Addr = a.Unmap().As4()
+		size = unix.SizeofSockaddrInet4
+	} else {
+		rsa.Family = unix.AF_INET6
+		rsa.Port = port>>8 | port<<8
+		rsa.Addr = a.As16()
+		size = unix.SizeofSockaddrInet6
+	}
+	var p unsafe.Pointer
+	if len(b) > 0 {
+		p = unsafe.Pointer(&b[0])
+	}
+	for {
+		_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(c.fd), uintptr(p), uintptr(len(b)),
+			unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(&rsa)), size)
+		switch e {
+		case 0:
+			return nil
+		case unix.EINTR:
+			continue
+		}
+		if c.closed.Load() {
+			return stdnet.ErrClosed
+		}
+		return fmt.Errorf("net: sendto %s: %w", ap, e)
+	}
+}
+
+// ReadFrom implements net.PacketConn for wrappers (Config.WrapConn); the
+// transport itself reads with Receive. It waits with poll(2), on the calling
+// thread.
+func (c *rawConn) ReadFrom(b []byte) (int, stdnet.Addr, error) {
+	for {
+		if c.closed.Load() {
+			return 0, nil, stdnet.ErrClosed
+		}
+		n, ap, err := recvFrom(c.fd, b)
+		if err == nil {
+			return n, stdnet.UDPAddrFromAddrPort(ap), nil
+		}
+		if err != errWouldBlock {
+			return 0, nil, err
+		}
+		fds := []unix.PollFd{{Fd: int32(c.fd), Events: unix.POLLIN}}
+		unix.Poll(fds, 100)
+	}
+}
+
+// WriteTo implements net.PacketConn.
+func (c *rawConn) WriteTo(b []byte, addr stdnet.Addr) (int, error) {
+	ua, ok := addr.(*stdnet.UDPAddr)
+	if !ok {
+		return 0, fmt.Errorf("net: %v is not a UDP address", addr)
+	}
+	if err := c.writeTo(b, ua.AddrPort()); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// Close implements net.PacketConn.
+func (c *rawConn) Close() error {
+	if c.closed.Swap(true) {
+		return stdnet.ErrClosed
+	}
+	return unix.Close(c.fd)
+}
+
+// LocalAddr implements net.PacketConn.
+func (c *rawConn) LocalAddr() stdnet.Addr { return c.local }
+
+// SetDeadline implements net.PacketConn; a driven transport sets none.
+func (c *rawConn) SetDeadline(time.Time) error { return os.ErrNoDeadline }
+
+// SetReadDeadline implements net.PacketConn; a driven transport sets none.
+func (c *rawConn) SetReadDeadline(time.Time) error { return os.ErrNoDeadline }
+
+// SetWriteDeadline implements net.PacketConn; a driven transport sets none.
+func (c *rawConn) SetWriteDeadline(time.Time) error { return os.ErrNoDeadline }
 
 // recvFrom reads one datagram from the non-blocking socket fd into buf
 // with a raw recvfrom(2): not through the netpoller (which would park the
@@ -55,11 +208,11 @@ func sockaddrPort(rsa *unix.RawSockaddrAny) netip.AddrPort {
 	switch rsa.Addr.Family {
 	case unix.AF_INET:
 		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
-		port := uint16(sa.Port>>8 | sa.Port<<8) // network byte order
+		port := sa.Port>>8 | sa.Port<<8 // network byte order
 		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port)
 	case unix.AF_INET6:
 		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
-		port := uint16(sa.Port>>8 | sa.Port<<8)
+		port := sa.Port>>8 | sa.Port<<8
 		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port)
 	}
 	return netip.AddrPort{}

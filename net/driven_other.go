@@ -10,9 +10,17 @@ import (
 
 var errWouldBlock = errors.New("net: no datagram waiting")
 
-func socketFD(*stdnet.UDPConn) (int, error) {
-	return -1, errors.New("net: Config.Driven needs Linux")
+// rawConn is the socket of a driven transport, which needs Linux.
+type rawConn struct {
+	stdnet.PacketConn
+	fd int
 }
+
+func listenRaw(netip.AddrPort, bool) (*rawConn, error) {
+	return nil, errors.New("net: Config.Driven needs Linux")
+}
+
+func (c *rawConn) writeTo([]byte, netip.AddrPort) error { return errWouldBlock }
 
 func recvFrom(int, []byte) (int, netip.AddrPort, error) {
 	return 0, netip.AddrPort{}, errWouldBlock

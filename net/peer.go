@@ -737,7 +737,9 @@ func (p *peer) sendHello() {
 
 func (p *peer) write(b []byte) {
 	var err error
-	if u := p.t.udp; u != nil {
+	if r := p.t.raw; r != nil {
+		err = r.writeTo(b, p.ap)
+	} else if u := p.t.udp; u != nil {
 		_, err = u.WriteToUDPAddrPort(b, p.ap)
 	} else {
 		_, err = p.t.conn.WriteTo(b, p.addr)

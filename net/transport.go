@@ -26,6 +26,7 @@ type Transport struct {
 	cfg   *config
 	conn  stdnet.PacketConn
 	udp   *stdnet.UDPConn // the socket, when not wrapped (allocation-free I/O)
+	raw   *rawConn        // the socket of a driven transport, when not wrapped
 	log   *slog.Logger
 	peers map[NodeID]*peer
 	order []*peer // by id
@@ -77,15 +78,28 @@ func Listen(cfg Config) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
-	udp, err := stdnet.ListenUDP("udp", stdnet.UDPAddrFromAddrPort(c.local))
-	if err != nil {
-		return nil, fmt.Errorf("net: listen on %s: %w", c.Addr, err)
+	var (
+		conn stdnet.PacketConn
+		udp  *stdnet.UDPConn
+		raw  *rawConn
+	)
+	if c.Driven {
+		if raw, err = listenRaw(c.local, c.anyV6); err != nil {
+			return nil, fmt.Errorf("net: listen on %s: %w", c.Addr, err)
+		}
+		conn = raw
+	} else {
+		if udp, err = stdnet.ListenUDP("udp", stdnet.UDPAddrFromAddrPort(c.local)); err != nil {
+			return nil, fmt.Errorf("net: listen on %s: %w", c.Addr, err)
+		}
+		setSocketBuffers(udp)
+		conn = udp
 	}
-	setSocketBuffers(udp)
 	t := &Transport{
 		cfg:     c,
-		conn:    udp,
+		conn:    conn,
 		udp:     udp,
+		raw:     raw,
 		log:     c.Logger.With("component", "net", "node", c.ID),
 		peers:   make(map[NodeID]*peer, len(c.Peers)),
 		epoch:   time.Now(),
@@ -97,20 +111,15 @@ func Listen(cfg Config) (*Transport, error) {
 		driven:  c.Driven,
 		fd:      -1,
 	}
-	if t.driven {
-		fd, err := socketFD(udp)
-		if err != nil {
-			udp.Close()
-			return nil, err
-		}
-		t.fd = fd
+	if raw != nil {
+		t.fd = raw.fd
 		t.rxBuf = make([]byte, MaxMTU+1)
 	}
 	if c.WrapConn != nil {
-		t.conn = c.WrapConn(udp)
-		t.udp = nil
+		t.conn = c.WrapConn(conn)
+		t.udp, t.raw = nil, nil
 		if t.conn == nil {
-			udp.Close()
+			conn.Close()
 			return nil, errors.New("net: WrapConn returned nil")
 		}
 	}
