@@ -2,10 +2,7 @@ package node
 
 import (
 	"bytes"
-	"runtime"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/dsmrt/dsm/coherence"
 )
@@ -19,29 +16,40 @@ import (
 //
 // The hold ends when the page's content differs from what was installed
 // (the program wrote: its access is done) or after MinHold (a read leaves no
-// trace), whichever comes first, and at the latest after MaxHold. Go's
-// timers are coarse below a millisecond, so the hold is a short poll on a
-// goroutine of its own: one pread of the page per round.
+// trace), whichever comes first, and at the latest after MaxHold. The event
+// loop keeps the holds: it checks a held page that may be written every
+// holdPoll (one pread and compare) and wakes for the next check or expiry,
+// so a hold costs no goroutine and a hold that passed long ago ends inline,
+// in the batch that asked for it.
+
+// holdPoll is how often the loop looks whether a held writable page was
+// written: a fraction of the default MinHold, so that a written page leaves
+// soon after its write.
+const holdPoll = 10 * time.Microsecond
 
 // holdState is what a hold needs to know about its page.
 type holdState struct {
-	at   time.Time // when the page was made accessible
-	twin []byte    // its content then, if the program may write it
+	at       time.Time // when the page was made accessible
+	writable bool      // the program may write it: the hold ends at its write
+}
+
+// heldPage is a hold the engine asked the daemon to end (ActHold).
+type heldPage struct {
+	page coherence.PageID
+	holdState
 }
 
 // noteAccessible records that page p was made accessible for a local fault
-// now (ActInstall, ActUnprotect). Called with n.mu held.
+// now (ActInstall, ActUnprotect). A writable page's content at that moment
+// is its twin (n.twins), against which the hold compares it. Called with
+// n.mu held.
 func (n *Node) noteAccessible(p coherence.PageID, writable bool) {
-	h := holdState{at: time.Now()}
-	if writable {
-		if t, ok := n.twins[p]; ok {
-			h.twin = append([]byte(nil), t...)
-		}
-	}
-	n.holds[p] = h
+	_, twin := n.twins[p]
+	n.holds[p] = holdState{at: time.Now(), writable: writable && twin}
 }
 
-// startHold serves ActHold for page p. Called with n.mu held.
+// startHold serves ActHold for page p: the loop ends the hold once it is
+// over (serveHolds). Called with n.mu held.
 func (n *Node) startHold(p coherence.PageID) {
 	h, ok := n.holds[p]
 	if !ok {
@@ -49,21 +57,68 @@ func (n *Node) startHold(p coherence.PageID) {
 	}
 	delete(n.holds, p)
 	n.stats.holds++
+	n.holding = append(n.holding, heldPage{page: p, holdState: h})
+	n.holdNext = time.Time{} // due: the loop looks at it before it waits
+}
+
+// serveHolds ends the holds that are over and returns when the next one
+// must be looked at again (zero when none is held). Called by the loop
+// with n.mu held.
+func (n *Node) serveHolds(now time.Time) time.Time {
+	if len(n.holding) == 0 {
+		n.holdNext = time.Time{}
+		return n.holdNext
+	}
 	minHold, maxHold := time.Duration(n.cfg.MinHold), time.Duration(n.cfg.MaxHold)
-	go func() {
-		buf := make([]byte, n.ps)
-		for {
-			since := time.Since(h.at)
-			if since >= maxHold || (h.twin == nil && since >= minHold) {
-				break
-			}
-			if h.twin != nil {
-				if _, err := unix.Pread(n.memfd, buf, n.pageOff(p)); err != nil || !bytes.Equal(buf, h.twin) {
-					break // written: the access it faulted for is done
-				}
-			}
-			runtime.Gosched()
+	var next time.Time
+	ended := n.holdEnds[:0]
+	keep := n.holding[:0]
+	for _, h := range n.holding {
+		since := now.Sub(h.at)
+		over := since >= maxHold || (!h.writable && since >= minHold)
+		if !over && h.writable {
+			over = n.written(h.page)
 		}
-		n.offLoop(func() { n.eng.EndHold(p) })
-	}()
+		if over {
+			ended = append(ended, h.page)
+			continue
+		}
+		keep = append(keep, h)
+		due := h.at.Add(minHold)
+		if h.writable {
+			due = h.at.Add(maxHold)
+			if poll := now.Add(holdPoll); poll.Before(due) {
+				due = poll
+			}
+		}
+		if next.IsZero() || due.Before(next) {
+			next = due
+		}
+	}
+	clear(n.holding[len(keep):])
+	n.holding = keep
+	n.holdNext = next
+	for _, p := range ended {
+		n.eng.EndHold(p)
+		n.flush() // may start new holds: they are looked at next time round
+	}
+	n.holdEnds = ended[:0]
+	if len(n.holding) > 0 && n.holdNext.IsZero() {
+		n.holdNext = now // a hold started by the flushes above
+	}
+	return n.holdNext
+}
+
+// written reports whether page p differs from its twin: the program wrote
+// it since it was made accessible. pread reads a hole as zeros, so this is
+// safe whatever the page's state.
+func (n *Node) written(p coherence.PageID) bool {
+	twin, ok := n.twins[p]
+	if !ok {
+		return true // dropped meanwhile: nothing left to hold
+	}
+	if err := n.readPage(p); err != nil {
+		return true
+	}
+	return !bytes.Equal(n.buf, twin)
 }

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"runtime"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -117,8 +117,9 @@ func (n *Node) offLoop(fn func()) bool {
 	n.flush()
 	// The loop publishes wakeAt before it reads the deadline a last time,
 	// and a send here moves the deadline before this reads wakeAt: one of
-	// the two sees the other.
-	if at := n.lp.wakeAt.Load(); at != 0 && n.tr.Deadline().UnixNano() < at {
+	// the two sees the other. A hold started here is looked at by the loop
+	// only once it wakes.
+	if at := n.lp.wakeAt.Load(); at != 0 && (n.tr.Deadline().UnixNano() < at || len(n.holding) > 0 && n.holdNext.UnixNano() < at) {
 		n.kick()
 	}
 	return true
@@ -172,9 +173,12 @@ func (n *Node) runLoop(ctx context.Context) error {
 		}
 		n.tr.Tick(now)
 		n.flush()
+		wake := nextTick
+		if h := n.serveHolds(now); !h.IsZero() && h.Before(wake) {
+			wake = h
+		}
 		n.mu.Unlock()
 
-		wake := nextTick
 		if d := n.tr.Deadline(); d.Before(wake) {
 			wake = d
 		}
@@ -182,7 +186,7 @@ func (n *Node) runLoop(ctx context.Context) error {
 		if d := n.tr.Deadline(); d.Before(wake) {
 			wake = d // a send from another goroutine moved it
 		}
-		k, err := unix.EpollWait(lp.epfd, lp.events[:], waitMillis(time.Until(wake)))
+		k, err := lp.wait(time.Until(wake))
 		lp.wakeAt.Store(0)
 		switch {
 		case err == nil:
@@ -190,19 +194,23 @@ func (n *Node) runLoop(ctx context.Context) error {
 		case errors.Is(err, unix.EINTR):
 			ready = 0
 		default:
-			return fmt.Errorf("event loop: epoll_wait: %w", err)
+			return fmt.Errorf("event loop: epoll_pwait2: %w", err)
 		}
 	}
 }
 
-// waitMillis turns a wait into epoll_wait's milliseconds, rounded up so
-// that the loop never wakes before its deadline only to wait again.
-func waitMillis(d time.Duration) int {
-	if d <= 0 {
-		return 0
+// wait waits up to d for events, with epoll_pwait2 (Linux 5.11): its
+// timeout is in nanoseconds, where epoll_wait's milliseconds would turn a
+// hold of tens of microseconds into a millisecond.
+func (lp *eventLoop) wait(d time.Duration) (int, error) {
+	ts := unix.NsecToTimespec(max(int64(d), 0))
+	k, _, e := unix.Syscall6(unix.SYS_EPOLL_PWAIT2, uintptr(lp.epfd),
+		uintptr(unsafe.Pointer(&lp.events[0])), uintptr(len(lp.events)),
+		uintptr(unsafe.Pointer(&ts)), 0, 0)
+	if e != 0 {
+		return 0, e
 	}
-	ms := (d + time.Millisecond - 1) / time.Millisecond
-	return int(min(ms, math.MaxInt32))
+	return int(k), nil
 }
 
 // readFaults reads the faults waiting on program pr's userfaultfd and

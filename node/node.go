@@ -211,7 +211,10 @@ type Node struct {
 	phys           []coherence.State
 	waiting        map[coherence.PageID][]waiter
 	twins          map[coherence.PageID][]byte
-	holds          map[coherence.PageID]holdState
+	holds          map[coherence.PageID]holdState // pages made accessible for a local fault
+	holding        []heldPage                     // holds the engine asked to end (ActHold)
+	holdNext       time.Time                      // when the loop must look at holding again
+	holdEnds       []coherence.PageID             // scratch for serveHolds
 	traces         map[coherence.PageID]*faultTrace
 	an             *analyzer.Analyzer
 	vars           map[string]analyzer.Var
