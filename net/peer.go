@@ -113,6 +113,7 @@ type peer struct {
 	dgLimit     int       // max len(dg) (header and plaintext)
 	kcpOff      int       // offset of the KCP frame header in dg
 	ctl         []byte    // scratch for control datagrams
+	corked      bool      // messages queued in KCP wait for Uncork
 	nonce       [12]byte  // scratch: a nonce handed to the AEAD interface escapes, so it must not live on the stack
 	sbuf        []byte    // scratch for message headers
 
@@ -186,9 +187,11 @@ func (p *peer) send(msg []byte, now time.Time) error {
 		if err := p.kcpSend(msg); err != nil {
 			return err
 		}
-		kcpFlush(p.kcp, kcp.IKCP_FLUSH_FULL)
-		p.needACK = false
-		p.flushDatagram()
+		if p.t.corked.Load() {
+			p.t.corkPeer(p)
+			return nil
+		}
+		p.flushSent()
 		return nil
 	case stConnecting:
 		if p.pendingSize+len(msg) > maxPending {
@@ -202,6 +205,13 @@ func (p *peer) send(msg []byte, now time.Time) error {
 		return fmt.Errorf("net: send to node %d: %w (%w)", p.id, ErrPeerDown, p.whyNotUp())
 	}
 	return fmt.Errorf("net: send to node %d: %w", p.id, p.whyNotUp())
+}
+
+// flushSent puts what KCP has queued on the wire, with the ACKs due.
+func (p *peer) flushSent() {
+	kcpFlush(p.kcp, kcp.IKCP_FLUSH_FULL)
+	p.needACK = false
+	p.flushDatagram()
 }
 
 // kcpSend splits msg into KCP messages of at most kcpMaxFrags segments,

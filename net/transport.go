@@ -58,7 +58,13 @@ type Transport struct {
 
 	// driven: no goroutines; the caller's loop calls Receive and Tick.
 	driven bool
-	fd     int // the socket's descriptor, in driven mode
+	// corked: Send queues messages and Uncork puts them on the wire, so
+	// that the messages of one batch share datagrams.
+	corked      atomic.Bool
+	corkMu      sync.Mutex
+	corkedPeers []*peer
+	corkSpare   []*peer // the other buffer of corkedPeers, reused
+	fd          int     // the socket's descriptor, in driven mode
 
 	// Reader goroutine only (in driven mode, the caller of Receive and
 	// Tick).
@@ -587,6 +593,46 @@ func (t *Transport) tickPeers(now time.Time) time.Duration {
 	}
 	t.deliverEvents()
 	return max(next, minTimerWait)
+}
+
+// Cork makes Send queue messages instead of sending each at once, until
+// Uncork: the messages of one batch of work (the replies to every request
+// that one wake-up read, the requests of a read-ahead) then go in as few
+// datagrams as the MTU allows. A caller that corks must uncork before it
+// waits for anything.
+func (t *Transport) Cork() { t.corked.Store(true) }
+
+// Uncork sends what Send queued since Cork.
+func (t *Transport) Uncork() {
+	t.corked.Store(false)
+	t.corkMu.Lock()
+	peers := t.corkedPeers
+	t.corkedPeers, t.corkSpare = t.corkSpare[:0], nil
+	t.corkMu.Unlock()
+	for _, p := range peers {
+		p.mu.Lock()
+		p.corked = false
+		if p.state == stUp {
+			p.flushSent()
+		}
+		p.mu.Unlock()
+	}
+	clear(peers)
+	t.corkMu.Lock()
+	t.corkSpare = peers[:0]
+	t.corkMu.Unlock()
+}
+
+// corkPeer notes that p has messages waiting for Uncork. Called with p.mu
+// held.
+func (t *Transport) corkPeer(p *peer) {
+	if p.corked {
+		return
+	}
+	p.corked = true
+	t.corkMu.Lock()
+	t.corkedPeers = append(t.corkedPeers, p)
+	t.corkMu.Unlock()
 }
 
 // Fd returns the descriptor of the transport's UDP socket, for the event

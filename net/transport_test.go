@@ -830,3 +830,58 @@ func TestOneWayTrafficIsAcknowledged(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestCorkSharesDatagrams(t *testing.T) {
+	// Three pages sent while corked leave in one datagram at Uncork (the
+	// loopback MTU holds three), and arrive whole and in order. Only
+	// datagrams that carry a page are counted: hellos and ACKs of the
+	// handshake may still be on their way.
+	var mu sync.Mutex
+	var pages, all3 int
+	counter := func(c stdnet.PacketConn) stdnet.PacketConn {
+		return &writeObserver{PacketConn: c, f: func(n int) {
+			mu.Lock()
+			if n > 4096 {
+				pages++
+			}
+			if n > 3*4096 {
+				all3++
+			}
+			mu.Unlock()
+		}}
+	}
+	nodes := startCluster(t, 2, func(id NodeID, c *Config) {
+		c.WrapConn = counter
+		c.HeartbeatInterval = time.Hour / 2 // no pings in the count
+		c.DeadAfter = time.Hour
+	})
+	waitAll(t, nodes)
+	count := func() (int, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		return pages, all3
+	}
+	nodes[0].Cork()
+	for i := 0; i < 3; i++ {
+		if err := nodes[0].Send(1, makeMsg(uint32(i), 4096)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if p, _ := count(); p != 0 {
+		t.Fatalf("%d datagrams with a page written while corked", p)
+	}
+	nodes[0].Uncork()
+	if p, a := count(); p != 1 || a != 1 {
+		t.Fatalf("Uncork wrote %d datagrams with a page (%d holding all three), want one", p, a)
+	}
+	for i := 0; i < 3; i++ {
+		select {
+		case r := <-nodes[1].msgs:
+			if seq, err := checkMsg(r.msg); err != nil || seq != uint32(i) {
+				t.Fatalf("got message %d (%v), want %d", seq, err, i)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("message %d sent while corked never arrived", i)
+		}
+	}
+}
