@@ -8,6 +8,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/dsmrt/dsm/coherence"
 	"github.com/dsmrt/dsm/dht"
 	"github.com/dsmrt/dsm/internal/ctl"
 	"github.com/dsmrt/dsm/lockmgr"
@@ -182,6 +183,7 @@ func (n *Node) flushLocks() bool {
 			}
 			continue
 		}
+		n.flushBox(coherence.NodeID(m.To))
 		b := m.AppendBinary([]byte{protoLock})
 		if err := n.tr.Send(uint16(m.To), b); err != nil {
 			n.log.Debug("lock send failed", "to", m.To, "err", err)

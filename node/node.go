@@ -215,6 +215,8 @@ type Node struct {
 	holding        []heldPage                     // holds the engine asked to end (ActHold)
 	holdNext       time.Time                      // when the loop must look at holding again
 	holdEnds       []coherence.PageID             // scratch for serveHolds
+	outbox         []lazyBox                      // by node: messages that ride on the next one
+	lazyNext       time.Time                      // when the first of them is due
 	traces         map[coherence.PageID]*faultTrace
 	an             *analyzer.Analyzer
 	vars           map[string]analyzer.Var
@@ -258,6 +260,7 @@ func New(cfg Config) (*Node, error) {
 		an:      analyzer.New(cfg.PageSize),
 	}
 	n.phys = make([]coherence.State, n.pages)
+	n.outbox = make([]lazyBox, cfg.Nodes)
 	var inc [8]byte
 	rand.Read(inc[:])
 	n.incarnation = binary.LittleEndian.Uint64(inc[:])
@@ -631,6 +634,15 @@ func (n *Node) send(m *coherence.Message) {
 		m.NeedData = false
 	}
 	n.traceSend(m.Page)
+	if d := lazyDelay(m.Type); d > 0 {
+		box := &n.outbox[m.To]
+		start := len(box.buf)
+		box.buf = m.AppendBinary(append(box.buf, protoCoherence))
+		n.stats.bytesOut += uint64(len(box.buf) - start)
+		n.postLazy(m.To, d)
+		return
+	}
+	n.flushBox(m.To)
 	b := make([]byte, 1, 64+len(m.Data)+len(m.Meta))
 	b[0] = protoCoherence
 	b = m.AppendBinary(b)
