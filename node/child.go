@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -21,6 +22,12 @@ const EnvDaemon = "DSM_NODE_DAEMON"
 // EnvCPUProfile, when set, makes a daemon write a CPU profile to its value
 // with ".<node id>" appended: for finding where the fault path spends time.
 const EnvCPUProfile = "DSM_CPUPROFILE"
+
+// EnvMemProfile, when set, makes a daemon record every allocation and
+// write the allocation profile to its value with ".<node id>" appended when
+// it stops: for counting what the fault path allocates (it slows the
+// daemon down).
+const EnvMemProfile = "DSM_MEMPROFILE"
 
 // EnvLogLevel sets the daemon's log level: debug, info, warn or error.
 const EnvLogLevel = "DSM_LOG_LEVEL"
@@ -45,7 +52,18 @@ func RunDaemonIfChild() {
 			defer pprof.StopCPUProfile()
 		}
 	}
-	if err := Serve(context.Background(), cfg); err != nil {
+	memPath := os.Getenv(EnvMemProfile)
+	if memPath != "" {
+		runtime.MemProfileRate = 1 // every allocation: for counting them per fault
+	}
+	err := Serve(context.Background(), cfg)
+	if memPath != "" {
+		if f, ferr := os.Create(fmt.Sprintf("%s.%d", memPath, cfg.ID)); ferr == nil {
+			pprof.Lookup("allocs").WriteTo(f, 0)
+			f.Close()
+		}
+	}
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "dsmnode: node %d: %v\n", cfg.ID, err)
 		os.Exit(1)
 	}
