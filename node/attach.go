@@ -48,8 +48,28 @@ func (n *Node) acceptLoop(ctx context.Context) {
 		go func() {
 			defer n.wg.Done()
 			defer c.Close()
+			if err := n.access.check(c); err != nil {
+				n.log.Warn("control connection refused", "err", err)
+				n.refuse(c, err)
+				return
+			}
 			n.serveConn(ctx, c)
 		}()
+	}
+}
+
+// refuse answers the first request of a connection that may not use the
+// node with err. It reads the request first: closing a connection whose
+// request is unread would reset it, and the client would see that instead
+// of the reason.
+func (n *Node) refuse(c *net.UnixConn, err error) {
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 64<<10)
+	var req ctl.Request
+	fds, rerr := ctl.Read(c, buf, &req)
+	closeFDs(fds)
+	if rerr == nil {
+		reply(c, req.ID, nil, err)
 	}
 }
 

@@ -49,16 +49,20 @@ const DefaultBase = 0x600000000000
 
 // Config is the configuration of one node.
 type Config struct {
-	ID       int            `json:"id"`     // this node: 0 .. Nodes-1
-	Nodes    int            `json:"nodes"`  // cluster size
-	Addr     string         `json:"addr"`   // UDP address of this node's transport
-	Peers    map[int]string `json:"peers"`  // UDP address of every other node
-	Key      string         `json:"key"`    // cluster key (hex or text, >= 16 bytes)
-	Socket   string         `json:"socket"` // unix socket programs attach to
-	Base     uint64         `json:"base"`   // region base address (same on every node)
-	Size     uint64         `json:"size"`   // region size in bytes
-	PageSize int            `json:"page_size"`
-	Tick     Duration       `json:"tick"` // coherence engine tick (retries)
+	ID     int            `json:"id"`     // this node: 0 .. Nodes-1
+	Nodes  int            `json:"nodes"`  // cluster size
+	Addr   string         `json:"addr"`   // UDP address of this node's transport
+	Peers  map[int]string `json:"peers"`  // UDP address of every other node
+	Key    string         `json:"key"`    // cluster key (hex or text, >= 16 bytes)
+	Socket string         `json:"socket"` // unix socket programs attach to
+	// SocketGroup, when set (a group name or number), lets that group's
+	// members use the socket too: it is created 0660 and owned by the
+	// group. Otherwise it is 0600: only the daemon's user (and root).
+	SocketGroup string   `json:"socket_group,omitempty"`
+	Base        uint64   `json:"base"` // region base address (same on every node)
+	Size        uint64   `json:"size"` // region size in bytes
+	PageSize    int      `json:"page_size"`
+	Tick        Duration `json:"tick"` // coherence engine tick (retries)
 
 	// FaultTimeout is how long a fault may wait while a peer is down
 	// before the program that faulted is told to stop (it cannot go on
@@ -187,11 +191,12 @@ type Node struct {
 	pages int
 	ps    int
 
-	memfd int
-	tr    *dsmnet.Transport
-	ring  *dht.Ring
-	eng   *coherence.Engine
-	ln    *net.UnixListener
+	memfd  int
+	tr     *dsmnet.Transport
+	ring   *dht.Ring
+	eng    *coherence.Engine
+	ln     *net.UnixListener
+	access socketAccess // who may use ln
 
 	done chan struct{}
 	lp   *eventLoop
@@ -365,9 +370,18 @@ func (n *Node) listenSocket() error {
 		}
 		os.Remove(path)
 	}
+	gid, err := resolveSocketGroup(n.cfg.SocketGroup)
+	if err != nil {
+		return err
+	}
+	n.access = socketAccess{uid: os.Geteuid(), gid: gid, group: n.cfg.SocketGroup}
 	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := n.access.secure(path); err != nil {
+		ln.Close()
+		return err
 	}
 	n.ln = ln
 	return nil

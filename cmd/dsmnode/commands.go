@@ -86,6 +86,7 @@ func cmdServe(ctx context.Context, args []string) error {
 	key := fs.String("key", "", "cluster key (same on every node; prefer --key-file)")
 	keyFile := fs.String("key-file", "", "file holding the cluster key")
 	socket := fs.String("socket", "", "unix socket programs attach to")
+	socketGroup := fs.String("socket-group", "", "a group whose members may use the socket too (it is 0660 then; otherwise 0600)")
 	size := fs.Uint64("size", 0, "region size in bytes (same on every node; default 64 MiB)")
 	base := fs.Uint64("base", 0, "region base address (same on every node; default 0x600000000000)")
 	if err := fs.Parse(args); err != nil {
@@ -105,13 +106,14 @@ func cmdServe(ctx context.Context, args []string) error {
 	}
 	// Flags given on the command line override the file.
 	overrides := map[string]func(){
-		"id":     func() { cfg.ID = *id },
-		"nodes":  func() { cfg.Nodes = *nodes },
-		"addr":   func() { cfg.Addr = *addr },
-		"socket": func() { cfg.Socket = *socket },
-		"size":   func() { cfg.Size = *size },
-		"base":   func() { cfg.Base = *base },
-		"key":    func() { cfg.Key = *key },
+		"id":           func() { cfg.ID = *id },
+		"nodes":        func() { cfg.Nodes = *nodes },
+		"addr":         func() { cfg.Addr = *addr },
+		"socket":       func() { cfg.Socket = *socket },
+		"socket-group": func() { cfg.SocketGroup = *socketGroup },
+		"size":         func() { cfg.Size = *size },
+		"base":         func() { cfg.Base = *base },
+		"key":          func() { cfg.Key = *key },
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) {
