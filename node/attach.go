@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -35,18 +37,77 @@ func (p *prog) close() {
 	}
 }
 
+// Limits of the control socket, against a local process that opens
+// connections and says nothing.
+const (
+	// maxControlConns bounds the control connections served at once
+	// (attached programs included); more are answered with an error.
+	maxControlConns = 1024
+	// firstRequestWait is how long a new connection may take to send its
+	// first request.
+	firstRequestWait = 10 * time.Second
+	// maxRefusing bounds the connections told at once that there are too
+	// many.
+	maxRefusing = 64
+	// acceptBackoffMax bounds the pause after a failed accept.
+	acceptBackoffMax = time.Second
+)
+
+// acceptLoop accepts control connections until the node stops. A failed
+// accept (no descriptor left: EMFILE, ENFILE; no memory) is retried after
+// a pause that doubles while it keeps failing, logged once per burst: the
+// socket must answer again once the descriptors are back.
 func (n *Node) acceptLoop(ctx context.Context) {
+	var (
+		backoff  time.Duration
+		active   atomic.Int64 // connections served
+		refusing atomic.Int64 // connections being told there are too many
+	)
 	for {
 		c, err := n.ln.AcceptUnix()
 		if err != nil {
-			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
-				n.log.Error("accept", "err", err)
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			if backoff == 0 {
+				n.log.Error("accepting control connections failed; retrying", "err", err)
+				backoff = 5 * time.Millisecond
+			} else {
+				backoff = min(2*backoff, acceptBackoffMax)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			continue
+		}
+		if backoff != 0 {
+			n.log.Info("accepting control connections again")
+			backoff = 0
+		}
+		if active.Add(1) > maxControlConns {
+			active.Add(-1)
+			// Said on a goroutine, so that the loop goes on accepting,
+			// but by a bounded number of them: past that, closed unsaid.
+			if refusing.Add(1) > maxRefusing {
+				refusing.Add(-1)
+				c.Close()
+				continue
+			}
+			n.wg.Add(1)
+			go func() {
+				defer n.wg.Done()
+				defer refusing.Add(-1)
+				defer c.Close()
+				n.refuse(c, fmt.Errorf("node %d serves %d control connections already: close some and try again", n.cfg.ID, maxControlConns))
+			}()
+			continue
 		}
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
+			defer active.Add(-1)
 			defer c.Close()
 			if err := n.access.check(c); err != nil {
 				n.log.Warn("control connection refused", "err", err)
@@ -90,14 +151,16 @@ func reply(c *net.UnixConn, id uint64, body any, err error) error {
 func (n *Node) serveConn(ctx context.Context, c *net.UnixConn) {
 	buf := make([]byte, 64<<10)
 	var req ctl.Request
+	c.SetReadDeadline(time.Now().Add(firstRequestWait))
 	fds, err := ctl.Read(c, buf, &req)
 	closeFDs(fds)
 	if err != nil {
-		if !ctl.IsEOF(err) {
+		if !ctl.IsEOF(err) && !errors.Is(err, io.EOF) {
 			n.log.Warn("bad first control message", "err", err)
 		}
 		return
 	}
+	c.SetReadDeadline(time.Time{})
 	if req.Version != ctl.Version {
 		reply(c, req.ID, nil, fmt.Errorf("control protocol version %d, this daemon speaks %d: use the dsm library and dsmnode of one release", req.Version, ctl.Version))
 		return

@@ -20,6 +20,7 @@ import (
 const envDialAs = "DSM_NODE_TEST_DIAL"
 
 func TestMain(m *testing.M) {
+	RunDaemonIfChild()
 	if path := os.Getenv(envDialAs); path != "" {
 		var st Status
 		if err := ctl.Call(path, ctl.Request{Op: ctl.OpStatus, Version: ctl.Version}, &st); err != nil {

@@ -9,12 +9,14 @@
 package ctl
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"syscall"
+	"time"
 
 	"github.com/dsmrt/dsm/uffd"
 )
@@ -151,21 +153,35 @@ func closeAll(fds []int) {
 	}
 }
 
-// Call sends a request and waits for its reply on a fresh connection.
+// CallTimeout bounds a Call: a daemon that is stopped (SIGSTOP) or no
+// longer accepts must not hang the tool that asked.
+const CallTimeout = 30 * time.Second
+
+// Call sends a request and waits up to CallTimeout for its reply on a
+// fresh connection.
 func Call(path string, req Request, body any) error {
+	ctx, cancel := context.WithTimeout(context.Background(), CallTimeout)
+	defer cancel()
+	return CallContext(ctx, path, req, body)
+}
+
+// CallContext is Call with the wait bounded by ctx instead.
+func CallContext(ctx context.Context, path string, req Request, body any) error {
 	c, err := Dial(path)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
 	req.Version = Version
 	if err := Write(c, req); err != nil {
-		return fmt.Errorf("send %s to %s: %w", req.Op, path, err)
+		return callError(ctx, "send", req.Op, path, err)
 	}
 	buf := make([]byte, MaxMessage)
 	var rep Reply
 	if _, err := Read(c, buf, &rep); err != nil {
-		return fmt.Errorf("read %s reply from %s: %w", req.Op, path, err)
+		return callError(ctx, "read the reply to", req.Op, path, err)
 	}
 	if rep.Error != "" {
 		return fmt.Errorf("dsmnode at %s: %s", path, rep.Error)
@@ -194,4 +210,13 @@ type LockReply struct {
 	Held       bool   `json:"held,omitempty"`
 	LeaderNode int    `json:"leader_node,omitempty"`
 	Leader     bool   `json:"leader,omitempty"`
+}
+
+// callError says what failed, and that the daemon did not answer in time
+// when that is why.
+func callError(ctx context.Context, what, op, path string, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("dsmnode at %s did not answer %s in time (is it stopped or overloaded?): %w", path, op, ctx.Err())
+	}
+	return fmt.Errorf("%s %s at %s: %w", what, op, path, err)
 }
