@@ -237,6 +237,15 @@ func downPeers(st node.Status) string {
 	return "down:" + s
 }
 
+// PID returns the process id of the daemon, for reading what it spends
+// (/proc/PID). After a Restart it is the new process's.
+func (d *Daemon) PID() int {
+	if d.cmd == nil || d.cmd.Process == nil {
+		return 0
+	}
+	return d.cmd.Process.Pid
+}
+
 // Env is the environment a program attached to node i needs.
 func (c *Cluster) Env(i int) []string {
 	return []string{
