@@ -55,6 +55,7 @@ func testConfig(out string) Config {
 
 // requiredFigures is every figure the suite must produce with testConfig.
 var requiredFigures = []string{
+	"limit/chain",
 	"limit/uffd_local_fault",
 	"limit/udp_rtt",
 	"limit/kcp_rtt",
@@ -68,6 +69,7 @@ var requiredFigures = []string{
 	"write_fault_invalidate/nodes=4/k=2",
 	"write_fault_invalidate/nodes=4/k=3",
 	"scan/depth=1",
+	"scan/depth=4",
 	"pingpong/turns/handover",
 	"pingpong/turns/write",
 	"pingpong/hammer",
@@ -90,8 +92,14 @@ var requiredFigures = []string{
 	"locks/floor/sync_mutex_handoff",
 	"locks/uncontended/home=local",
 	"locks/uncontended/home=remote",
+	"locks/reacquire",
 	"locks/handoff",
+	"stencil/nodes=1",
+	"stencil/nodes=2",
 }
+
+// costFigures are the figures that must carry what a fault costs.
+var costFigures = []string{"read_fault", "write_fault_owner", "scan/depth=1", "scan/depth=4"}
 
 var requiredPlots = []string{
 	"latency_cdf.png", "latency_box.png", "size.png", "invalidate.png", "scan.png", "content.png", "loss.png",
@@ -183,11 +191,46 @@ func TestSuiteQuick(t *testing.T) {
 	assert.Positive(t, scan.MBPerSec)
 	assert.Positive(t, figs["pingpong/turns/handover"].MigrationsPerSec)
 	assert.Positive(t, figs["pingpong/hammer"].MigrationsPerSec)
-	for _, k := range []string{"locks/uncontended/home=local", "locks/uncontended/home=remote", "locks/handoff"} {
+	for _, k := range []string{"locks/uncontended/home=local", "locks/uncontended/home=remote", "locks/reacquire", "locks/handoff"} {
 		assert.Equal(t, cmpFloor, figs[k].Compare, k)
+	}
+	assert.Equal(t, "locks/floor/sync_mutex_uncontended", figs["locks/reacquire"].Floor)
+	assert.Equal(t, cfg.LockPairs, figs["locks/reacquire"].Latency.Count)
+	// The fault figures are compared with the chain.
+	chain := figs["limit/chain"]
+	assert.Equal(t, chain.Latency.Median, got.Limits.LimitNs, "the limit is the chain's median")
+	assert.Equal(t, chain.Latency.Median, figs["read_fault"].LimitNs)
+	for _, k := range costFigures {
+		f := figs[k]
+		assert.Positive(t, f.SwitchesPerFault, "%s: switches per fault", k)
+		assert.Positive(t, f.DaemonCPUPerFault, "%s: daemon CPU per fault", k)
+		assert.Positive(t, f.DatagramsPerFault, "%s: datagrams per fault", k)
+		if assert.NotNil(t, f.Cost, "%s: cost", k) {
+			assert.Positive(t, f.Cost.Faults, "%s: faults in the windows", k)
+			assert.Equal(t, f.Latency.Count, f.Cost.Ops, "%s: every timed operation is in a window", k)
+		}
+	}
+	// The raw keys of results.json, as other tools read them.
+	var raw struct {
+		Figures []map[string]any `json:"figures"`
+	}
+	require.NoError(t, json.Unmarshal(js, &raw))
+	for _, f := range raw.Figures {
+		if slices.Contains(costFigures, f["key"].(string)) {
+			for _, k := range []string{"switches_per_fault", "daemon_cpu_ns_per_fault", "datagrams_per_fault"} {
+				assert.Contains(t, f, k, "%s", f["key"])
+			}
+		}
 	}
 	assert.Equal(t, "locks/floor/sync_mutex_uncontended", figs["locks/uncontended/home=remote"].Floor)
 	assert.Equal(t, "locks/floor/sync_mutex_handoff", figs["locks/handoff"].Floor)
+	// The stencil passed its check on every node, and each cluster size is
+	// compared with the one-node run.
+	for _, k := range []string{"stencil/nodes=1", "stencil/nodes=2"} {
+		assert.Equal(t, "passed", figs[k].Params["check"], k)
+		assert.Positive(t, figs[k].Params["ms_per_iter"], k)
+		assert.Equal(t, "stencil/nodes=1", figs[k].Floor, k)
+	}
 	assert.Equal(t, cfg.LockPairs, figs["locks/uncontended/home=local"].Latency.Count)
 	assert.Positive(t, figs["locks/handoff"].AcquisitionsPerSec)
 	assert.Positive(t, figs["locks/floor/sync_mutex_handoff"].AcquisitionsPerSec)
@@ -201,7 +244,10 @@ func TestSuiteQuick(t *testing.T) {
 	assert.Contains(t, string(md), "| figure |")
 	assert.Contains(t, string(md), "Read-ahead depth d:")
 	assert.Contains(t, string(md), "## Distributed locks")
+	assert.Contains(t, string(md), "## Jacobi heat stencil")
 	assert.Contains(t, string(md), "| sync.Mutex floor | × floor |")
+	assert.Contains(t, string(md), "the fault chain (limit/chain)")
+	assert.Contains(t, string(md), "per fault: ")
 
 	assert.ElementsMatch(t, requiredPlots, got.Plots)
 	for _, name := range requiredPlots {
@@ -347,7 +393,7 @@ func TestSelectParts(t *testing.T) {
 		want []string
 		err  string
 	}{
-		{"", []string{"limits", "readfault", "ownerwrite", "invalidate", "scan", "pingpong", "size", "content", "loss", "locks"}, ""},
+		{"", []string{"limits", "readfault", "ownerwrite", "invalidate", "scan", "pingpong", "size", "content", "loss", "locks", "stencil"}, ""},
 		{"locks", []string{"limits", "locks"}, ""},
 		{"readfault", []string{"limits", "readfault"}, ""},
 		{"scan, readfault", []string{"limits", "readfault", "scan"}, ""},

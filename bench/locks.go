@@ -19,6 +19,11 @@ import (
 //
 //   - an uncontended Lock+Unlock, on node 0, of a mutex homed on node 0 and
 //     of one homed on node 1, while node 1 stays idle;
+//   - the reacquisition: Lock+Unlock repeated by the node that held the
+//     lock last, node 0, of a mutex homed on node 1 that node 1 held
+//     before. Today it costs what the uncontended remote pair costs: every
+//     Lock asks the home. It is the figure for a node that keeps a lock it
+//     released until another node asks for it, which would make it cheap;
 //   - the hand-off under contention: both nodes loop Lock; increment a
 //     shared word non-atomically; Unlock. The holder writes its release
 //     time into the region next to the word just before Unlock; the next
@@ -30,6 +35,7 @@ import (
 const (
 	keyLockLocal        = "locks/uncontended/home=local"
 	keyLockRemote       = "locks/uncontended/home=remote"
+	keyLockReacquire    = "locks/reacquire"
 	keyLockHandoff      = "locks/handoff"
 	keyFloorUncontended = "locks/floor/sync_mutex_uncontended"
 	keyFloorHandoff     = "locks/floor/sync_mutex_handoff"
@@ -81,21 +87,28 @@ func (s *suite) locks(ctx context.Context) error {
 
 	return s.withCluster(ctx, "2 nodes", 2, nil, func(c *cluster.Cluster, logs *tailBuffer) error {
 		for _, h := range []struct {
-			tag, key, name string
-			home           int
+			mode, tag, label, key, name, note string
+			home                              int
 		}{
-			{"local", keyLockLocal, "distributed Mutex Lock+Unlock, uncontended, home on the caller's node", 0},
-			{"remote", keyLockRemote, "distributed Mutex Lock+Unlock, uncontended, home on the other node", 1},
+			{modeLockSolo, "local", "uncontended, home local", keyLockLocal,
+				"distributed Mutex Lock+Unlock, uncontended, home on the caller's node",
+				fmt.Sprintf("timed on node 0, node 1 idle; after %d untimed pairs", lockWarmup), 0},
+			{modeLockSolo, "remote", "uncontended, home remote", keyLockRemote,
+				"distributed Mutex Lock+Unlock, uncontended, home on the other node",
+				fmt.Sprintf("timed on node 0, node 1 idle; after %d untimed pairs", lockWarmup), 1},
+			{modeLockReacquire, "reacquire", "reacquire, home remote", keyLockReacquire,
+				"distributed Mutex reacquired by the node that held it last, home on the other node",
+				fmt.Sprintf("node 1, the home, held the lock first; node 0 took it from there for %d untimed pairs, then times its pairs, each right after its own Unlock; node 1 idle", lockWarmup), 1},
 		} {
-			s.prog.step("2 nodes, uncontended, home " + h.tag)
-			sp := spec{Mode: modeLockSolo, Tag: h.tag, Lock: lockNameHomedOn(2, h.home, "bench/lock/"+h.tag), Iters: s.cfg.LockPairs}
+			s.prog.step("2 nodes, " + h.label)
+			sp := spec{Mode: h.mode, Tag: h.tag, Lock: lockNameHomedOn(2, h.home, "bench/lock/"+h.tag), Iters: s.cfg.LockPairs}
 			out, err := s.runWorkers(ctx, c, logs, sp)
 			if err != nil {
 				return err
 			}
 			r, ok := out.byNode(0)
 			if !ok || len(r.Samples) != sp.Iters || len(r.LockOnly) != sp.Iters {
-				return fmt.Errorf("uncontended, home %s: node 0 reported %d of %d samples", h.tag, len(r.Samples), sp.Iters)
+				return fmt.Errorf("%s: node 0 reported %d of %d samples", h.label, len(r.Samples), sp.Iters)
 			}
 			unlocks := make([]int64, len(r.Samples))
 			for i, d := range r.Samples {
@@ -104,8 +117,8 @@ func (s *suite) locks(ctx context.Context) error {
 			lk, ul := summarize(r.LockOnly), summarize(unlocks)
 			s.addLatency(Figure{Key: h.key, Part: "locks", Nodes: 2, Name: h.name, Compare: cmpFloor, Floor: keyFloorUncontended,
 				Params: map[string]any{"pairs": sp.Iters, "lock": sp.Lock, "lock_home": "node " + strconv.Itoa(h.home)},
-				Note: fmt.Sprintf("timed on node 0, node 1 idle; after %d untimed pairs; Lock alone %s (p99 %s), Unlock alone %s (p99 %s)",
-					lockWarmup, fmtNs(lk.Median), fmtNs(lk.P99), fmtNs(ul.Median), fmtNs(ul.P99))}, r.Samples)
+				Note: fmt.Sprintf("%s; Lock alone %s (p99 %s), Unlock alone %s (p99 %s)",
+					h.note, fmtNs(lk.Median), fmtNs(lk.P99), fmtNs(ul.Median), fmtNs(ul.P99))}, r.Samples)
 		}
 
 		s.prog.step("2 nodes, contended")
@@ -293,8 +306,20 @@ const (
 )
 
 // lockSolo: node 0 times uncontended Lock+Unlock pairs of one mutex while
-// node 1 waits; the fencing tokens must strictly increase.
+// node 1 waits; the fencing tokens must strictly increase. In the
+// reacquire mode node 1 holds the lock once first, so that node 0's
+// pairs follow another node's hold: node 0 takes the lock from node 1 in
+// its first untimed pair, and is the last holder before each timed one.
 func (w *worker) lockSolo(res *workerResult) error {
+	if w.sp.Mode == modeLockReacquire && w.id == 1 {
+		m := w.r.Mutex(w.sp.Lock)
+		if err := m.Lock(w.ctx); err != nil {
+			return fmt.Errorf("node 1's hold: %w", err)
+		}
+		if err := m.Unlock(); err != nil {
+			return fmt.Errorf("node 1's hold: %w", err)
+		}
+	}
 	if err := w.barrier("start", 0); err != nil {
 		return err
 	}

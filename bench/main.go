@@ -12,12 +12,26 @@
 //	go run ./bench -run readfault,scan   # some parts (names or a regexp)
 //	go run ./bench -list                 # the parts
 //
-// The limits: a userfaultfd fault resolved locally with UFFDIO_COPY, and a
-// 4 KiB round trip over raw UDP and over our KCP transport on loopback.
-// They are measured at the start and again at the end of the run, and the
-// lower median of each is used. Every figure is given as median, p99 and
-// count, and as a ratio to the limit (local fault + UDP round trip,
-// medians).
+// The limits, measured at the start and again at the end of the run (the
+// lower median of each is used):
+//
+//   - limit/chain, the machine's floor for a remote read fault: a program's
+//     load faults on a memfd page registered with userfaultfd; a second
+//     process reads the fault with read(2), sends a 64-byte UDP request to
+//     a third, which answers with 4 KiB; the second installs the page with
+//     UFFDIO_COPY, which wakes the program. Blocking system calls on
+//     locked OS threads, loopback, nothing else on the path;
+//   - a userfaultfd fault resolved locally with UFFDIO_COPY;
+//   - a 4 KiB round trip over raw UDP and over our KCP transport on
+//     loopback, in one process and between two.
+//
+// Every figure is given as median, p99 and count. A fault figure is also
+// given as a ratio to the limit, the median of limit/chain, and to the
+// KCP limit, the local fault plus the KCP round trip (medians). The
+// remote read fault, the ownership write fault and the scan also give what
+// a fault costs beyond its time, over their timed loads: voluntary context
+// switches of the program and of both daemons, the daemons' CPU time and
+// the UDP datagrams they sent, per fault.
 //
 // It is a command of its own, not a set of Go benchmarks, because what it
 // measures needs several processes (node daemons, one program per node)

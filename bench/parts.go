@@ -31,14 +31,23 @@ func (s *suite) addLatency(f Figure, samples []int64) {
 	s.res.add(f)
 }
 
+// Kinds of limits measured by this package rather than by package uffd or
+// package net.
+const (
+	limitUffd  = "uffd"  // a local userfaultfd fault
+	limitChain = "chain" // the remote read fault chain (chain.go)
+)
+
 // limitKinds are the machine's limits, in the order they are measured and
 // shown.
 var limitKinds = []struct{ kind, key, name, note string }{
-	{"uffd", "limit/uffd_local_fault", "local userfaultfd fault (MISSING, UFFDIO_COPY, resolver in another process)", "time of the faulting load"},
-	{dsmnet.RoundTripUDP, "limit/udp_rtt", "UDP round trip, 64 B request / 4 KiB reply, loopback", "raw datagrams"},
-	{dsmnet.RoundTripKCP, "limit/kcp_rtt", "KCP round trip, 64 B request / 4 KiB reply, loopback", "our transport (net.Transport), encrypted"},
+	// The chain is the limit the fault figures' ratios use.
+	{limitChain, keyLimitChain, "remote read fault chain: userfaultfd → UDP request → 4 KiB UDP reply → UFFDIO_COPY", chainNote},
+	{limitUffd, "limit/uffd_local_fault", "local userfaultfd fault (MISSING, UFFDIO_COPY, resolver in another process)", "time of the faulting load"},
+	{dsmnet.RoundTripUDP, "limit/udp_rtt", "UDP round trip, 64 B request / 4 KiB reply, loopback", "raw datagrams; not used in the ratios"},
+	{dsmnet.RoundTripKCP, "limit/kcp_rtt", "KCP round trip, 64 B request / 4 KiB reply, loopback", "our transport (net.Transport), encrypted; with the local fault, the yardstick of the × KCP limit column"},
 	// The same between two processes, as node daemons are: shown beside
-	// the in-process limits, which the ratios keep using.
+	// the in-process limits, which the KCP ratios keep using.
 	{dsmnet.RoundTripUDP2Proc, "limit/udp_rtt_2proc", "UDP round trip between two processes, 64 B request / 4 KiB reply, loopback", "raw datagrams; the echo server is a second process; not used in the ratios"},
 	{dsmnet.RoundTripKCP2Proc, "limit/kcp_rtt_2proc", "KCP round trip between two processes, 64 B request / 4 KiB reply, loopback", "our transport, the echo server a second process; not used in the ratios"},
 }
@@ -49,11 +58,12 @@ type limitRun struct {
 	samples map[string][]int64 // by limitKinds[].kind
 }
 
-// limits measures the machine's limits: a local userfaultfd fault, and
-// 4 KiB round trips over raw UDP and over our KCP transport. The suite
-// measures them again at the end (measureLimits) and keeps, for each, the
-// measurement with the lower median: a machine disturbed by other work
-// for a moment should not flatter the figures compared with it.
+// limits measures the machine's limits: the remote read fault chain, a
+// local userfaultfd fault, and 4 KiB round trips over raw UDP and over our
+// KCP transport. The suite measures them again at the end (measureLimits)
+// and keeps, for each, the measurement with the lower median: a machine
+// disturbed by other work for a moment should not flatter the figures
+// compared with it.
 func (s *suite) limits(ctx context.Context) error {
 	return s.measureLimits(ctx, "start")
 }
@@ -64,10 +74,14 @@ func (s *suite) measureLimits(ctx context.Context, when string) error {
 	for _, k := range limitKinds {
 		var d []time.Duration
 		var err error
-		if k.kind == "uffd" {
+		switch k.kind {
+		case limitChain:
+			s.prog.step("remote fault chain (" + when + ")")
+			d, err = measureChain(ctx, n)
+		case limitUffd:
 			s.prog.step("local userfaultfd fault (" + when + ")")
 			d, err = uffd.MeasureLocalFault(n)
-		} else {
+		default:
 			s.prog.step(k.kind + " round trips (" + when + ")")
 			d, err = dsmnet.MeasureRoundTrip(ctx, k.kind, n)
 		}
@@ -101,7 +115,9 @@ func (s *suite) settleLimits() {
 		}
 		s.res.Limits.Measurements = append(s.res.Limits.Measurements, lim)
 		switch k.kind {
-		case "uffd":
+		case limitChain:
+			s.res.Limits.Chain = bestStat
+		case limitUffd:
 			s.res.Limits.UffdFault = bestStat
 		case dsmnet.RoundTripUDP:
 			s.res.Limits.UDP = bestStat
@@ -141,6 +157,9 @@ func (s *suite) addRead(part, key, fullName string, nodes int, out runOutcome, p
 	}
 	f := Figure{Key: key, Part: part, Name: fullName, Nodes: nodes, Params: params, Daemon: out.daemonLatency(0)}
 	f.BytesPerPage = float64(out.delta.bytesOut) / float64(len(r.Samples))
+	if err := out.setCost(&f); err != nil {
+		return fmt.Errorf("%s: %w", key, err)
+	}
 	s.addLatency(f, r.Samples)
 	if len(r.Class) != len(r.Samples) {
 		return fmt.Errorf("%s: %d samples but %d home classes", key, len(r.Samples), len(r.Class))
@@ -177,6 +196,16 @@ func (o runOutcome) daemonLatency(id int) *DaemonLatency {
 	return &DaemonLatency{Window: l.Window, Median: float64(l.P50), P99: float64(l.P99)}
 }
 
+// setCost gives f the cost of node 0's faults, when the run's spec asked
+// for it (spec.Daemons).
+func (o runOutcome) setCost(f *Figure) error {
+	if len(o.spec.Daemons) == 0 {
+		return nil
+	}
+	r, _ := o.byNode(0)
+	return f.setCost(r.Cost)
+}
+
 func readParams(sp spec, extra map[string]any) map[string]any {
 	p := map[string]any{"content": sp.Content, "pages": sp.Pages, "rounds": sp.Rounds}
 	for k, v := range extra {
@@ -189,7 +218,11 @@ func readParams(sp spec, extra map[string]any) map[string]any {
 // round after round.
 func (s *suite) readFault(ctx context.Context) error {
 	return s.withCluster(ctx, "2 nodes", 2, nil, func(c *cluster.Cluster, logs *tailBuffer) error {
-		sp := spec{Mode: modeRead, Tag: "read", First: firstPage, Pages: s.cfg.ReadPages, Rounds: s.cfg.ReadRounds, Content: s.cfg.Content}
+		daemons, err := daemonRefs(c)
+		if err != nil {
+			return err
+		}
+		sp := spec{Mode: modeRead, Tag: "read", First: firstPage, Pages: s.cfg.ReadPages, Rounds: s.cfg.ReadRounds, Content: s.cfg.Content, Daemons: daemons}
 		out, err := s.runWorkers(ctx, c, logs, sp)
 		if err != nil {
 			return err
@@ -198,9 +231,10 @@ func (s *suite) readFault(ctx context.Context) error {
 	})
 }
 
-// ownerRun runs the ownership write fault on c and records it under key.
-func (s *suite) ownerRun(ctx context.Context, c *cluster.Cluster, logs *tailBuffer, part, key string, first, pages int) error {
-	sp := spec{Mode: modeOwner, Tag: key, First: first, Pages: pages}
+// ownerRun runs the ownership write fault on c and records it under key;
+// with daemons, it measures what the faults cost them (see FaultCost).
+func (s *suite) ownerRun(ctx context.Context, c *cluster.Cluster, logs *tailBuffer, part, key string, first, pages int, daemons []daemonRef) error {
+	sp := spec{Mode: modeOwner, Tag: key, First: first, Pages: pages, Daemons: daemons}
 	out, err := s.runWorkers(ctx, c, logs, sp)
 	if err != nil {
 		return err
@@ -209,16 +243,24 @@ func (s *suite) ownerRun(ctx context.Context, c *cluster.Cluster, logs *tailBuff
 	if !ok || len(r.Samples) == 0 {
 		return fmt.Errorf("%s: the writer reported no samples", key)
 	}
-	s.addLatency(Figure{Key: key, Part: part, Nodes: len(c.Daemons), Daemon: out.daemonLatency(0),
+	f := Figure{Key: key, Part: part, Nodes: len(c.Daemons), Daemon: out.daemonLatency(0),
 		Name:   "write fault taking ownership (first write, never-touched page homed elsewhere)",
 		Params: map[string]any{"pages": pages},
-		Note:   "the home grants a zero page: no data travels"}, r.Samples)
+		Note:   "the home grants a zero page: no data travels"}
+	if err := out.setCost(&f); err != nil {
+		return fmt.Errorf("%s: %w", key, err)
+	}
+	s.addLatency(f, r.Samples)
 	return nil
 }
 
 func (s *suite) ownerWrite(ctx context.Context) error {
 	return s.withCluster(ctx, "2 nodes", 2, nil, func(c *cluster.Cluster, logs *tailBuffer) error {
-		return s.ownerRun(ctx, c, logs, "ownerwrite", "write_fault_owner", firstPage, s.cfg.OwnerPages)
+		daemons, err := daemonRefs(c)
+		if err != nil {
+			return err
+		}
+		return s.ownerRun(ctx, c, logs, "ownerwrite", "write_fault_owner", firstPage, s.cfg.OwnerPages, daemons)
 	})
 }
 
@@ -260,7 +302,11 @@ func (s *suite) scan(ctx context.Context) error {
 		}
 		tune := func(c *node.Config) { c.ReadAhead = ahead }
 		err := s.withCluster(ctx, "2 nodes, depth "+strconv.Itoa(depth), 2, tune, func(c *cluster.Cluster, logs *tailBuffer) error {
-			sp := spec{Mode: modeScan, Tag: "scan", Depth: depth, First: firstPage, Pages: s.cfg.ScanPages, Rounds: s.cfg.ScanRounds, Content: s.cfg.Content}
+			daemons, err := daemonRefs(c)
+			if err != nil {
+				return err
+			}
+			sp := spec{Mode: modeScan, Tag: "scan", Depth: depth, First: firstPage, Pages: s.cfg.ScanPages, Rounds: s.cfg.ScanRounds, Content: s.cfg.Content, Daemons: daemons}
 			out, err := s.runWorkers(ctx, c, logs, sp)
 			if err != nil {
 				return err
@@ -277,6 +323,9 @@ func (s *suite) scan(ctx context.Context) error {
 				PagesPerSec: float64(r.Ops) / secs,
 				MBPerSec:    float64(r.Ops) * float64(s.ps) / secs / 1e6,
 				Note:        scanNote(depth),
+			}
+			if err := out.setCost(&f); err != nil {
+				return fmt.Errorf("depth %d: %w", depth, err)
 			}
 			s.addLatency(f, r.Samples)
 			s.plots.scan = append(s.plots.scan, scanPoint{depth: depth, mbps: f.MBPerSec})
@@ -387,7 +436,7 @@ func (s *suite) size(ctx context.Context) error {
 			if err := s.addRead("size", key+"/read_fault", fmt.Sprintf("remote read fault, %d nodes (%s pages)", n, sp.Content), n, out, readParams(sp, nil)); err != nil {
 				return err
 			}
-			if err := s.ownerRun(ctx, c, logs, "size", key+"/write_fault_owner", firstPage+sp.Pages, s.cfg.SizeOwnerPages); err != nil {
+			if err := s.ownerRun(ctx, c, logs, "size", key+"/write_fault_owner", firstPage+sp.Pages, s.cfg.SizeOwnerPages, nil); err != nil {
 				return err
 			}
 			s.plots.size = append(s.plots.size, n)

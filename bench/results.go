@@ -49,13 +49,22 @@ type Machine struct {
 // Limits are the machine's limits measured in the run, and the yardstick
 // every figure is compared with.
 type Limits struct {
+	// Chain is the remote read fault chain (limit/chain): a fault served
+	// over raw UDP by processes that do nothing else, with blocking
+	// system calls.
+	Chain     Stat `json:"chain"`
 	UffdFault Stat `json:"uffd_local_fault"`
 	UDP       Stat `json:"udp_rtt_4k"`
 	KCP       Stat `json:"kcp_rtt_4k"`
+	// LimitNs is the chain's median: the machine's limit for a remote
+	// read fault, which every ratio uses.
+	LimitNs float64 `json:"limit_ns"`
 	// SumNs is the local userfaultfd fault median plus the UDP round-trip
-	// median: the machine's limit for a remote read fault.
-	SumNs float64 `json:"limit_ns"`
-	// SumKCPNs is the same with our KCP transport's round trip.
+	// median, the limit the ratios used before the chain was measured;
+	// kept to show what the chain adds to the sum of its parts.
+	SumNs float64 `json:"uffd_plus_udp_ns"`
+	// SumKCPNs is the local userfaultfd fault median plus our KCP
+	// transport's round-trip median: the yardstick of RatioKCP.
 	SumKCPNs float64 `json:"limit_kcp_ns"`
 	// Measurements are every measurement of each limit (at the start and
 	// at the end of the run); the one with the lower median is used.
@@ -132,6 +141,16 @@ type Figure struct {
 	// its most recent faults: the rest of the program's time is the
 	// kernel's delivery and wake-up.
 	Daemon *DaemonLatency `json:"daemon,omitempty"`
+	// SwitchesPerFault, DaemonCPUPerFault and DatagramsPerFault are
+	// what a fault cost during the timed windows, beyond its latency:
+	// voluntary context switches of the faulting program and of every
+	// daemon, CPU time of every daemon (ns), and UDP datagrams every
+	// daemon sent, each divided by the faults of the windows. Cost holds
+	// the totals they come from.
+	SwitchesPerFault  float64    `json:"switches_per_fault,omitempty"`
+	DaemonCPUPerFault float64    `json:"daemon_cpu_ns_per_fault,omitempty"`
+	DatagramsPerFault float64    `json:"datagrams_per_fault,omitempty"`
+	Cost              *FaultCost `json:"cost,omitempty"`
 	// Compare says how Ratio is computed: "latency" (median / limit),
 	// "throughput" or "migrations" (rate / (1 / limit)); "floor" means
 	// FloorRatio instead.
@@ -144,6 +163,9 @@ type Figure struct {
 	FloorNs    float64 `json:"floor_ns,omitempty"`
 	FloorRatio float64 `json:"floor_ratio,omitempty"`
 
+	// LimitNs is the limit Ratio uses: the median of limit/chain.
+	// RatioKCP uses the local userfaultfd fault plus the KCP round trip
+	// (Limits.SumKCPNs) instead.
 	LimitNs  float64 `json:"limit_ns,omitempty"`
 	Ratio    float64 `json:"ratio,omitempty"`
 	RatioKCP float64 `json:"ratio_kcp,omitempty"`
@@ -165,8 +187,13 @@ func (r *Results) figure(k string) (Figure, bool) {
 // finish computes every figure's ratio to the limits and the aim.
 func (r *Results) finish() {
 	l := &r.Limits
-	l.SumNs = l.UffdFault.Median + l.UDP.Median
-	l.SumKCPNs = l.UffdFault.Median + l.KCP.Median
+	l.LimitNs = l.Chain.Median
+	if l.UffdFault.Count > 0 && l.UDP.Count > 0 {
+		l.SumNs = l.UffdFault.Median + l.UDP.Median
+	}
+	if l.UffdFault.Count > 0 && l.KCP.Count > 0 {
+		l.SumKCPNs = l.UffdFault.Median + l.KCP.Median
+	}
 	for i := range r.Figures {
 		f := &r.Figures[i]
 		if f.Compare != cmpFloor {
@@ -177,18 +204,18 @@ func (r *Results) finish() {
 			f.FloorRatio = f.Latency.Median / fl.Latency.Median
 		}
 	}
-	if l.UffdFault.Count == 0 || l.UDP.Count == 0 {
+	if l.LimitNs <= 0 {
 		return
 	}
 	for i := range r.Figures {
 		f := &r.Figures[i]
-		f.LimitNs = l.SumNs
+		f.LimitNs = l.LimitNs
 		var v float64
 		switch f.Compare {
 		case cmpLatency:
 			v = f.Latency.Median
-			f.Ratio = v / l.SumNs
-			if l.KCP.Count > 0 {
+			f.Ratio = v / l.LimitNs
+			if l.SumKCPNs > 0 {
 				f.RatioKCP = v / l.SumKCPNs
 			}
 		case cmpThroughput, cmpMigrations:
@@ -196,8 +223,8 @@ func (r *Results) finish() {
 			if f.Compare == cmpMigrations {
 				v = f.MigrationsPerSec
 			}
-			f.Ratio = v / (1e9 / l.SumNs)
-			if l.KCP.Count > 0 {
+			f.Ratio = v / (1e9 / l.LimitNs)
+			if l.SumKCPNs > 0 {
 				f.RatioKCP = v / (1e9 / l.SumKCPNs)
 			}
 		default:
@@ -205,7 +232,7 @@ func (r *Results) finish() {
 		}
 	}
 	if f, ok := r.figure("read_fault"); ok {
-		a := &Aim{ReadFaultMedianNs: f.Latency.Median, LimitNs: l.SumNs, Ratio: f.Ratio, TargetRatio: aimRatio, TargetNs: aimNs}
+		a := &Aim{ReadFaultMedianNs: f.Latency.Median, LimitNs: l.LimitNs, Ratio: f.Ratio, TargetRatio: aimRatio, TargetNs: aimNs}
 		a.WithinRatio = a.Ratio <= aimRatio
 		a.UnderTarget = a.ReadFaultMedianNs < aimNs
 		r.Aim = a
@@ -268,6 +295,7 @@ var partTitles = map[string]string{
 	"content":    "By page content, with and without compression (2 nodes)",
 	"loss":       "Under injected packet loss, KCP with and without FEC (2 nodes)",
 	"locks":      "Distributed locks",
+	"stencil":    "Jacobi heat stencil (examples/stencil), by cluster size",
 }
 
 // markdown renders results.md.
@@ -283,14 +311,19 @@ func (r *Results) markdown() string {
 	fmt.Fprintf(&b, "Machine: %s, %d cores (GOMAXPROCS %d), %d MiB, Linux %s, %s, %s/%s; load average %s at the start, %s at the end.\n\n",
 		m.CPU, m.Cores, m.GOMAXPROCS, m.MemoryMiB, m.Kernel, m.GoVersion, m.OS, m.Arch, m.LoadStart, m.LoadEnd)
 	l := r.Limits
-	if l.SumNs > 0 {
-		fmt.Fprintf(&b, "**Limit** for a remote fault = local userfaultfd fault (%s) + UDP 4 KiB round trip (%s) = **%s** (medians measured in this run, at its start and its end; the lower of the two is used for each). "+
-			"With our KCP transport's round trip (%s) instead: %s. "+
-			"Every ratio below is ours / that limit (for a latency: median / limit; for a rate: rate / (1 / limit)); "+
-			"the \"× KCP limit\" column uses the KCP sum. "+
+	if l.LimitNs > 0 {
+		fmt.Fprintf(&b, "**Limit** for a remote read fault = the fault chain (limit/chain): **%s** median, %s p99 "+
+			"(a program's load faults on a memfd page registered with userfaultfd; daemon A reads the fault with read(2), sends a 64 B UDP request, "+
+			"server B replies with 4 KiB, A installs it with UFFDIO_COPY; three processes, blocking system calls on locked threads, loopback; "+
+			"measured at the start and the end of this run, the lower median kept, as for every limit). "+
+			"Its parts measured alone: local userfaultfd fault %s + UDP 4 KiB round trip %s = %s. "+
+			"Every ratio below is ours / the chain (for a latency: median / limit; for a rate: rate / (1 / limit)); "+
+			"the \"× KCP limit\" column uses local userfaultfd fault + our KCP transport's round trip (%s) = %s instead. "+
 			"\"daemon-side\" in the notes is the faulting node's daemon's own measure (median / p99), from reading the fault message "+
-			"to waking the thread, when its window of recent faults holds only the run's faults.\n\n",
-			fmtNs(l.UffdFault.Median), fmtNs(l.UDP.Median), fmtNs(l.SumNs), fmtNs(l.KCP.Median), fmtNs(l.SumKCPNs))
+			"to waking the thread, when its window of recent faults holds only the run's faults. "+
+			"\"per fault\" in the notes is counted over the timed loads only and divided by the faults the faulting node's daemon took in them: "+
+			"voluntary context switches of the program and both daemons (all threads), the daemons' CPU time, and the UDP datagrams the daemons sent.\n\n",
+			fmtNs(l.Chain.Median), fmtNs(l.Chain.P99), fmtNs(l.UffdFault.Median), fmtNs(l.UDP.Median), fmtNs(l.SumNs), fmtNs(l.KCP.Median), fmtNs(l.SumKCPNs))
 	}
 	if a := r.Aim; a != nil {
 		verdict := func(ok bool) string {
@@ -364,6 +397,16 @@ func (r *Results) markdown() string {
 					note += "; "
 				}
 				note += fmt.Sprintf("daemon-side %s / %s", fmtNs(d.Median), fmtNs(d.P99))
+			}
+			if f.Cost != nil {
+				if note != "" {
+					note += "; "
+				}
+				note += fmt.Sprintf("per fault: %s context switches, %s daemon CPU, %s datagrams",
+					trimFloat(f.SwitchesPerFault, 2), fmtNs(f.DaemonCPUPerFault), trimFloat(f.DatagramsPerFault, 2))
+				if f.Cost.Ops != int(f.Cost.Faults) {
+					note += fmt.Sprintf(" (%d faults for %d pages)", f.Cost.Faults, f.Cost.Ops)
+				}
 			}
 			fmt.Fprintf(&b, "| %s | %s | %s | %s | %d | %s | %s | %s | %s |\n",
 				f.Name, nodes, fmtNs(f.Latency.Median), fmtNs(f.Latency.P99), f.Latency.Count,
@@ -457,6 +500,8 @@ func publicConfig(c Config) map[string]any {
 func (r *Results) locksTable(b *strings.Builder, figs []Figure) {
 	b.WriteString("The distributed Mutex of package dsm on a 2-node cluster, beside a sync.Mutex in one process (the floor) measured in the same run. " +
 		"Uncontended: node 0 times Lock+Unlock of a mutex homed on itself, then of one homed on node 1, while node 1 stays idle. " +
+		"Reacquire: node 1 holds a mutex homed on itself once, then node 0 takes it and times Lock+Unlock again and again, " +
+		"each pair right after its own Unlock (node 0 held the lock last; it costs what the home's answer costs, unless a node keeps the lock it released). " +
 		"Hand-off: both nodes loop Lock; increment a shared word of the region (a plain, non-atomic increment); Unlock. " +
 		"The holder stores its release time beside the word just before Unlock; the next holder, when it is the other node, " +
 		"takes the time Lock returned minus that release time (both nodes are processes of this machine: one clock). " +

@@ -127,7 +127,7 @@ type part struct {
 // parts in the order they run. limits always runs: every figure is
 // compared with the limits measured in the same run.
 var parts = []part{
-	{"limits", "local userfaultfd fault, UDP and KCP round trips with 4 KiB", (*suite).limits},
+	{"limits", "remote read fault chain (uffd, UDP, UFFDIO_COPY), local userfaultfd fault, UDP and KCP round trips with 4 KiB", (*suite).limits},
 	{"readfault", "remote read fault, 2 nodes", (*suite).readFault},
 	{"ownerwrite", "write fault taking ownership of a never-touched page homed elsewhere", (*suite).ownerWrite},
 	{"invalidate", "write fault that must invalidate k readers", (*suite).invalidate},
@@ -136,7 +136,8 @@ var parts = []part{
 	{"size", "read and ownership faults against cluster size", (*suite).size},
 	{"content", "read fault by page content, with and without compression", (*suite).content},
 	{"loss", "read fault under injected packet loss, KCP with and without FEC", (*suite).loss},
-	{"locks", "distributed mutex: uncontended (local and remote home) and hand-off under contention, beside sync.Mutex", (*suite).locks},
+	{"locks", "distributed mutex: uncontended (local and remote home), reacquired by its last holder, and hand-off under contention, beside sync.Mutex", (*suite).locks},
+	{"stencil", "Jacobi heat stencil of examples/stencil on 1, 2 and 3 nodes: time per iteration, result checked", (*suite).stencil},
 }
 
 // selectParts resolves -run: comma-separated names, or a regexp matched
@@ -443,6 +444,7 @@ func (s *suite) counters(c *cluster.Cluster) (counters, []node.Status, error) {
 
 // runOutcome is what one run of the workers produced.
 type runOutcome struct {
+	spec    spec // what the workers were told
 	results []workerResult
 	delta   counters      // what the daemons counted during the run
 	status  []node.Status // each daemon's status after the run
@@ -462,7 +464,7 @@ func (o runOutcome) byNode(id int) (workerResult, bool) {
 // runWorkers runs the worker program of sp on every node of c and
 // collects the results.
 func (s *suite) runWorkers(ctx context.Context, c *cluster.Cluster, logs *tailBuffer, sp spec) (runOutcome, error) {
-	var out runOutcome
+	out := runOutcome{spec: sp}
 	if sp.Seed == 0 {
 		sp.Seed = s.cfg.Seed
 	}

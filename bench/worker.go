@@ -40,6 +40,9 @@ const (
 	modeHammer     = "hammer"     // nodes 0 and 1 both increment one word for a while
 	// node 0 locks and unlocks a distributed mutex (timed), node 1 idles
 	modeLockSolo = "lock-solo"
+	// node 1 holds a distributed mutex homed on it once, then node 0 locks
+	// and unlocks it again and again (timed): node 0 holds it last
+	modeLockReacquire = "lock-reacquire"
 	// nodes 0 and 1 contend for a distributed mutex (hand-offs timed)
 	modeLockContend = "lock-contend"
 )
@@ -65,6 +68,10 @@ type spec struct {
 	Depth   int    `json:"depth,omitempty"` // scan: read-ahead depth
 	Iters   int    `json:"iters,omitempty"` // turns: turns per node; locks: pairs or acquisitions per node
 	Lock    string `json:"lock,omitempty"`  // locks: the mutex's name
+	// Daemons, when set, has node 0 measure what its timed windows cost
+	// the processes (read, owner and scan modes; see FaultCost): every
+	// daemon of the cluster, in node order.
+	Daemons []daemonRef `json:"daemons,omitempty"`
 	// Duration is how long each node hammers.
 	Duration time.Duration `json:"duration,omitempty"`
 	// Timeout bounds the worker's barriers and attach.
@@ -96,9 +103,12 @@ type workerResult struct {
 	Repeats int `json:"repeats,omitempty"`
 	// LockOnly (lock-solo) is the Lock part of each timed Lock+Unlock.
 	LockOnly []int64 `json:"lock_only,omitempty"`
-	Elapsed  int64   `json:"elapsed_ns"`
-	Ops      int     `json:"ops"`
-	Checked  int     `json:"checked"` // values verified
+	// Cost (read, owner, scan with spec.Daemons) is what the timed
+	// windows cost the program and the daemons.
+	Cost    *FaultCost `json:"cost,omitempty"`
+	Elapsed int64      `json:"elapsed_ns"`
+	Ops     int        `json:"ops"`
+	Checked int        `json:"checked"` // values verified
 }
 
 // participants returns how many nodes take part in a run of sp (nodes 0
@@ -138,6 +148,12 @@ func workerMain(js string) error {
 	}
 	defer r.Close()
 	w := &worker{r: r, sp: sp, ctx: ctx, id: id, parts: n, ps: r.PageSize()}
+	if len(sp.Daemons) > 0 && id == 0 {
+		if len(sp.Daemons) != nodes {
+			return fmt.Errorf("%d daemons to measure, the cluster has %d", len(sp.Daemons), nodes)
+		}
+		w.cost = newCostMeter(sp.Daemons, id)
+	}
 	if need := sp.First + sp.Pages; need*w.ps > r.Size() && sp.Mode != modeOwner && sp.Mode != modeInvalidate {
 		return fmt.Errorf("pages %d..%d lie beyond the region of %d pages", sp.First, need-1, r.Size()/w.ps)
 	}
@@ -160,7 +176,7 @@ func workerMain(js string) error {
 		err = w.turns(&res)
 	case modeHammer:
 		err = w.hammer(&res)
-	case modeLockSolo:
+	case modeLockSolo, modeLockReacquire:
 		err = w.lockSolo(&res)
 	case modeLockContend:
 		err = w.lockContend(&res)
@@ -170,6 +186,7 @@ func workerMain(js string) error {
 	if err != nil {
 		return fmt.Errorf("node %d, %s: %w", id, sp.Mode, err)
 	}
+	res.Cost = w.cost.result()
 	b, err := json.Marshal(res)
 	if err != nil {
 		return err
@@ -186,6 +203,30 @@ type worker struct {
 	parts int
 	ps    int
 	pool  []byte
+	cost  *costMeter // nil unless the spec asks for the cost of faults
+}
+
+// startCost opens a timed window of the cost meter, if there is one.
+func (w *worker) startCost() error {
+	if w.cost == nil {
+		return nil
+	}
+	if err := w.cost.start(); err != nil {
+		return fmt.Errorf("fault cost: %w", err)
+	}
+	return nil
+}
+
+// stopCost closes the window opened by startCost; ops is the timed
+// operations in it.
+func (w *worker) stopCost(ops int) error {
+	if w.cost == nil {
+		return nil
+	}
+	if err := w.cost.stop(ops); err != nil {
+		return fmt.Errorf("fault cost: %w", err)
+	}
+	return nil
 }
 
 // barrier waits for every participant of the run.
@@ -377,6 +418,9 @@ func (w *worker) read(res *workerResult) error {
 		if w.id == reader {
 			bad := -1
 			var got uint64
+			if err := w.startCost(); err != nil {
+				return err
+			}
 			for _, i := range order {
 				t0 := time.Now()
 				v := *(*uint64)(ptrs[i])
@@ -385,6 +429,9 @@ func (w *worker) read(res *workerResult) error {
 				if v != stamp(w.sp.Content, round, i) && bad < 0 {
 					bad, got = i, v
 				}
+			}
+			if err := w.stopCost(len(order)); err != nil {
+				return err
 			}
 			if bad >= 0 {
 				return fmt.Errorf("round %d: page %d read 0x%x, the writer stored 0x%x: stale data", round, pages[bad], got, stamp(w.sp.Content, round, bad))
@@ -422,11 +469,17 @@ func (w *worker) owner(res *workerResult) error {
 	ptrs := w.ptrs(pages)
 	if w.id == 0 {
 		samples := make([]int64, len(pages))
+		if err := w.startCost(); err != nil {
+			return err
+		}
 		for i := range pages {
 			v := stamp(contentText, 1, i)
 			t0 := time.Now()
 			*(*uint64)(ptrs[i]) = v
 			samples[i] = int64(time.Since(t0))
+		}
+		if err := w.stopCost(len(pages)); err != nil {
+			return err
 		}
 		res.Samples, res.Ops = samples, len(samples)
 	}
@@ -519,6 +572,9 @@ func (w *worker) scan(res *workerResult) error {
 		if w.id == reader {
 			bad := -1
 			var sum uint64
+			if err := w.startCost(); err != nil {
+				return err
+			}
 			start := time.Now()
 			for i, p := range ptrs {
 				t0 := time.Now()
@@ -532,6 +588,9 @@ func (w *worker) scan(res *workerResult) error {
 				}
 			}
 			elapsed += time.Since(start)
+			if err := w.stopCost(len(ptrs)); err != nil {
+				return err
+			}
 			sink += sum
 			if bad >= 0 {
 				return fmt.Errorf("round %d: page %d read stale data", round, pages[bad])
@@ -639,11 +698,14 @@ func (w *worker) hammer(res *workerResult) error {
 }
 
 // childMain runs the process's child role, if it was started as one (the
-// userfaultfd limit's child, a node daemon, or a worker), and exits; it
-// returns at once otherwise. main and TestMain call it first.
+// userfaultfd limit's child, a process of the chain limit, a node daemon,
+// or a worker), and exits; it returns at once otherwise. main and TestMain
+// call it first.
 func childMain() {
 	uffd.RunChildIfRequested()
 	dsmnet.RunEchoIfRequested()
+	chainChildIfRequested()
+	stencilChildIfRequested()
 	node.RunDaemonIfChild()
 	if js, ok := os.LookupEnv(envSpec); ok {
 		if err := workerMain(js); err != nil {
