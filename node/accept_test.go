@@ -119,7 +119,6 @@ func TestAcceptSurvivesDescriptorExhaustion(t *testing.T) {
 	require.Contains(t, logs.String(), "too many open files")
 }
 
-
 // A client call to a daemon that is stopped (SIGSTOP, as a long pause or a
 // frozen VM would) ends at its deadline with an error that says so,
 // instead of hanging.

@@ -39,7 +39,7 @@ func (n *Node) apply(a *coherence.Action) {
 		// The twin is the copy this node starts writing from: what it
 		// writes is the difference when the page leaves.
 		if err := n.readPage(p); err == nil {
-			n.twins[p] = append([]byte(nil), n.buf...)
+			n.twins.put(p, n.buf)
 		}
 		n.phys[p] = coherence.Exclusive
 		n.protectAll(p, false)
@@ -53,7 +53,7 @@ func (n *Node) apply(a *coherence.Action) {
 			n.log.Error("punch hole", "page", p, "err", err)
 		}
 		n.phys[p] = coherence.Invalid
-		delete(n.twins, p)
+		n.twins.drop(p)
 		delete(n.holds, p)
 		n.stats.drops++
 	case coherence.ActWake:
@@ -107,9 +107,9 @@ func (n *Node) install(a *coherence.Action) {
 		return
 	}
 	if a.Writable {
-		n.twins[p] = append(n.twins[p][:0], data...)
+		n.twins.put(p, data)
 	} else {
-		delete(n.twins, p)
+		n.twins.drop(p)
 	}
 	via := n.installVia(p)
 	if !a.Writable {

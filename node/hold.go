@@ -44,8 +44,7 @@ type heldPage struct {
 // is its twin (n.twins), against which the hold compares it. Called with
 // n.mu held.
 func (n *Node) noteAccessible(p coherence.PageID, writable bool) {
-	_, twin := n.twins[p]
-	n.holds[p] = holdState{at: time.Now(), writable: writable && twin}
+	n.holds[p] = holdState{at: time.Now(), writable: writable && n.twins.has(p)}
 }
 
 // startHold serves ActHold for page p: the loop ends the hold once it is
@@ -113,7 +112,7 @@ func (n *Node) serveHolds(now time.Time) time.Time {
 // it since it was made accessible. pread reads a hole as zeros, so this is
 // safe whatever the page's state.
 func (n *Node) written(p coherence.PageID) bool {
-	twin, ok := n.twins[p]
+	twin, ok := n.twins.get(p)
 	if !ok {
 		return true // dropped meanwhile: nothing left to hold
 	}

@@ -215,7 +215,7 @@ type Node struct {
 	nextID         int
 	phys           []coherence.State
 	waiting        map[coherence.PageID][]waiter
-	twins          map[coherence.PageID][]byte
+	twins          *twinStore
 	holds          map[coherence.PageID]holdState // pages made accessible for a local fault
 	holding        []heldPage                     // holds the engine asked to end (ActHold)
 	holdNext       time.Time                      // when the loop must look at holding again
@@ -256,7 +256,6 @@ func New(cfg Config) (*Node, error) {
 		done:    make(chan struct{}),
 		progs:   map[int]*prog{},
 		waiting: map[coherence.PageID][]waiter{},
-		twins:   map[coherence.PageID][]byte{},
 		holds:   map[coherence.PageID]holdState{},
 		traces:  map[coherence.PageID]*faultTrace{},
 		peerInc: map[uint16]uint64{},
@@ -266,6 +265,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	n.phys = make([]coherence.State, n.pages)
 	n.outbox = make([]lazyBox, cfg.Nodes)
+	n.twins = newTwinStore(twinBudget(n.pages), n.ps)
 	var inc [8]byte
 	rand.Read(inc[:])
 	n.incarnation = binary.LittleEndian.Uint64(inc[:])
@@ -672,7 +672,7 @@ func (n *Node) send(m *coherence.Message) {
 // against the copy it received), records the migration for the analyzer and
 // returns the ranges encoded for the message's metadata.
 func (n *Node) outgoing(m *coherence.Message) []byte {
-	twin, ok := n.twins[m.Page]
+	twin, ok := n.twins.get(m.Page)
 	if !ok {
 		return nil
 	}
