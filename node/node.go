@@ -221,6 +221,7 @@ type Node struct {
 	holdNext       time.Time                      // when the loop must look at holding again
 	holdEnds       []coherence.PageID             // scratch for serveHolds
 	outbox         []lazyBox                      // by node: messages that ride on the next one
+	sendBuf        []byte                         // scratch: the message being sent
 	lazyNext       time.Time                      // when the first of them is due
 	traces         map[coherence.PageID]*faultTrace
 	an             *analyzer.Analyzer
@@ -657,9 +658,10 @@ func (n *Node) send(m *coherence.Message) {
 		return
 	}
 	n.flushBox(m.To)
-	b := make([]byte, 1, 64+len(m.Data)+len(m.Meta))
-	b[0] = protoCoherence
-	b = m.AppendBinary(b)
+	// The transport copies what it is given: one buffer serves every
+	// message (the loop, or a goroutine under n.mu, is the only sender).
+	b := m.AppendBinary(append(n.sendBuf[:0], protoCoherence))
+	n.sendBuf = b
 	n.stats.bytesOut += uint64(len(b))
 	if err := n.tr.Send(dsmnet.NodeID(m.To), b); err != nil {
 		// The engine retransmits on ticks; a dead peer is logged once by
