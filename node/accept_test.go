@@ -126,6 +126,9 @@ func TestCallToStoppedDaemonEnds(t *testing.T) {
 	cmd, cfg, _ := startDaemonProcess(t)
 	require.NoError(t, cmd.Process.Signal(syscall.SIGSTOP))
 	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGCONT) })
+	// The signal is delivered asynchronously: wait until every thread is
+	// stopped ('T' in /proc/PID/stat), or the call could still be served.
+	require.Eventually(t, func() bool { return stopped(cmd.Process.Pid) }, 10*time.Second, time.Millisecond)
 	done := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
@@ -140,4 +143,24 @@ func TestCallToStoppedDaemonEnds(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the call to a stopped daemon did not end at its deadline")
 	}
+}
+
+// stopped reports whether every thread of process pid is stopped.
+func stopped(pid int) bool {
+	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + task.Name() + "/stat")
+		if err != nil {
+			return false
+		}
+		// The state follows the command name, which is in parentheses.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+			return false
+		}
+	}
+	return true
 }
