@@ -1,6 +1,7 @@
 package analyzer
 
 import (
+	"container/heap"
 	"errors"
 	"fmt"
 	"slices"
@@ -22,8 +23,69 @@ const (
 // maxPatterns bounds the number of distinct write patterns (node and set of
 // written ranges) remembered per page. Patterns past the bound are folded
 // into one pattern per node; only the per-variable write counts become
-// approximate, never the written ranges or the classification.
-const maxPatterns = 4096
+// approximate, never the written ranges or the classification. A counter
+// written in place has one pattern per writer; 64 leave room for a few
+// fields written together in varying combinations.
+const maxPatterns = 64
+
+// Default limits of an Analyzer; see Limits.
+const (
+	DefaultDetailPages   = 4096
+	DefaultDetailBytes   = 8 << 20
+	DefaultEvents        = 1 << 16
+	DefaultEventsPerPage = 512
+)
+
+// Limits bounds the memory of an Analyzer. A field that is zero or negative
+// takes its default.
+type Limits struct {
+	// DetailPages is the most pages analysed in detail: their written
+	// ranges, write patterns and ownership history. Besides, every page
+	// that migrated costs 16 bytes for its counts. Default
+	// DefaultDetailPages.
+	DetailPages int
+	// DetailBytes bounds, approximately, the memory of the detailed pages
+	// apart from their ownership history: about 400 bytes a page plus its
+	// written ranges and write patterns. Default DefaultDetailBytes.
+	DetailBytes int
+	// Events is the most transfers kept, over all pages, for the ownership
+	// history that WriteHeatmap draws (32 bytes each), and EventsPerPage the
+	// most per page: the most recent ones. Defaults DefaultEvents and
+	// DefaultEventsPerPage.
+	Events, EventsPerPage int
+}
+
+// withDefaults returns l with its unset fields set to the defaults.
+func (l Limits) withDefaults() Limits {
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&l.DetailPages, DefaultDetailPages)
+	def(&l.DetailBytes, DefaultDetailBytes)
+	def(&l.Events, DefaultEvents)
+	def(&l.EventsPerPage, DefaultEventsPerPage)
+	return l
+}
+
+// Memory accounting of the detailed state. The figures are estimates of the
+// heap a structure takes, with its share of the maps and slices that index
+// it; they need only be right to within a small factor.
+const (
+	pageBytes    = 400 // a pageState with its small slices and index entries
+	spanBytes    = 16  // one span of a spanSet
+	patternBytes = 48  // a wpattern and the header of its key
+	// minEvents is the size of the ring a detailed page gets even when
+	// Limits.Events is spent, so that every row of the heat map has a few
+	// transfers to draw.
+	minEvents = 4
+	// evictMargin is how many more migrations than the least migrated
+	// detailed page a page needs, besides twice as many, to take its
+	// place when the detailed pages are at their limit; see the package
+	// documentation.
+	evictMargin = MinReadMigrations
+)
 
 // Errors returned by the analyzer; test for them with errors.Is.
 var (
@@ -84,24 +146,90 @@ type event struct {
 	write    bool
 }
 
-// pageState accumulates what is known about one page.
+// nodeSpans is the union of the ranges one node wrote on a page.
+type nodeSpans struct {
+	node  uint16
+	spans spanSet
+}
+
+// wpattern counts the holding periods in which node wrote exactly the set
+// of ranges encoded in key (by spanSet.appendKey).
+type wpattern struct {
+	key  string
+	n    int
+	node uint16
+}
+
+// nodeCount counts the holding periods of a node past maxPatterns.
+type nodeCount struct {
+	node uint16
+	n    int
+}
+
+// pageState is the detailed state of one page. Its counts are in the
+// analyzer's pageTable (cnt), which covers every transfer of the page; the
+// other fields cover the transfers recorded since the page got detail.
 type pageState struct {
-	migrations int
-	writes     int // ownership transfers
-	cost       time.Duration
+	page   uint32
+	hidx   int        // index in Analyzer.cold
+	cnt    *pageCount // the page's entry in Analyzer.table
+	before uint32     // migrations recorded before the page got detail
+	writes int        // ownership transfers since the page got detail
+	bytes  int        // memory accounted to Limits.DetailBytes
+
 	nodes      []uint16 // every node that gave or received the page, sorted
 	writeNodes []uint16 // nodes on either end of an ownership transfer, sorted
 
-	written map[uint16]spanSet // union of the ranges each node wrote
+	written []nodeSpans // union of the ranges each node wrote, by node
 	// patterns counts holding periods per node and distinct set of written
-	// ranges (keyed by spanSet.key); npat is the number of entries.
-	patterns map[uint16]map[string]int
+	// ranges; npat is the number of entries.
+	patterns []wpattern
 	npat     int
-	overflow map[uint16]int // periods past maxPatterns, per node
-	unknown  int            // transfers without Written
-	unknownN []uint16       // nodes that gave the page without Written, sorted
+	overflow []nodeCount // periods past maxPatterns, per node
+	unknown  int         // transfers without Written
+	unknownN []uint16    // nodes that gave the page without Written, sorted
 
-	events []event
+	// events is a ring of the most recent transfers: once it is full and
+	// may not grow, head is the oldest and wrapped is set.
+	events  []event
+	head    int
+	wrapped bool
+}
+
+// detailed returns the number of transfers recorded since the page got
+// detail.
+func (st *pageState) detailed() int { return int(st.cnt.migrations - st.before) }
+
+// writtenBy returns the union of the ranges node n wrote on the page.
+func (st *pageState) writtenBy(n uint16) spanSet {
+	i, ok := slices.BinarySearchFunc(st.written, n, func(w nodeSpans, n uint16) int { return int(w.node) - int(n) })
+	if !ok {
+		return nil
+	}
+	return st.written[i].spans
+}
+
+// coldHeap is a min-heap of the detailed pages by migrations: its root is
+// the page to give up first.
+type coldHeap []*pageState
+
+func (h coldHeap) Len() int           { return len(h) }
+func (h coldHeap) Less(i, j int) bool { return h[i].cnt.migrations < h[j].cnt.migrations }
+func (h coldHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].hidx, h[j].hidx = i, j
+}
+func (h *coldHeap) Push(x any) {
+	st := x.(*pageState)
+	st.hidx = len(*h)
+	*h = append(*h, st)
+}
+func (h *coldHeap) Pop() any {
+	old := *h
+	st := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return st
 }
 
 // Analyzer accumulates migrations and named variables and turns them into
@@ -109,26 +237,46 @@ type pageState struct {
 type Analyzer struct {
 	mu       sync.Mutex
 	pageSize uint64
+	lim      Limits
 	vars     []Var          // sorted by Offset, then Name
 	varIdx   map[string]int // Name -> index in vars
 	maxEnd   []uint64       // maxEnd[i] = max end of vars[:i+1]
-	pages    map[uint32]*pageState
-	seq      uint64
-	scratch  spanSet // reused by Record
-	keyBuf   []byte  // reused by Record
-	invalid  int     // written ranges that were empty or crossed the page end
-	first    int64   // earliest wall time seen, UnixNano
-	last     int64   // latest wall time seen, UnixNano
+
+	table  pageTable             // counts of every page that migrated
+	npages int                   // pages with a count
+	pages  map[uint32]*pageState // the pages analysed in detail
+	cold   coldHeap              // the same pages, least migrated first
+	bytes  int                   // memory of the detailed state, for lim.DetailBytes
+	slots  int                   // event slots allocated, for lim.Events
+
+	// Totals over every transfer recorded, detailed or not.
+	migrations, writes, unknown int
+	cost                        time.Duration
+	nodes                       []uint16 // sorted
+
+	seq     uint64
+	scratch spanSet // reused by Record
+	keyBuf  []byte  // reused by Record
+	invalid int     // written ranges that were empty or crossed the page end
+	first   int64   // earliest wall time seen, UnixNano
+	last    int64   // latest wall time seen, UnixNano
 }
 
-// New returns an Analyzer for a region with the given page size in bytes.
-// It panics if pageSize is not positive, which is a programming error.
+// New returns an Analyzer for a region with the given page size in bytes and
+// the default Limits. It panics if pageSize is not positive, which is a
+// programming error.
 func New(pageSize int) *Analyzer {
+	return NewWithLimits(pageSize, Limits{})
+}
+
+// NewWithLimits is like New with the given limits on the analyzer's memory.
+func NewWithLimits(pageSize int, l Limits) *Analyzer {
 	if pageSize <= 0 {
 		panic(fmt.Sprintf("analyzer: New(%d): the page size must be positive (use os.Getpagesize())", pageSize))
 	}
 	return &Analyzer{
 		pageSize: uint64(pageSize),
+		lim:      l.withDefaults(),
 		varIdx:   make(map[string]int),
 		pages:    make(map[uint32]*pageState),
 	}
@@ -175,69 +323,42 @@ func (a *Analyzer) AddVars(vs ...Var) {
 // ignored and ranges that cross the end of the page are cut at it; both are
 // counted in Report().Totals.InvalidRanges.
 //
-// Besides per-page aggregates, the analyzer keeps 32 bytes per migration for
-// the ownership history of WriteHeatmap, and one entry per distinct write
-// pattern (at most 4096 per page).
+// Every page that migrated costs 16 bytes. Only the pages that migrated most
+// are analysed in detail, within the analyzer's Limits; see the package
+// documentation.
 func (a *Analyzer) Record(m Migration) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st := a.pages[m.Page]
-	if st == nil {
-		st = &pageState{written: make(map[uint16]spanSet), patterns: make(map[uint16]map[string]int)}
-		a.pages[m.Page] = st
+	c := a.table.get(m.Page)
+	if c.migrations == 0 {
+		a.npages++
 	}
-	st.migrations++
+	c.add(m.Write, m.Cost)
+	a.migrations++
 	if m.Write {
-		st.writes++
-		st.writeNodes = addNode(addNode(st.writeNodes, m.From), m.To)
+		a.writes++
 	}
-	st.cost += m.Cost
-	st.nodes = addNode(addNode(st.nodes, m.From), m.To)
-
+	a.cost += m.Cost
+	a.nodes = addNode(addNode(a.nodes, m.From), m.To)
 	if m.Written == nil {
-		st.unknown++
-		st.unknownN = addNode(st.unknownN, m.From)
-	} else {
-		set := a.scratch[:0]
-		for _, r := range m.Written {
-			lo, hi := uint64(r.Off), uint64(r.Off)+uint64(r.Len)
-			if r.Len == 0 || lo >= a.pageSize {
-				a.invalid++
-				continue
-			}
-			if hi > a.pageSize {
-				a.invalid++
-				hi = a.pageSize
-			}
-			set = set.add(lo, hi)
-		}
-		a.scratch = set
-		if len(set) > 0 {
-			w := st.written[m.From]
-			for _, x := range set {
-				w = w.add(x.lo, x.hi)
-			}
-			st.written[m.From] = w
-			a.keyBuf = set.appendKey(a.keyBuf[:0])
-			pm := st.patterns[m.From]
-			if pm == nil {
-				pm = make(map[string]int)
-				st.patterns[m.From] = pm
-			}
-			if n, ok := pm[string(a.keyBuf)]; ok { // no allocation for a known pattern
-				pm[string(a.keyBuf)] = n + 1
-			} else if st.npat < maxPatterns {
-				pm[string(a.keyBuf)] = 1
-				st.npat++
-			} else {
-				if st.overflow == nil {
-					st.overflow = make(map[uint16]int)
-				}
-				st.overflow[m.From]++
-			}
-		}
+		a.unknown++
 	}
-
+	// Check the ranges of every transfer, detailed or not, so that the
+	// count of invalid ones does not depend on the budget.
+	set := a.scratch[:0]
+	for _, r := range m.Written {
+		lo, hi := uint64(r.Off), uint64(r.Off)+uint64(r.Len)
+		if r.Len == 0 || lo >= a.pageSize {
+			a.invalid++
+			continue
+		}
+		if hi > a.pageSize {
+			a.invalid++
+			hi = a.pageSize
+		}
+		set = set.add(lo, hi)
+	}
+	a.scratch = set
 	ev := event{seq: a.seq, from: m.From, to: m.To, write: m.Write}
 	a.seq++
 	if !m.Wall.IsZero() {
@@ -247,6 +368,59 @@ func (a *Analyzer) Record(m Migration) {
 		}
 		a.last = max(a.last, ev.wall)
 	}
+
+	st := a.pages[m.Page]
+	if st == nil {
+		if st = a.admit(m.Page, c); st == nil {
+			return
+		}
+	} else {
+		heap.Fix(&a.cold, st.hidx) // its count grew
+	}
+	if m.Write {
+		st.writes++
+		st.writeNodes = addNode(addNode(st.writeNodes, m.From), m.To)
+	}
+	st.nodes = addNode(addNode(st.nodes, m.From), m.To)
+
+	grew := 0
+	if m.Written == nil {
+		st.unknown++
+		st.unknownN = addNode(st.unknownN, m.From)
+	} else if len(set) > 0 {
+		i, ok := slices.BinarySearchFunc(st.written, m.From, func(w nodeSpans, n uint16) int { return int(w.node) - int(n) })
+		if !ok {
+			st.written = slices.Insert(st.written, i, nodeSpans{node: m.From})
+		}
+		w := st.written[i].spans
+		old := cap(w)
+		for _, x := range set {
+			w = w.add(x.lo, x.hi)
+		}
+		st.written[i].spans = w
+		grew += (cap(w) - old) * spanBytes
+
+		a.keyBuf = set.appendKey(a.keyBuf[:0])
+		j := slices.IndexFunc(st.patterns, func(p wpattern) bool {
+			return p.node == m.From && p.key == string(a.keyBuf) // no allocation
+		})
+		switch {
+		case j >= 0:
+			st.patterns[j].n++
+		case st.npat < maxPatterns:
+			st.patterns = append(st.patterns, wpattern{key: string(a.keyBuf), n: 1, node: m.From})
+			st.npat++
+			grew += patternBytes + len(a.keyBuf)
+		default:
+			k := slices.IndexFunc(st.overflow, func(o nodeCount) bool { return o.node == m.From })
+			if k < 0 {
+				k = len(st.overflow)
+				st.overflow = append(st.overflow, nodeCount{node: m.From})
+			}
+			st.overflow[k].n++
+		}
+	}
+
 	if m.Clock != nil {
 		ev.hasClock = true
 		for _, c := range m.Clock {
@@ -257,7 +431,75 @@ func (a *Analyzer) Record(m Migration) {
 			ev.clock += c
 		}
 	}
-	st.events = append(st.events, ev)
+	a.addEvent(st, ev)
+
+	if grew > 0 {
+		st.bytes += grew
+		a.bytes += grew
+		// Give up the least migrated pages, which may be this one, until
+		// the detailed state fits again.
+		for a.bytes > a.lim.DetailBytes && len(a.cold) > 0 {
+			a.evict(a.cold[0])
+		}
+	}
+}
+
+// admit returns a new detailed state for page p, whose counts are c, or nil
+// if the detailed pages are at their limit and p has not migrated enough
+// more than the least migrated of them to take its place. The caller holds
+// a.mu.
+func (a *Analyzer) admit(p uint32, c *pageCount) *pageState {
+	if len(a.pages) >= a.lim.DetailPages || a.bytes+pageBytes > a.lim.DetailBytes {
+		if len(a.cold) == 0 {
+			return nil
+		}
+		least := uint64(a.cold[0].cnt.migrations)
+		if n := uint64(c.migrations); n < 2*least || n < least+evictMargin {
+			return nil
+		}
+		a.evict(a.cold[0])
+	}
+	st := &pageState{page: p, cnt: c, before: c.migrations - 1, bytes: pageBytes}
+	a.pages[p] = st
+	heap.Push(&a.cold, st)
+	a.bytes += st.bytes
+	return st
+}
+
+// evict drops the detailed state of a page; its counts stay. The caller
+// holds a.mu.
+func (a *Analyzer) evict(st *pageState) {
+	heap.Remove(&a.cold, st.hidx)
+	delete(a.pages, st.page)
+	a.bytes -= st.bytes
+	a.slots -= cap(st.events)
+}
+
+// addEvent adds ev to the ring of st, growing the ring while the limits
+// allow and overwriting the oldest event once they do not. The caller holds
+// a.mu.
+func (a *Analyzer) addEvent(st *pageState, ev event) {
+	n := len(st.events)
+	if n < cap(st.events) {
+		st.events = append(st.events, ev)
+		return
+	}
+	// Full: double, within the page's limit and what is left of the
+	// total, but always to minEvents.
+	want := min(max(2*n, minEvents), a.lim.EventsPerPage)
+	want = min(want, n+max(0, a.lim.Events-a.slots))
+	want = max(want, min(minEvents, a.lim.EventsPerPage))
+	if want > n {
+		evs := make([]event, 0, want)
+		evs = append(evs, st.events[st.head:]...)
+		evs = append(evs, st.events[:st.head]...)
+		a.slots += want - cap(st.events)
+		st.events, st.head = append(evs, ev), 0
+		return
+	}
+	st.events[st.head] = ev
+	st.head = (st.head + 1) % n
+	st.wrapped = true
 }
 
 // addNode inserts n into the sorted set s.

@@ -24,7 +24,7 @@
 // # Classification
 //
 // The written byte ranges of every transfer are accumulated per writer over
-// the page's whole history, so a node that wrote bytes [0,8) in one transfer
+// the page's whole history (as far as the analyzer keeps it; see Memory), so a node that wrote bytes [0,8) in one transfer
 // and [8,16) in another has written [0,16). A node counts as a writer of a
 // page when it wrote at least one byte of it. A page is, checked in this
 // order:
@@ -57,6 +57,40 @@
 // smaller), and uses wall time only to break ties between concurrent
 // transfers. The ownership history drawn by [Analyzer.WriteHeatmap] follows
 // that order.
+//
+// # Memory
+//
+// A node daemon records every transfer for as long as it runs, over regions
+// of up to millions of pages, so the analyzer's memory is bounded rather
+// than proportional to the history:
+//
+//   - Every page that migrated has 16 bytes of counts (migrations, ownership
+//     transfers, waiting time), allocated 1,024 pages at a time as pages
+//     first move: 4 MiB for a GiB of 4 KiB pages. The totals of the report,
+//     and the migration counts and costs of findings and variables, come
+//     from these counts and are exact.
+//   - At most [Limits].DetailPages pages (default 4,096) are analysed in
+//     detail: who wrote which bytes, the distinct write patterns (at most 64
+//     a page, past which the per-variable write counts are approximated),
+//     and the ownership history, within [Limits].DetailBytes for the first
+//     two. Classification needs this detail, so only these pages have
+//     findings.
+//   - The ownership history is a ring of the most recent transfers of each
+//     page ([Limits].EventsPerPage), the rings together holding about
+//     [Limits].Events transfers: enough for a heat map row per page.
+//
+// A page gets detail from its first transfer while there is room, so that
+// small programs lose nothing. A fixed threshold (detail from the k-th
+// transfer on) was not chosen: it would drop the written ranges, and the
+// classification accumulates them over the whole history. Once the detailed
+// pages are at their limit, a page takes the place of the least migrated of
+// them when it has migrated at least twice as often and [MinReadMigrations]
+// times more: a page that ping-pongs soon displaces the pages written once
+// in a bulk phase, while pages of similar heat do not keep displacing each
+// other and losing their history. The report counts the pages whose detail
+// was lost or never kept although they migrated enough to be a finding
+// ([Totals].Untracked) and the findings whose detail started late
+// ([Totals].LateDetail).
 //
 // An Analyzer is safe for concurrent use. It does no I/O except writing the
 // PNG files that [Analyzer.WriteHeatmap] and [Analyzer.WriteVarBars] are asked

@@ -150,24 +150,21 @@ func (a *Analyzer) analyzePage(p uint32, st *pageState) pageView {
 	end := base + ps
 	view := pageView{page: p, st: st, resident: a.varsIn(base, end), perVar: make(map[int]int)}
 
-	var writers []uint16
-	for n, s := range st.written {
-		if len(s) > 0 {
-			writers = append(writers, n)
+	var writers []uint16 // st.written is sorted by node
+	for _, w := range st.written {
+		if len(w.spans) > 0 {
+			writers = append(writers, w.node)
 		}
 	}
-	slices.Sort(writers)
 
 	pats := make([]pattern, 0, st.npat+len(st.overflow))
-	for node, pm := range st.patterns {
-		for k, n := range pm {
-			pats = append(pats, pattern{node, decodeSpans(k), n})
-		}
+	for _, pt := range st.patterns {
+		pats = append(pats, pattern{pt.node, decodeSpans(pt.key), pt.n})
 	}
-	for node, n := range st.overflow {
+	for _, o := range st.overflow {
 		// Approximation past maxPatterns: assume each such period wrote
 		// everything the node ever wrote on the page.
-		pats = append(pats, pattern{node, st.written[node], n})
+		pats = append(pats, pattern{o.node, st.writtenBy(o.node), o.n})
 	}
 	writesIn := func(lo, hi uint64, nodes []uint16) int {
 		total := 0
@@ -193,7 +190,7 @@ func (a *Analyzer) analyzePage(p uint32, st *pageState) pageView {
 			it.root = r
 		}
 		for _, n := range writers {
-			if part := st.written[n].clip(lo, hi); len(part) > 0 {
+			if part := st.writtenBy(n).clip(lo, hi); len(part) > 0 {
 				it.WrittenBy = append(it.WrittenBy, n)
 				it.parts[n] = part
 			}
@@ -215,40 +212,47 @@ func (a *Analyzer) analyzePage(p uint32, st *pageState) pageView {
 	overlap := false
 	for i := range writers {
 		for j := i + 1; j < len(writers); j++ {
-			if st.written[writers[i]].overlaps(st.written[writers[j]]) {
+			if st.writtenBy(writers[i]).overlaps(st.writtenBy(writers[j])) {
 				overlap = true
 			}
 		}
 	}
-	reads := st.migrations - st.writes
+	// The finding shows the counts of every transfer of the page, but the
+	// class rests on the transfers since the page got detail, which the
+	// written ranges and nodes describe: a page that got detail late is
+	// not judged on a handful of transfers against thousands of counts.
+	migrations, writes, cost := int(st.cnt.migrations), int(st.cnt.writes), st.cnt.cost
+	reads := migrations - writes
+	dwrites := st.writes
+	dreads := st.detailed() - dwrites
 	class := Quiet
 	switch {
-	case st.writes >= MinWriteMigrations && len(writers) >= 2:
+	case dwrites >= MinWriteMigrations && len(writers) >= 2:
 		class = FalseSharing
 		if overlap {
 			class = TrueSharing
 		}
-	case reads >= MinReadMigrations && reads > st.writes && (len(writers) <= 1 || st.writes < MinWriteMigrations):
+	case dreads >= MinReadMigrations && dreads > dwrites && (len(writers) <= 1 || dwrites < MinWriteMigrations):
 		class = ReadMostly
-	case st.writes >= MinWriteMigrations && len(st.writeNodes) >= 2:
+	case dwrites >= MinWriteMigrations && len(st.writeNodes) >= 2:
 		class = Contended
 	}
 
 	f := Finding{
 		Page:            p,
 		Class:           class,
-		Migrations:      st.migrations,
-		WriteMigrations: st.writes,
-		Cost:            st.cost,
+		Migrations:      migrations,
+		WriteMigrations: writes,
+		Cost:            cost,
 		Nodes:           slices.Clone(st.nodes),
 	}
 	f.Vars = make([]VarUse, 0, len(items))
 	for _, it := range items {
 		f.Vars = append(f.Vars, it.VarUse)
 	}
-	stats := commas(st.migrations) + " migrations"
-	if st.cost > 0 {
-		stats += ", " + fmtDur(st.cost)
+	stats := commas(migrations) + " migrations"
+	if cost > 0 {
+		stats += ", " + fmtDur(cost)
 	}
 	switch class {
 	case FalseSharing:
@@ -273,13 +277,13 @@ func (a *Analyzer) analyzePage(p uint32, st *pageState) pageView {
 			verb = "are"
 		}
 		f.Summary = fmt.Sprintf("page %d: %s %s read-mostly (%s; %s read copies, %s ownership transfers): nothing to change",
-			p, a.residentNames(view.resident, p), verb, who, commas(reads), commas(st.writes))
+			p, a.residentNames(view.resident, p), verb, who, commas(reads), commas(writes))
 	case Contended:
 		f.Summary = fmt.Sprintf("page %d: %s: ownership moved %s times among %s for writes, but the written bytes do not show two writers: %s",
-			p, a.residentNames(view.resident, p), commas(st.writes), nodesWord(st.writeNodes), stats)
+			p, a.residentNames(view.resident, p), commas(writes), nodesWord(st.writeNodes), stats)
 		if st.unknown > 0 {
 			f.Fix = fmt.Sprintf("record the written ranges of every transfer (a diff against the received copy) so that false and true sharing can be told apart: %s of %s transfers carried none",
-				commas(st.unknown), commas(st.migrations))
+				commas(st.unknown), commas(st.detailed()))
 		} else {
 			idle := slices.DeleteFunc(slices.Clone(st.writeNodes), func(n uint16) bool { return slices.Contains(writers, n) })
 			f.Fix = fmt.Sprintf("%s took write ownership without changing a byte: look for atomic operations that store an unchanged value (a failing CompareAndSwap, a Swap or Store of the same value) and load first to skip them",
@@ -298,7 +302,7 @@ func unnamedItems(st *pageState, writers []uint16, named spanSet, base uint64, w
 	rest := make(map[uint16]spanSet)
 	var cuts []uint64
 	for _, n := range writers {
-		s := st.written[n].minus(named)
+		s := st.writtenBy(n).minus(named)
 		if len(s) == 0 {
 			continue
 		}

@@ -90,11 +90,12 @@ type heatmap struct {
 	nodes      []uint16   // colour i belongs to nodes[i]
 	xmin, xmax float64
 	xlabel     string
-	total      int // pages that migrated, shown or not
+	total      int  // pages analysed in detail, shown or not
+	partial    bool // some shown page has lost its oldest transfers
 }
 
 // heatmapData builds the ownership history of at most maxRows pages, the
-// most migrated ones. The caller holds a.mu.
+// most migrated of those analysed in detail. The caller holds a.mu.
 func (a *Analyzer) heatmapData(maxRows int) (*heatmap, error) {
 	if len(a.pages) == 0 {
 		return nil, fmt.Errorf("%w: record migrations before drawing the heat map", ErrNoMigrations)
@@ -105,8 +106,8 @@ func (a *Analyzer) heatmapData(maxRows int) (*heatmap, error) {
 	}
 	sort.Slice(ids, func(i, j int) bool {
 		x, y := a.pages[ids[i]], a.pages[ids[j]]
-		if x.migrations != y.migrations {
-			return x.migrations > y.migrations
+		if x.cnt.migrations != y.cnt.migrations {
+			return x.cnt.migrations > y.cnt.migrations
 		}
 		return ids[i] < ids[j]
 	})
@@ -168,10 +169,16 @@ func (a *Analyzer) heatmapData(maxRows int) (*heatmap, error) {
 		index[n] = i
 	}
 	for _, p := range ids {
-		evs := a.pages[p].ordered()
+		st := a.pages[p]
+		evs := st.ordered()
 		// Before its first recorded transfer the page belonged to the node
-		// that gave it away.
+		// that gave it away. When older transfers were forgotten, who owned
+		// it before the oldest one kept is unknown: the row stays blank.
 		runs := []ownRun{{start: hm.xmin, owner: nodeIdx(evs[0].from)}}
+		if st.wrapped || st.before > 0 {
+			runs[0].owner = -1
+			hm.partial = true
+		}
 		x := hm.xmin
 		for _, e := range evs {
 			if !e.write {
@@ -289,11 +296,14 @@ func (s swatch) Thumbnail(c *draw.Canvas) {
 }
 
 // WriteHeatmap writes a PNG of width×height pixels to path: one row per page
-// (the most migrated pages if not all fit), time along x, each cell coloured
-// by the node that owned the page then, with a legend of the node colours.
+// analysed in detail (the most migrated pages if not all fit), time along x,
+// each cell coloured by the node that owned the page then, with a legend of
+// the node colours.
 // Ownership follows the write migrations; a page ping-ponging between nodes
 // shows as alternating colours along its row. Before a page's first recorded
-// transfer its row has the colour of the node that gave it away.
+// transfer its row has the colour of the node that gave it away; a page that
+// lost its oldest transfers to the analyzer's Limits (or that got detail late)
+// has a blank row before the oldest transfer kept.
 //
 // The x axis is wall time when every record has one, else the order in which
 // migrations were recorded. Sizes outside [MinImageWidth, MaxImageSide] ×
@@ -331,6 +341,9 @@ func (a *Analyzer) WriteHeatmap(path string, width, height int) error {
 	p.Title.Text = "Page ownership over time"
 	if len(hm.pages) < hm.total {
 		p.Title.Text += fmt.Sprintf(" (the %d most migrated of %d pages)", len(hm.pages), hm.total)
+	}
+	if hm.partial {
+		p.Title.Text += fmt.Sprintf("; blank before the oldest transfer kept (at most %d a page)", a.lim.EventsPerPage)
 	}
 	p.X.Label.Text = hm.xlabel
 	p.Y.Label.Text = "page"

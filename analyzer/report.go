@@ -28,8 +28,23 @@ type Totals struct {
 	Cost            time.Duration `json:"cost_ns"`
 	// Pages is the number of pages that migrated at least once.
 	Pages int `json:"pages"`
-	// PagesByClass counts those pages by class name.
+	// PagesByClass counts those pages by class name, except the Untracked
+	// ones. A page that was not analysed in detail but migrated too little
+	// to be anything else counts as quiet.
 	PagesByClass map[string]int `json:"pages_by_class"`
+	// Untracked counts the pages that migrated enough to be a finding but
+	// were not analysed in detail, because the pages that were had
+	// migrated more and the analyzer's Limits were reached, or that got
+	// detail too recently to be judged: they have no class and no
+	// finding. UntrackedMigrations sums their migrations, which are in
+	// Migrations like any other.
+	Untracked           int `json:"untracked,omitempty"`
+	UntrackedMigrations int `json:"untracked_migrations,omitempty"`
+	// LateDetail counts the findings whose page got detail only after it
+	// had migrated for a while (it took the place of a page that migrated
+	// less): their counts and cost are complete, their class, written
+	// ranges and per-variable write counts rest on the later transfers.
+	LateDetail int `json:"late_detail,omitempty"`
 	// FalseSharingCost is the part of Cost spent on falsely shared pages:
 	// what a better layout would save.
 	FalseSharingCost time.Duration `json:"false_sharing_cost_ns"`
@@ -57,14 +72,16 @@ type VarStat struct {
 	Migrations      int `json:"migrations"`
 	WriteMigrations int `json:"write_migrations"`
 	// Writes counts the transfers whose written ranges touched the
-	// variable: how often it caused a page to move.
+	// variable: how often it caused a page to move. Only the transfers of
+	// pages analysed in detail, since they got detail, are counted.
 	Writes int `json:"writes"`
 	// Cost sums the waiting time of those pages' transfers (shared with
 	// the other variables on the same pages).
 	Cost time.Duration `json:"cost_ns"`
-	// Class is the most severe class among the pages on which the variable
-	// was written; a page it only resides on contributes at most
-	// ReadMostly, since the variable is not what moves that page.
+	// Class is the most severe class among the pages analysed in detail
+	// on which the variable was written; a page it only resides on
+	// contributes at most ReadMostly, since the variable is not what moves
+	// that page.
 	Class Class `json:"class"`
 }
 
@@ -76,48 +93,73 @@ func (a *Analyzer) Report() Report {
 	r := Report{
 		PageSize: int(a.pageSize),
 		Totals: Totals{
-			Pages:         len(views),
-			PagesByClass:  make(map[string]int),
-			InvalidRanges: a.invalid,
+			Migrations:      a.migrations,
+			WriteMigrations: a.writes,
+			ReadMigrations:  a.migrations - a.writes,
+			Cost:            a.cost,
+			Pages:           a.npages,
+			PagesByClass:    make(map[string]int),
+			Nodes:           slices.Clone(a.nodes),
+			UnknownWritten:  a.unknown,
+			InvalidRanges:   a.invalid,
 		},
 		Findings: []Finding{},
 		Vars:     make([]VarStat, len(a.vars)),
 	}
-	for i, v := range a.vars {
-		r.Vars[i] = VarStat{Name: v.Name, Offset: v.Offset, Size: v.Size, Pages: []uint32{}}
-	}
 	t := &r.Totals
-	for _, pv := range views {
-		st, f := pv.st, pv.f
-		t.Migrations += st.migrations
-		t.WriteMigrations += st.writes
-		t.Cost += st.cost
-		t.UnknownWritten += st.unknown
+	byPage := make(map[uint32]*pageView, len(views))
+	for i := range views {
+		pv := &views[i]
+		byPage[pv.page] = pv
+		f := pv.f
+		if f.Class == Quiet && pv.st.before > 0 && !pv.st.cnt.quiet() {
+			// It got detail late and has not shown enough since.
+			t.Untracked++
+			t.UntrackedMigrations += int(pv.st.cnt.migrations)
+			continue
+		}
 		t.PagesByClass[f.Class.String()]++
 		if f.Class == FalseSharing {
-			t.FalseSharingCost += st.cost
-		}
-		for _, n := range st.nodes {
-			t.Nodes = addNode(t.Nodes, n)
+			t.FalseSharingCost += f.Cost
 		}
 		if f.Class != Quiet {
 			r.Findings = append(r.Findings, f)
-		}
-		for _, vi := range pv.resident {
-			vs := &r.Vars[vi]
-			vs.Pages = append(vs.Pages, pv.page)
-			vs.Migrations += st.migrations
-			vs.WriteMigrations += st.writes
-			vs.Writes += pv.perVar[vi]
-			vs.Cost += st.cost
-			if pv.perVar[vi] > 0 {
-				vs.Class = max(vs.Class, f.Class)
-			} else {
-				vs.Class = max(vs.Class, min(f.Class, ReadMostly))
+			if pv.st.before > 0 {
+				t.LateDetail++
 			}
 		}
 	}
-	t.ReadMigrations = t.Migrations - t.WriteMigrations
+	a.table.each(0, 1<<32, func(p uint32, c *pageCount) {
+		switch {
+		case byPage[p] != nil:
+		case c.quiet():
+			t.PagesByClass[Quiet.String()]++
+		default:
+			t.Untracked++
+			t.UntrackedMigrations += int(c.migrations)
+		}
+	})
+	for vi, v := range a.vars {
+		vs := VarStat{Name: v.Name, Offset: v.Offset, Size: v.Size, Pages: []uint32{}}
+		lo, hi := v.Offset/a.pageSize, (v.Offset+v.Size-1)/a.pageSize+1
+		a.table.each(lo, hi, func(p uint32, c *pageCount) {
+			vs.Pages = append(vs.Pages, p)
+			vs.Migrations += int(c.migrations)
+			vs.WriteMigrations += int(c.writes)
+			vs.Cost += c.cost
+			pv := byPage[p]
+			if pv == nil {
+				return // quiet, or untracked: no class and no write counts
+			}
+			vs.Writes += pv.perVar[vi]
+			if pv.perVar[vi] > 0 {
+				vs.Class = max(vs.Class, pv.f.Class)
+			} else {
+				vs.Class = max(vs.Class, min(pv.f.Class, ReadMostly))
+			}
+		})
+		r.Vars[vi] = vs
+	}
 	if a.first != 0 {
 		t.First = time.Unix(0, a.first)
 		t.Last = time.Unix(0, a.last)
@@ -132,9 +174,6 @@ func (a *Analyzer) Report() Report {
 		}
 		return r.Vars[i].Offset < r.Vars[j].Offset
 	})
-	for i := range r.Vars {
-		slices.Sort(r.Vars[i].Pages)
-	}
 	return r
 }
 
@@ -144,6 +183,10 @@ func (r Report) Text() string {
 	t := r.Totals
 	fmt.Fprintf(&b, "layout analyzer: %d page migrations (%d for writes, %d read copies) on %d pages, %s waiting in faults\n",
 		t.Migrations, t.WriteMigrations, t.ReadMigrations, t.Pages, fmtDur(t.Cost))
+	if t.Untracked > 0 {
+		fmt.Fprintf(&b, "%s pages with %s migrations were not analysed: the analyzer keeps the details of the pages that migrated most, up to its limits\n",
+			commas(t.Untracked), commas(t.UntrackedMigrations))
+	}
 	if len(r.Findings) == 0 {
 		b.WriteString("no false sharing found: no page ping-pongs between writers of different variables\n")
 		return b.String()
