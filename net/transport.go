@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,7 +55,7 @@ type Transport struct {
 	logged       map[string]bool
 	warnOnceFull sync.Once
 
-	unknownSender, misaddressed, malformed atomic.Uint64
+	unknownSender, misaddressed, malformed, impostor atomic.Uint64
 
 	// driven: no goroutines; the caller's loop calls Receive and Tick.
 	driven bool
@@ -315,11 +316,14 @@ type Stats struct {
 	Misaddressed uint64
 	// Malformed: datagrams whose header could not be decoded.
 	Malformed uint64
+	// Impostor: datagrams claiming a peer's id from an address other than
+	// the one configured for it.
+	Impostor uint64
 }
 
 // Stats returns counters of datagrams no peer could be charged with.
 func (t *Transport) Stats() Stats {
-	return Stats{UnknownSender: t.unknownSender.Load(), Misaddressed: t.misaddressed.Load(), Malformed: t.malformed.Load()}
+	return Stats{UnknownSender: t.unknownSender.Load(), Misaddressed: t.misaddressed.Load(), Malformed: t.malformed.Load(), Impostor: t.impostor.Load()}
 }
 
 // Close says goodbye to the peers that are up, closes the socket and waits
@@ -448,6 +452,17 @@ type srcAddr struct {
 	a  stdnet.Addr
 }
 
+// port returns the address as an unmapped netip.AddrPort.
+func (s srcAddr) port() netip.AddrPort {
+	ap := s.ap
+	if s.a != nil {
+		if ua, ok := s.a.(*stdnet.UDPAddr); ok {
+			ap = ua.AddrPort()
+		}
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
 func (s srcAddr) String() string {
 	if s.a != nil {
 		return s.a.String()
@@ -518,6 +533,16 @@ func (t *Transport) handleDatagram(b []byte, src srcAddr) {
 		t.unknownSender.Add(1)
 		t.warnOnce(fmt.Sprintf("unknown|%d|%s", h.from, src), "dropping datagrams from a node id not in Peers",
 			"claimed_id", h.from, "from", src.String())
+		return
+	}
+	if src.port() != p.ap {
+		// A node id belongs to the address it is configured at: another
+		// process with the cluster key claiming it (a second daemon
+		// started with the same id, a replay from elsewhere) must not
+		// disturb the live session.
+		t.impostor.Add(1)
+		t.warnOnce(fmt.Sprintf("impostor|%d|%s", h.from, src), "dropping datagrams from a process that claims to be node "+strconv.Itoa(int(h.from))+" from another address (two daemons with one id?)",
+			"claimed_id", h.from, "from", src.String(), "configured", p.ap.String())
 		return
 	}
 	if h.to != t.cfg.ID {

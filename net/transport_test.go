@@ -93,8 +93,13 @@ func startNode(t *testing.T, id NodeID, addrs []string, mod func(*Config)) *test
 	cfg := Config{
 		ID: id, Addr: addrs[id], Peers: peers, Key: testKey, Geometry: testGeometry,
 		Handler: func(from NodeID, msg []byte) { n.msgs <- received{from, msg} },
-		OnPeer:  func(ev PeerEvent) { n.events <- ev },
-		Logger:  slog.New(slog.NewTextHandler(n.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		OnPeer: func(ev PeerEvent) {
+			select {
+			case n.events <- ev:
+			default: // a storm of events (a test that fails) must not block the transport
+			}
+		},
+		Logger: slog.New(slog.NewTextHandler(n.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		WrapConn: func(c stdnet.PacketConn) stdnet.PacketConn {
 			n.fault = NewFaultConn(c, Faults{Seed: int64(id)})
 			return n.fault
@@ -684,12 +689,26 @@ func TestForgedDatagramsIgnored(t *testing.T) {
 		append([]byte{9}, hdr(2, 1, 0)[1:]...), // bad version
 		hdr(7, 1, 0),                           // bad kind
 		hdr(kindHello, 5, 0),                   // unknown sender
-		hdr(kindHello, 1, 2),                   // addressed elsewhere
-		hdr(kindHello, 1, 0),                   // bad MAC
-		hdr(kindSession, 1, 0),                 // unknown session
+		hdr(kindHello, 1, 0),                   // node 1, from another address
 	}
 	for _, b := range forged {
 		if _, err := c.Write(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// From node 1's own address (written on its socket, under its
+	// transport): the address is right, the rest is forged.
+	fromPeer := [][]byte{
+		hdr(kindHello, 1, 2),   // addressed elsewhere
+		hdr(kindHello, 1, 0),   // bad MAC
+		hdr(kindSession, 1, 0), // unknown session
+	}
+	to, err := stdnet.ResolveUDPAddr("udp", a.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range fromPeer {
+		if _, err := nodes[1].fault.PacketConn.WriteTo(b, to); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -699,7 +718,7 @@ func TestForgedDatagramsIgnored(t *testing.T) {
 	for {
 		s := a.Stats()
 		st := a.Peers()[0]
-		if s.Malformed >= 3 && s.UnknownSender >= 1 && s.Misaddressed >= 1 && st.AuthFailures >= 1 && st.Up {
+		if s.Malformed >= 3 && s.UnknownSender >= 1 && s.Impostor >= 1 && s.Misaddressed >= 1 && st.AuthFailures >= 1 && st.Up {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -883,5 +902,42 @@ func TestCorkSharesDatagrams(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("message %d sent while corked never arrived", i)
 		}
+	}
+}
+
+// A second process with the cluster key that claims an existing node id
+// from another address is refused: the live session goes on, and the
+// impostor is logged once with both addresses.
+func TestDuplicateNodeIDRefused(t *testing.T) {
+	addrs := freeAddrs(t, 3)
+	a := startNode(t, 0, addrs[:2], nil)
+	b := startNode(t, 1, addrs[:2], nil)
+	waitAll(t, []*testNode{a, b})
+	// The impostor: node 1 again, at the third address, knowing node 0.
+	imp := startNode(t, 1, []string{addrs[0], addrs[2]}, func(c *Config) {
+		c.HeartbeatInterval = 5 * time.Millisecond
+		c.DeadAfter = time.Minute
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for a.Stats().Impostor < 20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the impostor's hellos were not refused: %+v", a.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	st := a.Peers()[0]
+	if !st.Up || st.Sessions != 1 {
+		t.Fatalf("the live session with node 1 was disturbed: %+v", st)
+	}
+	if imp.Peers()[0].Up {
+		t.Fatal("the impostor completed a handshake")
+	}
+	exchange(t, []*testNode{a, b}, 20, false, 10*time.Second)
+	logs := a.log.String()
+	if n := strings.Count(logs, "claims to be node 1"); n != 1 {
+		t.Fatalf("the impostor was logged %d times, want once:\n%s", n, logs)
+	}
+	if !strings.Contains(logs, addrs[1]) || !strings.Contains(logs, addrs[2]) {
+		t.Fatalf("the log does not name both addresses:\n%s", logs)
 	}
 }
