@@ -43,8 +43,31 @@ type heldPage struct {
 // now (ActInstall, ActUnprotect). A writable page's content at that moment
 // is its twin (n.twins), against which the hold compares it. Called with
 // n.mu held.
+//
+// Only the last MaxHold matters: a hold asked for a page made accessible
+// longer ago than that ends at once. So the records are forgotten once they
+// are that old (forgetHolds), and the map holds the pages of the last
+// fraction of a millisecond, not every page ever installed.
 func (n *Node) noteAccessible(p coherence.PageID, writable bool) {
-	n.holds[p] = holdState{at: time.Now(), writable: writable && n.twins.has(p)}
+	now := time.Now()
+	n.holds[p] = holdState{at: now, writable: writable && n.twins.has(p)}
+	n.holdAges = append(n.holdAges, heldPage{page: p, holdState: holdState{at: now}})
+}
+
+// forgetHolds forgets the records of pages made accessible more than
+// MaxHold ago. Called by the loop with n.mu held.
+func (n *Node) forgetHolds(now time.Time) {
+	old := now.Add(-time.Duration(n.cfg.MaxHold))
+	i := 0
+	for ; i < len(n.holdAges) && n.holdAges[i].at.Before(old); i++ {
+		r := n.holdAges[i]
+		if h, ok := n.holds[r.page]; ok && h.at.Equal(r.at) {
+			delete(n.holds, r.page)
+		}
+	}
+	if i > 0 {
+		n.holdAges = append(n.holdAges[:0], n.holdAges[i:]...)
+	}
 }
 
 // startHold serves ActHold for page p: the loop ends the hold once it is
@@ -52,7 +75,9 @@ func (n *Node) noteAccessible(p coherence.PageID, writable bool) {
 func (n *Node) startHold(p coherence.PageID) {
 	h, ok := n.holds[p]
 	if !ok {
-		h = holdState{at: time.Now()}
+		// Made accessible longer than MaxHold ago (forgotten), or not
+		// for a local fault: nothing to wait for.
+		h = holdState{at: time.Time{}}
 	}
 	delete(n.holds, p)
 	n.stats.holds++

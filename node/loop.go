@@ -171,6 +171,7 @@ func (n *Node) runLoop(ctx context.Context) error {
 		}
 		now := time.Now()
 		if !now.Before(nextTick) {
+			n.forgetHolds(now)
 			n.eng.Tick()
 			n.tickLocks(now)
 			if now.Sub(n.lastStuckCheck) >= time.Second {

@@ -217,6 +217,7 @@ type Node struct {
 	waiting        map[coherence.PageID][]waiter
 	twins          *twinStore
 	holds          map[coherence.PageID]holdState // pages made accessible for a local fault
+	holdAges       []heldPage                     // n.holds in the order they were made, to forget them
 	holding        []heldPage                     // holds the engine asked to end (ActHold)
 	holdNext       time.Time                      // when the loop must look at holding again
 	holdEnds       []coherence.PageID             // scratch for serveHolds
