@@ -231,6 +231,14 @@ func TestSuiteQuick(t *testing.T) {
 		assert.Positive(t, figs[k].Params["ms_per_iter"], k)
 		assert.Equal(t, "stencil/nodes=1", figs[k].Floor, k)
 	}
+	// Every daemon of the memory part was measured, beside the aim (a
+	// size, not a latency: not among requiredFigures).
+	require.Contains(t, figs, "memory/rss_beyond_memfd")
+	mem := figs["memory/rss_beyond_memfd"].Params
+	for i := 0; i < cfg.MemNodes; i++ {
+		assert.Positive(t, mem["node_"+strconv.Itoa(i)+"_rss_anon_bytes"], "node %d", i)
+	}
+	assert.EqualValues(t, 32<<20+cfg.MemRegion*3/100, mem["aim_bytes"])
 	assert.Equal(t, cfg.LockPairs, figs["locks/uncontended/home=local"].Latency.Count)
 	assert.Positive(t, figs["locks/handoff"].AcquisitionsPerSec)
 	assert.Positive(t, figs["locks/floor/sync_mutex_handoff"].AcquisitionsPerSec)
@@ -393,7 +401,7 @@ func TestSelectParts(t *testing.T) {
 		want []string
 		err  string
 	}{
-		{"", []string{"limits", "readfault", "ownerwrite", "invalidate", "scan", "pingpong", "size", "content", "loss", "locks", "stencil"}, ""},
+		{"", []string{"limits", "readfault", "ownerwrite", "invalidate", "scan", "pingpong", "size", "content", "loss", "locks", "memory", "stencil"}, ""},
 		{"locks", []string{"limits", "locks"}, ""},
 		{"readfault", []string{"limits", "readfault"}, ""},
 		{"scan, readfault", []string{"limits", "readfault", "scan"}, ""},

@@ -295,6 +295,7 @@ var partTitles = map[string]string{
 	"content":    "By page content, with and without compression (2 nodes)",
 	"loss":       "Under injected packet loss, KCP with and without FEC (2 nodes)",
 	"locks":      "Distributed locks",
+	"memory":     "Daemon memory beyond the memfd",
 	"stencil":    "Jacobi heat stencil (examples/stencil), by cluster size",
 }
 

@@ -50,6 +50,9 @@ type Config struct {
 
 	// RunTimeout bounds each run of the workers.
 	RunTimeout time.Duration
+	// MemRegion and MemNodes size the memory part's cluster.
+	MemRegion uint64
+	MemNodes  int
 	// Progress receives a progress line (rewritten with \r); nil for none.
 	Progress io.Writer
 	// Log, when set, receives the daemons' logs and the workers' output as
@@ -90,6 +93,7 @@ func FullConfig() Config {
 		FECParity: 3,
 		LockPairs: 5000, LockHandoffs: 10000, MutexOps: 10_000_000,
 		RunTimeout: 3 * time.Minute,
+		MemRegion:  1 << 30, MemNodes: 3,
 	}
 }
 
@@ -114,6 +118,7 @@ func QuickConfig() Config {
 	c.Losses = []float64{0.01, 0.05}
 	c.LockPairs, c.LockHandoffs, c.MutexOps = 1000, 1000, 1_000_000
 	c.RunTimeout = time.Minute
+	c.MemRegion = 64 << 20
 	return c
 }
 
@@ -137,6 +142,7 @@ var parts = []part{
 	{"content", "read fault by page content, with and without compression", (*suite).content},
 	{"loss", "read fault under injected packet loss, KCP with and without FEC", (*suite).loss},
 	{"locks", "distributed mutex: uncontended (local and remote home), reacquired by its last holder, and hand-off under contention, beside sync.Mutex", (*suite).locks},
+	{"memory", "daemon memory beyond the memfd once every node of 3 wrote every page of the region", (*suite).memory},
 	{"stencil", "Jacobi heat stencil of examples/stencil on 1, 2 and 3 nodes: time per iteration, result checked", (*suite).stencil},
 }
 

@@ -38,6 +38,7 @@ const (
 	modeScan       = "scan"       // node 1 writes a region, node 0 scans it (timed)
 	modeTurns      = "turns"      // nodes 0 and 1 take turns writing one page
 	modeHammer     = "hammer"     // nodes 0 and 1 both increment one word for a while
+	modeFill       = "fill"       // each node in turn writes every page (memory)
 	// node 0 locks and unlocks a distributed mutex (timed), node 1 idles
 	modeLockSolo = "lock-solo"
 	// node 1 holds a distributed mutex homed on it once, then node 0 locks
@@ -176,6 +177,8 @@ func workerMain(js string) error {
 		err = w.turns(&res)
 	case modeHammer:
 		err = w.hammer(&res)
+	case modeFill:
+		err = w.fillTurns(&res)
 	case modeLockSolo, modeLockReacquire:
 		err = w.lockSolo(&res)
 	case modeLockContend:
