@@ -30,6 +30,7 @@ import (
 	"reflect"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -81,6 +82,8 @@ type Region struct {
 	lostOnce    sync.Once
 	lockClients uint64
 	barriers    map[string]*barrierState
+	cached      map[uint64]*Mutex // lock client -> the Mutex that may keep its lock
+	lockMsgs    atomic.Uint64     // lock messages sent to the daemon
 }
 
 // Attach connects to the node daemon, maps the region at its base address
@@ -204,6 +207,18 @@ func (r *Region) watch() {
 			}
 			r.failCalls()
 			return
+		}
+		if rep.Bin != nil {
+			m, err := ctl.ParseLockMsg(rep.Bin)
+			if err != nil {
+				continue // nobody to tell: the caller, if any, times out
+			}
+			if m.Op != ctl.LockOpReply {
+				// A recall or loss the daemon sent on its own.
+				r.lockEvent(m)
+				continue
+			}
+			rep.ID = m.ID
 		}
 		if rep.ID == 0 && rep.Error != "" {
 			// The daemon says this program cannot go on (a fault it

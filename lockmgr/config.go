@@ -48,10 +48,22 @@ type Config struct {
 	// Rand is the only source of randomness (retry jitter). Nil means a
 	// source seeded from ID and Epoch.
 	Rand *rand.Rand
+	// CacheTokens is how many tokens a cached grant (LockCached) reserves
+	// for its holder: the client may re-grant the lock to itself
+	// CacheTokens-1 times before it must ask the home again. The home
+	// forgets the unused part when the holder tells it the last token it
+	// used; a holder that vanishes without saying (a lease that ran out, a
+	// program or node that died) costs the whole block of the home's 2^32
+	// tokens per epoch. 0 means DefaultCacheTokens; 1 disables re-grants.
+	// Only the home's setting counts.
+	CacheTokens int
 
 	// unsafeLeases lets the simulator's tests build the broken
 	// configuration HolderLeaseTicks >= HomeLeaseTicks.
 	unsafeLeases bool
+	// ignoreLastToken lets them build a home that does not move its token
+	// counter past the tokens a cached holder gave itself.
+	ignoreLastToken bool
 }
 
 // DefaultConfig returns a configuration for a cluster of n nodes with
@@ -84,6 +96,8 @@ func (c *Config) validate() error {
 			ErrConfig, c.HolderLeaseTicks, c.RenewTicks)
 	case c.HolderLeaseTicks <= c.RetryTicks:
 		return fmt.Errorf("%w: HolderLeaseTicks %d must exceed RetryTicks %d", ErrConfig, c.HolderLeaseTicks, c.RetryTicks)
+	case c.CacheTokens < 0 || c.CacheTokens > 1<<24:
+		return fmt.Errorf("%w: CacheTokens is %d, want 0 (the default) to %d", ErrConfig, c.CacheTokens, 1<<24)
 	case c.HomeLeaseTicks <= c.HolderLeaseTicks && !c.unsafeLeases:
 		return fmt.Errorf("%w: HomeLeaseTicks %d must exceed HolderLeaseTicks %d, or a cut-off holder may "+
 			"still believe it holds after the home granted the lock to another", ErrConfig, c.HomeLeaseTicks, c.HolderLeaseTicks)

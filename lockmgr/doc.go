@@ -9,13 +9,13 @@
 // that testable the package is a pure state machine in the style of etcd's
 // raft: an Engine has no goroutines, clock, I/O or randomness of its own
 // (retry jitter comes from Config.Rand). The node daemon hosts one Engine,
-// feeds it inputs — requests of local programs (Lock, Unlock, Cancel,
-// Campaign, Resign, Barrier, ReleaseClient), messages from peers (Step),
-// ticks of its clock (Tick) and verdicts of its failure detector (PeerDown)
-// — and after each input applies the outputs of Ready: it sends the messages
+// feeds it inputs — requests of local programs (Lock, LockCached, Unlock,
+// UnlockCached, Cancel, Campaign, Resign, Barrier, ReleaseClient),
+// messages from peers (Step), ticks of its clock (Tick) and verdicts of its
+// failure detector (PeerDown) — and after each input applies the outputs of Ready: it sends the messages
 // and tells local programs about the events (Granted, Lost, BarrierDone,
-// Refused). Simulate runs many engines under a seeded adversarial schedule
-// and checks the invariants after every step.
+// Refused, Recalled). Simulate runs many engines under a seeded
+// adversarial schedule and checks the invariants after every step.
 //
 // # Homes and requests
 //
@@ -64,6 +64,45 @@
 // the old incarnation's clients are gone, and their holds, waits and
 // barrier arrivals are dropped at once.
 //
+// # Cached locks
+//
+// Taking a lock through the home costs a round trip even when the same
+// client takes it again and again. LockCached asks for an exclusive lock
+// that the client keeps after use: it takes and releases it again by
+// itself (in the dsm library, with no system call and no message) until
+// another request recalls it. Meanwhile the engine holds the lock for the
+// client as for any hold, renewing the lease; Holding is true and the
+// lock counts as held, in use or not.
+//
+// When a request arrives for a lock that a cached holder keeps, the home
+// sends MsgRecall to the holder's node, again on every retransmission of
+// the waiter's request, so a lost recall is sent again without timers of
+// its own. The requester reports it once as a Recalled event; the client
+// stops re-granting and releases the lock (UnlockCached) as soon as it is
+// not in use. A grant that others already wait for says so (FlagRecall,
+// Event.Recall) rather than being followed by a recall, which could
+// overtake the grant and be dropped.
+//
+// Each re-grant needs a fencing token of its own, and the engine never
+// sees them. A cached grant therefore reserves a range of tokens: Token
+// up to Event.Limit (Config.CacheTokens of them). The client gives itself
+// Token+1, Token+2, ... and must ask the home again when the range is
+// used up. Its release says the last token it used (MsgRelease.Gen), and
+// the home moves its counter just past it, so the unused rest of the
+// range is not wasted. A holder that vanishes without saying — its lease
+// runs out, its program exits (ReleaseClient), its node restarts — may
+// have used any token of its range, so the home moves its counter past the
+// whole range. Either way the next grant is larger than every token the
+// holder used, which is what fencing requires. (Telling the home every
+// re-grant would cost the message caching saves; keeping only the last
+// token told would let a holder that died take tokens with it that the
+// next holder would reuse.)
+//
+// A cached lock is only as good as the node's belief in its lease: the
+// client must stop re-granting as soon as the engine reports Lost, which
+// it does when the belief runs out, HomeLeaseTicks-HolderLeaseTicks
+// before the home may grant the lock elsewhere.
+//
 // # When a home fails
 //
 // Locks homed on a dead node are unavailable until it returns: requests
@@ -107,9 +146,13 @@
 // restarts, partitions that heal and false failure verdicts, and checks
 // after every step (including between the nodes' ticks within one global
 // tick) that the holders that believe they hold a lock are one writer or
-// only readers, that tokens grow in grant order, that no grant reaches a
-// canceled or released request, and that no participant completes a
+// only readers (a lock kept cached counts as held), that tokens grow in
+// grant order, counting the re-grants clients give themselves from their
+// caches (only while their node believes it holds), that no grant reaches
+// a canceled or released request, and that no participant completes a
 // barrier generation before all have arrived at it; at the end, with the
-// network healed, that every request was answered and every lock released.
+// network healed, that every request was answered (waiters behind cached
+// locks get them through recalls, as the caches are kept until then) and
+// every lock released.
 // A failing seed replays exactly.
 package lockmgr

@@ -26,6 +26,12 @@ const (
 	BarrierDone
 	// Refused: Req of Client will not be granted; Err says why.
 	Refused
+	// Recalled: others wait for Name, which Req of Client holds with
+	// Token and keeps cached (LockCached): stop re-granting it locally and
+	// release it (UnlockCached) as soon as it is not in use. Reported at
+	// most once per grant; a grant that is already contended says so in
+	// Event.Recall instead.
+	Recalled
 )
 
 // String returns the name of the event kind.
@@ -39,27 +45,36 @@ func (k EventKind) String() string {
 		return "BarrierDone"
 	case Refused:
 		return "Refused"
+	case Recalled:
+		return "Recalled"
 	}
 	return fmt.Sprintf("event(%d)", uint8(k))
 }
 
 // Event is something the daemon must tell a local client.
 type Event struct {
-	Kind       EventKind
-	Space      Space
-	Name       string
-	Client     uint64
-	Req        uint64
-	Token      uint64 // Granted, Lost
-	Mode       Mode   // Granted
+	Kind   EventKind
+	Space  Space
+	Name   string
+	Client uint64
+	Req    uint64
+	Token  uint64 // Granted, Lost, Recalled
+	Mode   Mode   // Granted
+	// Limit (Granted, cached requests) is the largest token the client may
+	// use for re-grants of its own while it keeps the lock cached: Token+1,
+	// Token+2, ... up to Limit. Equal to Token when it may not re-grant.
+	Limit uint64
+	// Recall (Granted, cached requests): others already wait; release the
+	// lock after this use instead of keeping it.
+	Recall     bool
 	Generation uint64 // BarrierDone
 	Err        error  // Lost, Refused; wraps one of the Err values
 }
 
 // String formats the event for logs and test failures.
 func (ev Event) String() string {
-	return fmt.Sprintf("%v %v %q c%d r%d t%#x g%#x %v err=%v",
-		ev.Kind, ev.Space, ev.Name, ev.Client, ev.Req, ev.Token, ev.Generation, ev.Mode, ev.Err)
+	return fmt.Sprintf("%v %v %q c%d r%d t%#x g%#x %v limit %#x recall %v err=%v",
+		ev.Kind, ev.Space, ev.Name, ev.Client, ev.Req, ev.Token, ev.Generation, ev.Mode, ev.Limit, ev.Recall, ev.Err)
 }
 
 // Engine is the lock manager of one node: the requester side for the
@@ -126,6 +141,9 @@ func (a localKey) compare(b localKey) int {
 func New(cfg Config) (*Engine, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
+	}
+	if cfg.CacheTokens == 0 {
+		cfg.CacheTokens = DefaultCacheTokens
 	}
 	rng := cfg.Rand
 	if rng == nil {
@@ -230,6 +248,8 @@ func (e *Engine) step(m *Message) {
 		e.onBarrierDone(m)
 	case MsgLeader:
 		e.onLeader(m)
+	case MsgRecall:
+		e.onRecall(m)
 	}
 }
 

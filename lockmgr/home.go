@@ -18,7 +18,9 @@ type holder struct {
 	req     uint64
 	token   uint64
 	mode    Mode
-	expires int64 // the home drops the holder when now reaches it
+	expires int64  // the home drops the holder when now reaches it
+	cached  bool   // FlagCache: the client keeps the lock until recalled
+	limit   uint64 // the largest token the client may use by itself (token if not cached)
 }
 
 // waiter is a queued request at the home.
@@ -28,6 +30,7 @@ type waiter struct {
 	mode    Mode
 	stamp   int64 // the largest requester stamp received
 	expires int64 // dropped unless retransmitted before now reaches it
+	cached  bool  // FlagCache
 }
 
 // hlock is the home's state of one lock or election: holders in grant
@@ -101,14 +104,16 @@ func (e *Engine) hLock(m *Message) {
 			// The grant was lost or this is a late copy: the request
 			// travelled after m.Stamp, so it renews like a MsgRenew.
 			h.expires = max(h.expires, e.now+int64(e.cfg.HomeLeaseTicks))
-			e.reply(m, Message{Type: MsgGrant, Mode: h.mode, Token: h.token, Stamp: m.Stamp})
+			g := e.grantMsg(h, l)
+			g.Stamp = m.Stamp
+			e.reply(m, g)
 			return
 		case h.req > m.Req:
 			return
 		}
 		// A newer request of the client: it has given the old one up.
 		l.holders = slices.Delete(l.holders, i, i+1)
-		e.markDone(doneKey{lk, ck, h.req})
+		e.dropHolder(lk, h, 0)
 		break
 	}
 	for i, w := range l.queue {
@@ -120,6 +125,7 @@ func (e *Engine) hLock(m *Message) {
 			w.stamp = max(w.stamp, m.Stamp)
 			w.expires = e.now + int64(e.cfg.HomeLeaseTicks)
 			e.tellLeader(m, l)
+			e.recall(lk, l)
 			return
 		case w.req > m.Req:
 			return
@@ -129,10 +135,59 @@ func (e *Engine) hLock(m *Message) {
 		break
 	}
 	l.queue = append(l.queue, &waiter{ck: ck, req: m.Req, mode: m.Mode, stamp: m.Stamp,
-		expires: e.now + int64(e.cfg.HomeLeaseTicks)})
+		expires: e.now + int64(e.cfg.HomeLeaseTicks),
+		cached:  m.Flags&FlagCache != 0 && m.Space == SpaceLock && m.Mode == Exclusive})
 	e.grant(lk, l)
 	if len(l.queue) > 0 && l.queue[len(l.queue)-1].ck == ck {
 		e.tellLeader(m, l)
+		e.recall(lk, l)
+	}
+}
+
+// DefaultCacheTokens is the default of Config.CacheTokens.
+const DefaultCacheTokens = 1 << 16
+
+// grantMsg is the grant of holder h of l, to send or send again: a cached
+// grant carries its token limit in Gen, and FlagRecall when others wait.
+func (e *Engine) grantMsg(h *holder, l *hlock) Message {
+	msg := Message{Type: MsgGrant, Mode: h.mode, Token: h.token}
+	if h.cached {
+		msg.Gen = h.limit
+		if len(l.queue) > 0 {
+			msg.Flags = FlagRecall
+		}
+	}
+	return msg
+}
+
+// recall asks the cached holders of l to give it back when others wait.
+// It is called whenever a waiter's request arrives, so the waiters'
+// retransmissions retransmit the recall too.
+func (e *Engine) recall(lk lockKey, l *hlock) {
+	if len(l.queue) == 0 {
+		return
+	}
+	for _, h := range l.holders {
+		if h.cached {
+			e.send(Message{Type: MsgRecall, To: h.ck.node, PeerEpoch: h.ck.epoch, Space: lk.space, Name: lk.name,
+				Client: h.ck.client, Req: h.req, Token: h.token})
+		}
+	}
+}
+
+// dropHolder forgets holder h of lk, which the caller removed from the
+// lock. last is the last token the holder said it used (0: unknown); the
+// token counter moves past it, or past the whole range a cached holder was
+// allowed when it did not say, so that the next grant is larger than any
+// token the holder's client gave itself.
+func (e *Engine) dropHolder(lk lockKey, h *holder, last uint64) {
+	e.markDone(doneKey{lk, h.ck, h.req})
+	top := h.limit
+	if last >= h.token && last <= h.limit {
+		top = last
+	}
+	if top>>32 == uint64(e.epoch) && !e.cfg.ignoreLastToken {
+		e.counter = max(e.counter, uint32(top))
 	}
 }
 
@@ -180,9 +235,16 @@ func (e *Engine) grant(lk lockKey, l *hlock) {
 		}
 		e.counter++
 		h := &holder{ck: w.ck, req: w.req, mode: w.mode, expires: e.now + int64(e.cfg.HomeLeaseTicks),
-			token: uint64(e.epoch)<<32 | uint64(e.counter)}
+			token: uint64(e.epoch)<<32 | uint64(e.counter), cached: w.cached}
+		h.limit = h.token
+		if h.cached {
+			h.limit = min(h.token+uint64(e.cfg.CacheTokens)-1, uint64(e.epoch)<<32|math.MaxUint32)
+		}
 		l.holders = append(l.holders, h)
-		msg.Type, msg.Token = MsgGrant, h.token
+		// A cached grant is exclusive, so whoever is still queued waits
+		// for it: the grant says so (FlagRecall).
+		gm := e.grantMsg(h, l)
+		msg.Type, msg.Token, msg.Gen, msg.Flags = gm.Type, gm.Token, gm.Gen, gm.Flags
 		e.send(msg)
 	}
 }
@@ -212,7 +274,11 @@ func (e *Engine) hRelease(m *Message) {
 		l.holders = slices.DeleteFunc(l.holders, func(h *holder) bool {
 			gone := h.ck == ck && (h.req < m.Req || h.req == m.Req && (m.Token == 0 || h.token == m.Token))
 			if gone {
-				e.markDone(doneKey{lk, ck, h.req})
+				var last uint64
+				if h.req == m.Req && h.token == m.Token {
+					last = m.Gen
+				}
+				e.dropHolder(lk, h, last)
 			}
 			return gone
 		})
@@ -259,7 +325,7 @@ func (e *Engine) tickHome() {
 		l := e.locks[lk]
 		l.holders = slices.DeleteFunc(l.holders, func(h *holder) bool {
 			if h.expires <= e.now {
-				e.markDone(doneKey{lk, h.ck, h.req})
+				e.dropHolder(lk, h, 0)
 				return true
 			}
 			return false
@@ -298,7 +364,15 @@ func (e *Engine) purgeNode(n NodeID, epoch uint32, down bool) {
 	for lk, l := range e.locks {
 		nh, nq := len(l.holders), len(l.queue)
 		if !down {
-			l.holders = slices.DeleteFunc(l.holders, func(h *holder) bool { return gone(h.ck) })
+			l.holders = slices.DeleteFunc(l.holders, func(h *holder) bool {
+				if gone(h.ck) {
+					// A restarted node's clients are gone; the
+					// counter moves past what they may have used.
+					e.dropHolder(lk, h, 0)
+					return true
+				}
+				return false
+			})
 		}
 		l.queue = slices.DeleteFunc(l.queue, func(w *waiter) bool { return gone(w.ck) })
 		if len(l.holders) != nh || len(l.queue) != nq {

@@ -78,6 +78,8 @@ const (
 	MsgRenewAck
 	// MsgRelease, requester → home: release Req (held, with Token) or
 	// withdraw it (waiting, Token 0). Retransmitted until acknowledged.
+	// For a cached hold, Gen is the last token the client used (0: not
+	// known, the home assumes the largest it allowed).
 	MsgRelease
 	// MsgReleaseAck, home → requester: the release of Req/Token is done.
 	MsgReleaseAck
@@ -97,6 +99,10 @@ const (
 	// MsgLeader, home → any: election Name is led by Client on node Holder
 	// with Token (Token 0: nobody).
 	MsgLeader
+	// MsgRecall, home → holder: others wait for lock Name, which Req of
+	// Client holds with Token and keeps cached (FlagCache): release it when
+	// it is no longer in use. Sent again whenever a waiter retransmits.
+	MsgRecall
 	msgLimit
 )
 
@@ -104,7 +110,7 @@ var msgNames = [...]string{
 	MsgLock: "Lock", MsgGrant: "Grant", MsgRefuse: "Refuse", MsgRenew: "Renew",
 	MsgRenewAck: "RenewAck", MsgRelease: "Release", MsgReleaseAck: "ReleaseAck",
 	MsgArrive: "Arrive", MsgBarrierDone: "BarrierDone", MsgLeave: "Leave",
-	MsgLeaveAck: "LeaveAck", MsgQuery: "Query", MsgLeader: "Leader",
+	MsgLeaveAck: "LeaveAck", MsgQuery: "Query", MsgLeader: "Leader", MsgRecall: "Recall",
 }
 
 // String returns the name of the message type.
@@ -115,8 +121,21 @@ func (t MsgType) String() string {
 	return fmt.Sprintf("msg(%d)", uint8(t))
 }
 
-// FlagFinal marks a MsgLeave sent because the client exited.
-const FlagFinal uint8 = 1
+// Message flags.
+const (
+	// FlagFinal marks a MsgLeave sent because the client exited.
+	FlagFinal uint8 = 1 << iota
+	// FlagCache marks a MsgLock (exclusive, lock space) whose client may
+	// keep the lock after using it and re-grant it locally (LockCached).
+	// The MsgGrant answering it carries in Gen the largest token the
+	// client may use by itself.
+	FlagCache
+	// FlagRecall marks a MsgGrant of a cached lock that others already
+	// wait for: the client is to release it after this use.
+	FlagRecall
+
+	flagsKnown = FlagFinal | FlagCache | FlagRecall
+)
 
 // MaxNameLen is the longest name of a lock, election or barrier, in bytes.
 const MaxNameLen = 1024
@@ -139,7 +158,7 @@ type Message struct {
 	Req       uint64 // the request id
 	Token     uint64 // fencing token
 	Stamp     int64  // a requester clock reading, echoed by the home
-	Gen       uint64 // barrier generation
+	Gen       uint64 // barrier generation; cached locks: see FlagCache and MsgRelease
 	Count     uint32 // barrier participants
 }
 
@@ -248,7 +267,7 @@ func (m *Message) checkEnums() error {
 	if m.Code >= codeLimit {
 		return fmt.Errorf("%w: unknown code %d", ErrBadMessage, m.Code)
 	}
-	if m.Flags&^FlagFinal != 0 {
+	if m.Flags&^flagsKnown != 0 {
 		return fmt.Errorf("%w: unknown flags %#x", ErrBadMessage, m.Flags)
 	}
 	return nil

@@ -55,7 +55,7 @@ func TestUnmarshalErrors(t *testing.T) {
 		{"unknown space", patch(14, 9), "unknown space"},
 		{"unknown mode", patch(15, 3), "unknown mode"},
 		{"unknown code", patch(16, byte(codeLimit)), "unknown code"},
-		{"unknown flag", patch(17, 2), "unknown flags"},
+		{"unknown flag", patch(17, 0x80), "unknown flags"},
 		{"truncated varint", good.AppendBinary(nil)[:headerLen+1], "truncated"},
 		{"name too long", enc(func(m *Message) { m.Name = strings.Repeat("x", MaxNameLen+1) }), "at most"},
 		{"trailing bytes", append(good.AppendBinary(nil), 0), "bytes left"},

@@ -23,10 +23,13 @@ type request struct {
 	home      NodeID
 	state     reqState
 	token     uint64
-	announced bool  // Granted was emitted
-	believed  int64 // the lease as the holder believes it: held while now < believed
-	confirmBy int64 // an unannounced grant is given up at this tick
-	next      int64 // next retransmission or renewal
+	announced bool   // Granted was emitted
+	cached    bool   // LockCached: the client may keep it and re-grant locally
+	limit     uint64 // cached: the largest token the client may use
+	recalled  bool   // cached: the home wants it back (told, or to be told with Granted)
+	believed  int64  // the lease as the holder believes it: held while now < believed
+	confirmBy int64  // an unannounced grant is given up at this tick
+	next      int64  // next retransmission or renewal
 }
 
 // op is a release or barrier leave that is retransmitted until acknowledged.
@@ -58,15 +61,42 @@ func (a opKey) compare(b opKey) int {
 // it must be larger than every request id the client used before (allocate
 // them from a counter). The answer is a Granted or Refused event.
 func (e *Engine) Lock(name string, mode Mode, client, req uint64) {
-	e.acquire(SpaceLock, name, mode, client, req)
+	e.acquire(SpaceLock, name, mode, client, req, false)
 	e.drain()
+}
+
+// LockCached asks for lock name, exclusively, for a client that keeps it
+// after use. Once Granted, the client may take and release the lock again
+// by itself, without the engine, giving each hold a token of its own:
+// Event.Token+1, Event.Token+2, ... up to Event.Limit. The engine renews
+// the lease meanwhile, as for any hold. When another request comes, the
+// home recalls the lock (a Recalled event, or Event.Recall on the grant);
+// the client then stops re-granting and releases it with UnlockCached,
+// passing the last token it used, as soon as it is not in use. A Lost
+// event ends the cache at once. The home's next grant of the lock is
+// larger than every token the client could have used, whether the release
+// told it the last one or the holder vanished (a lease that ran out,
+// ReleaseClient, a restarted node).
+func (e *Engine) LockCached(name string, client, req uint64) {
+	e.acquire(SpaceLock, name, Exclusive, client, req, true)
+	e.drain()
+}
+
+// UnlockCached releases lock name held by client under LockCached; last
+// is the last token the client used (the grant's, or its last re-grant's).
+// A last outside the range the grant allowed is taken as the top of the
+// range, which is always safe.
+func (e *Engine) UnlockCached(name string, client, last uint64) error {
+	err := e.release(SpaceLock, name, client, last)
+	e.drain()
+	return err
 }
 
 // Campaign asks for leadership of election name for client: an exclusive
 // lock in the election namespace, held until Resign, ReleaseClient or the
 // loss of the lease. The answer is a Granted (elected) or Refused event.
 func (e *Engine) Campaign(name string, client, req uint64) {
-	e.acquire(SpaceElection, name, Exclusive, client, req)
+	e.acquire(SpaceElection, name, Exclusive, client, req, false)
 	e.drain()
 }
 
@@ -74,14 +104,14 @@ func (e *Engine) Campaign(name string, client, req uint64) {
 // client does not hold it (it may have been Lost; Cancel withdraws a
 // request that is still waiting).
 func (e *Engine) Unlock(name string, client uint64) error {
-	err := e.release(SpaceLock, name, client)
+	err := e.release(SpaceLock, name, client, 0)
 	e.drain()
 	return err
 }
 
 // Resign gives up the leadership of election name held by client.
 func (e *Engine) Resign(name string, client uint64) error {
-	err := e.release(SpaceElection, name, client)
+	err := e.release(SpaceElection, name, client, 0)
 	e.drain()
 	return err
 }
@@ -189,7 +219,7 @@ func (e *Engine) checkRequest(sp Space, name string, client, req uint64) (NodeID
 }
 
 // acquire starts a lock or campaign request.
-func (e *Engine) acquire(sp Space, name string, mode Mode, client, req uint64) {
+func (e *Engine) acquire(sp Space, name string, mode Mode, client, req uint64, cached bool) {
 	refuse := func(err error) {
 		e.emit(Event{Kind: Refused, Space: sp, Name: name, Client: client, Req: req, Err: err})
 	}
@@ -212,7 +242,7 @@ func (e *Engine) acquire(sp Space, name string, mode Mode, client, req uint64) {
 		refuse(wrap(sp, name, fmt.Errorf("%w: request %d of client %d is still %s", ErrBusy, old.req, client, state)))
 		return
 	}
-	r := &request{lk: k.lk, client: client, req: req, mode: mode, home: home, state: waiting}
+	r := &request{lk: k.lk, client: client, req: req, mode: mode, home: home, state: waiting, cached: cached}
 	e.reqs[k] = r
 	e.sendLock(r)
 }
@@ -220,8 +250,12 @@ func (e *Engine) acquire(sp Space, name string, mode Mode, client, req uint64) {
 // sendLock (re)transmits a waiting request.
 func (e *Engine) sendLock(r *request) {
 	r.next = e.now + e.retryDelay()
+	var flags uint8
+	if r.cached {
+		flags = FlagCache
+	}
 	e.send(Message{Type: MsgLock, To: r.home, Space: r.lk.space, Name: r.lk.name, Mode: r.mode,
-		Client: r.client, Req: r.req, Stamp: e.now})
+		Client: r.client, Req: r.req, Stamp: e.now, Flags: flags})
 }
 
 // sendRenew sends a renewal of a granted request.
@@ -231,15 +265,19 @@ func (e *Engine) sendRenew(r *request) {
 		Client: r.client, Req: r.req, Token: r.token, Stamp: e.now})
 }
 
-// release ends a hold announced to the client.
-func (e *Engine) release(sp Space, name string, client uint64) error {
+// release ends a hold announced to the client. last is the last token a
+// cached hold used (0: not known).
+func (e *Engine) release(sp Space, name string, client, last uint64) error {
 	k := localKey{lockKey{sp, name}, client}
 	r := e.reqs[k]
 	if r == nil || r.state != held || !r.announced {
 		return wrap(sp, name, fmt.Errorf("%w by client %d", ErrNotHeld, client))
 	}
 	delete(e.reqs, k)
-	e.track(r.home, Message{Type: MsgRelease, To: r.home, Space: sp, Name: name, Client: client, Req: r.req, Token: r.token})
+	if !r.cached {
+		last = 0
+	}
+	e.track(r.home, Message{Type: MsgRelease, To: r.home, Space: sp, Name: name, Client: client, Req: r.req, Token: r.token, Gen: last})
 	return nil
 }
 
@@ -279,14 +317,28 @@ func (e *Engine) onGrant(m *Message) {
 		// A grant for a request that was canceled, released or
 		// superseded (or a second grant after a home restart): give it
 		// back so that no ghost holder blocks the lock.
+		// Nobody used a cached grant, so its own token was the last.
 		if _, ok := e.pending[opKey{localKey{lk, m.Client}, m.Req, m.Token}]; !ok {
-			e.track(m.From, Message{Type: MsgRelease, To: m.From, Space: m.Space, Name: m.Name, Client: m.Client, Req: m.Req, Token: m.Token})
+			rel := Message{Type: MsgRelease, To: m.From, Space: m.Space, Name: m.Name, Client: m.Client, Req: m.Req, Token: m.Token}
+			if m.Gen > m.Token {
+				rel.Gen = m.Token
+			}
+			e.track(m.From, rel)
 		}
 		return
 	}
 	if r.state == waiting {
-		r.state, r.token = held, m.Token
+		r.state, r.token, r.limit = held, m.Token, m.Token
 		r.confirmBy = e.now + int64(e.cfg.HolderLeaseTicks)
+		if r.cached && m.Gen > m.Token && m.Gen>>32 == m.Token>>32 {
+			r.limit = m.Gen
+		}
+	}
+	if r.cached && m.Flags&FlagRecall != 0 && !r.recalled {
+		r.recalled = true
+		if r.announced {
+			e.emit(Event{Kind: Recalled, Space: r.lk.space, Name: r.lk.name, Client: r.client, Req: r.req, Token: r.token})
+		}
 	}
 	e.extend(r, m.Stamp)
 	if !r.announced {
@@ -309,10 +361,28 @@ func (e *Engine) extend(r *request, stamp int64) {
 	r.next = max(stamp+int64(e.cfg.RenewTicks), e.now)
 	if !r.announced {
 		r.announced = true
-		e.emit(Event{Kind: Granted, Space: r.lk.space, Name: r.lk.name, Client: r.client, Req: r.req, Token: r.token, Mode: r.mode})
+		ev := Event{Kind: Granted, Space: r.lk.space, Name: r.lk.name, Client: r.client, Req: r.req, Token: r.token, Mode: r.mode}
+		if r.cached {
+			ev.Limit, ev.Recall = r.limit, r.recalled
+		}
+		e.emit(ev)
 		if r.lk.space == SpaceElection {
 			e.leaders[r.lk.name] = &leaderEntry{info: LeaderInfo{Node: e.id, Client: r.client, Token: r.token}, learned: e.now}
 		}
+	}
+}
+
+// onRecall handles a recall of a cached hold: the client is told once.
+// A recall that arrives before the grant is dropped; the waiter's next
+// retransmission brings another.
+func (e *Engine) onRecall(m *Message) {
+	r := e.reqs[localKey{lockKey{m.Space, m.Name}, m.Client}]
+	if r == nil || !r.cached || r.state != held || r.req != m.Req || r.token != m.Token || r.home != m.From || r.recalled {
+		return
+	}
+	r.recalled = true
+	if r.announced {
+		e.emit(Event{Kind: Recalled, Space: r.lk.space, Name: r.lk.name, Client: r.client, Req: r.req, Token: r.token})
 	}
 }
 

@@ -24,6 +24,7 @@ type SimConfig struct {
 	// Broken configurations, for the tests that prove the checker works.
 	holderLease, homeLease int  // replace the lease lengths when set
 	freshRestart           bool // restarted nodes skip the recovery wait
+	ignoreLastToken        bool // homes forget the tokens cached holds used
 }
 
 // SimStats counts what a schedule exercised.
@@ -35,6 +36,10 @@ type SimStats struct {
 	BarrierDone, Crashes, Restarts            int
 	Partitions, PeerDowns                     int
 	Elections                                 int // grants in the election space
+	CachedGrants                              int // grants of LockCached requests
+	LocalGrants                               int // re-grants from a client's cache
+	Recalls                                   int // Recalled events and recalled grants
+	CacheReleases                             int // UnlockCached calls
 }
 
 // Add adds o to s.
@@ -58,6 +63,10 @@ func (s *SimStats) Add(o SimStats) {
 	s.Partitions += o.Partitions
 	s.PeerDowns += o.PeerDowns
 	s.Elections += o.Elections
+	s.CachedGrants += o.CachedGrants
+	s.LocalGrants += o.LocalGrants
+	s.Recalls += o.Recalls
+	s.CacheReleases += o.CacheReleases
 }
 
 // Violation is an invariant the simulator found broken.
@@ -104,6 +113,15 @@ type simClient struct {
 	group     *simGroup
 	calls     int // barrier calls made in the group
 	lastGen   uint64
+
+	// LockCached: the client keeps the lock after use until recalled.
+	cacheable bool   // the current or cached hold came from LockCached
+	cached    bool   // idle, but keeps the lock
+	recalled  bool   // the home wants it back
+	grantTok  uint64 // the engine's token of the hold
+	holdReq   uint64 // the request of the hold
+	maxReq    uint64 // the largest request id used
+	limit     uint64 // the largest token the client may give itself
 }
 
 type simNode struct {
@@ -140,29 +158,32 @@ type downNote struct {
 }
 
 type sim struct {
-	cfg      SimConfig
-	rng      *rand.Rand
-	nodes    []*simNode
-	clients  map[uint64]*simClient
-	net      []flight
-	notes    []downNote
-	names    []lockKey
-	tokens   map[lockKey]*tokenLog
-	groups   []*simGroup
-	doomed   []*simGroup
-	now      int64
-	step     int
-	nextID   uint64
-	loss     float64
-	dup      float64
-	delay    int
-	final    bool
-	stats    SimStats
-	viol     *Violation
-	nGroups  int
-	perNode  int
-	home     func(string) NodeID
-	homeSeed uint64
+	cfg         SimConfig
+	rng         *rand.Rand
+	nodes       []*simNode
+	clients     map[uint64]*simClient
+	net         []flight
+	notes       []downNote
+	names       []lockKey
+	tokens      map[lockKey]*tokenLog
+	groups      []*simGroup
+	doomed      []*simGroup
+	now         int64
+	step        int
+	nextID      uint64
+	loss        float64
+	dup         float64
+	delay       int
+	final       bool
+	stats       SimStats
+	viol        *Violation
+	dropAll     bool         // settle: clients give up their caches
+	cacheTokens int          // Config.CacheTokens of every node
+	releases    []*simClient // recalled idle caches, released after the batch of events
+	nGroups     int
+	perNode     int
+	home        func(string) NodeID
+	homeSeed    uint64
 }
 
 // Simulate runs one seeded schedule: several nodes with clients that lock,
@@ -215,6 +236,8 @@ func (s *sim) setup() {
 	s.dup = []float64{0, 0.05, 0.2}[s.rng.IntN(3)]
 	s.delay = []int{0, 2, 6, 12}[s.rng.IntN(4)]
 	s.homeSeed = s.rng.Uint64()
+	// Small ranges of cached tokens, so that clients use them up.
+	s.cacheTokens = []int{1, 2, 4, 0}[s.rng.IntN(4)]
 	s.home = func(name string) NodeID {
 		h := fnv.New64a()
 		h.Write([]byte(name))
@@ -240,6 +263,8 @@ func (s *sim) start(nd *simNode, first bool) {
 		HolderLeaseTicks: simHolderLease, HomeLeaseTicks: simHomeLease, RenewTicks: simRenew, RetryTicks: simRetry,
 		FreshStart: first || s.cfg.freshRestart,
 		Rand:       rand.New(rand.NewPCG(s.cfg.Seed, uint64(nd.id)<<32|uint64(nd.epoch)))}
+	cfg.ignoreLastToken = s.cfg.ignoreLastToken
+	cfg.CacheTokens = s.cacheTokens
 	if s.cfg.holderLease != 0 {
 		cfg.HolderLeaseTicks, cfg.HomeLeaseTicks, cfg.unsafeLeases = s.cfg.holderLease, s.cfg.homeLease, true
 	}
@@ -285,6 +310,14 @@ func (s *sim) pump(nd *simNode) {
 	for _, ev := range evs {
 		s.tracef("n%d event %v", nd.id, ev)
 		s.onEvent(nd, ev)
+	}
+	// Recalled caches are released once the whole batch is seen.
+	for len(s.releases) > 0 {
+		c := s.releases[0]
+		s.releases = s.releases[1:]
+		if c.alive && c.node.up && c.cached && c.recalled {
+			s.releaseCache(c)
+		}
 	}
 	// Groups that failed are dissolved once the whole batch is seen.
 	for len(s.doomed) > 0 {
@@ -425,6 +458,9 @@ func (s *sim) actClient(c *simClient) {
 	r := s.rng.IntN(100)
 	switch c.state {
 	case idle:
+		if c.cached && s.dropAll {
+			s.releaseCache(c)
+		}
 		if c.group != nil {
 			g := c.group
 			behind := false
@@ -446,22 +482,49 @@ func (s *sim) actClient(c *simClient) {
 		}
 		switch {
 		case r < 70:
-			c.lk = s.names[s.rng.IntN(len(s.names))]
+			lk := s.names[s.rng.IntN(len(s.names))]
+			if c.cached && s.rng.IntN(4) != 0 {
+				lk = c.lk // programs mostly take again the lock they keep
+			}
+			if c.cached && lk == c.lk && !c.recalled && c.token < c.limit {
+				// A re-grant from the cache: no input to the engine.
+				c.token++
+				c.state, c.cached, c.req = holdingLock, false, c.holdReq
+				c.holdUntil = s.now + int64(s.rng.IntN(3*simHolderLease))
+				s.tracef("n%d c%d local re-grant %q t%#x", c.node.id, c.id, c.lk.name, c.token)
+				if _, ok := e.holding(c.lk, c.id); !ok {
+					s.fail("exclusion", "client %d re-granted %q from its cache, but its node no longer believes it holds", c.id, c.lk.name)
+				}
+				s.checkToken(c.lk, Event{Mode: Exclusive, Token: c.token})
+				s.stats.LocalGrants++
+				return
+			}
+			if c.cached {
+				s.releaseCache(c)
+			}
+			c.lk = lk
 			c.mode = Exclusive
 			if c.lk.space == SpaceLock && s.rng.IntN(2) == 0 {
 				c.mode = SharedMode
 			}
+			c.cacheable = c.lk.space == SpaceLock && c.mode == Exclusive && s.rng.IntN(3) != 0
+			c.recalled = false
 			c.req = s.newReq(c)
 			c.state = waitingLock
-			s.tracef("n%d c%d acquire %v %q %v r%d", c.node.id, c.id, c.lk.space, c.lk.name, c.mode, c.req)
-			if c.lk.space == SpaceElection {
+			s.tracef("n%d c%d acquire %v %q %v r%d cached %v", c.node.id, c.id, c.lk.space, c.lk.name, c.mode, c.req, c.cacheable)
+			switch {
+			case c.lk.space == SpaceElection:
 				e.Campaign(c.lk.name, c.id, c.req)
-			} else {
+			case c.cacheable:
+				e.LockCached(c.lk.name, c.id, c.req)
+			default:
 				e.Lock(c.lk.name, c.mode, c.id, c.req)
 			}
 			s.pump(c.node)
 		case r < 74:
 			s.exit(c)
+		case r < 78 && c.cached:
+			s.releaseCache(c)
 		}
 	case waitingLock:
 		switch {
@@ -472,6 +535,15 @@ func (s *sim) actClient(c *simClient) {
 		}
 	case holdingLock:
 		switch {
+		case s.now >= c.holdUntil && c.cacheable && !c.recalled && !s.dropAll:
+			// Keep it: the next Lock of the same lock is local.
+			s.tracef("n%d c%d unlock %q t%#x, keeps it cached", c.node.id, c.id, c.lk.name, c.token)
+			c.state, c.cached = idle, true
+		case s.now >= c.holdUntil && c.cacheable:
+			s.tracef("n%d c%d unlock %q t%#x, recalled", c.node.id, c.id, c.lk.name, c.token)
+			c.state = idle
+			c.cached = true
+			s.releaseCache(c)
 		case s.now >= c.holdUntil:
 			s.tracef("n%d c%d unlock %q t%#x", c.node.id, c.id, c.lk.name, c.token)
 			var err error
@@ -498,9 +570,22 @@ func (s *sim) actClient(c *simClient) {
 	}
 }
 
+// releaseCache gives up the lock a client keeps cached, telling the engine
+// the last token it used.
+func (s *sim) releaseCache(c *simClient) {
+	s.tracef("n%d c%d UnlockCached(%q, t%#x)", c.node.id, c.id, c.lk.name, c.token)
+	c.cached, c.cacheable = false, false
+	s.stats.CacheReleases++
+	if err := c.node.eng.UnlockCached(c.lk.name, c.id, c.token); err != nil {
+		s.fail("event", "client %d releasing %q it keeps cached: %v", c.id, c.lk.name, err)
+	}
+	s.pump(c.node)
+}
+
 func (s *sim) newReq(c *simClient) uint64 {
 	s.stats.Requests++
-	return c.req + 1 + uint64(s.rng.IntN(3))
+	c.maxReq = max(c.maxReq, c.req) + 1 + uint64(s.rng.IntN(3))
+	return c.maxReq
 }
 
 // cancel cancels the client's lock request and expects the matching event
@@ -677,18 +762,45 @@ func (s *sim) onEvent(nd *simNode, ev Event) {
 		if lk.space == SpaceElection {
 			s.stats.Elections++
 		}
+		if c.cacheable {
+			s.stats.CachedGrants++
+			if ev.Limit < ev.Token || ev.Limit>>32 != ev.Token>>32 {
+				s.fail("event", "%v: limit below the token or in another epoch", ev)
+			}
+			c.limit, c.recalled = ev.Limit, ev.Recall
+			if ev.Recall {
+				s.stats.Recalls++
+			}
+		} else if ev.Limit != 0 || ev.Recall {
+			s.fail("event", "%v for a request that does not cache", ev)
+		}
+		c.grantTok, c.holdReq = ev.Token, ev.Req
 		c.state, c.token = holdingLock, ev.Token
 		c.holdUntil = s.now + int64(s.rng.IntN(3*simHolderLease))
+	case Recalled:
+		if !c.cacheable || c.lk != lk || c.holdReq != ev.Req || c.grantTok != ev.Token || c.recalled ||
+			(c.state != holdingLock && !c.cached) {
+			s.fail("event", "%v for client %d, which is %v r%d t%#x cached %v recalled %v", ev, c.id, c.state, c.req, c.grantTok, c.cached, c.recalled)
+			return
+		}
+		s.stats.Recalls++
+		c.recalled = true
+		if c.cached {
+			s.releases = append(s.releases, c)
+		}
 	case Lost:
-		if c.state != holdingLock || c.token != ev.Token || c.lk != lk {
+		if c.state != holdingLock && !c.cached || c.grantTok != ev.Token || c.lk != lk {
 			s.fail("event", "%v for client %d, which is %v t%#x", ev, c.id, c.state, c.token)
 			return
 		}
+		c.cached, c.cacheable = false, false
 		if !errors.Is(ev.Err, ErrLeaseExpired) && !errors.Is(ev.Err, ErrHomeDown) && !errors.Is(ev.Err, ErrCanceled) {
 			s.fail("event", "%v: unexpected error", ev)
 		}
 		s.stats.Lost++
-		c.state = idle
+		if c.state == holdingLock {
+			c.state = idle // a cached lock is lost also while its client does something else
+		}
 	case Refused:
 		switch {
 		case c.state == waitingLock && c.req == ev.Req && c.lk == lk:
@@ -789,7 +901,7 @@ func (s *sim) check() {
 			}
 			held[k.lk] = append(held[k.lk], belief{nd.id, k.client, r.mode, tok})
 			c := s.clients[k.client]
-			if c == nil || c.state != holdingLock || c.token != tok {
+			if c == nil || (c.state != holdingLock && !c.cached) || c.grantTok != tok || c.token < tok || c.token > max(tok, c.limit) {
 				s.fail("ghost grant", "node %d believes client %d holds %q (t%#x) without telling it", nd.id, k.client, k.lk.name, tok)
 			}
 		}
@@ -850,14 +962,22 @@ func (s *sim) settle() {
 		}
 		s.tick()
 		s.check()
-		if s.busy() == "" {
+		// While clients keep caches their nodes renew the leases, so
+		// the network never falls quiet: until then only the clients
+		// must be.
+		if b := s.busy(); b == "" || !s.dropAll && !strings.Contains(b, "client") && !strings.Contains(b, "group") {
 			quiet++
 		} else {
 			quiet = 0
 		}
 		// Quiet for longer than a home lease: ghost grants are gone too.
+		// Caches were kept until then, so every waiter got its lock
+		// through a recall; now the clients let go of them too.
 		if quiet > 2*simHomeLease {
-			break
+			if s.dropAll {
+				break
+			}
+			s.dropAll, quiet = true, 0
 		}
 	}
 	for _, nd := range s.nodes {

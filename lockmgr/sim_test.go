@@ -91,6 +91,8 @@ func TestSimulation(t *testing.T) {
 		"cancels": total.Canceled, "cancels after the grant": total.CancelRaces,
 		"barrier completions": total.BarrierDone, "crashes": total.Crashes, "restarts": total.Restarts,
 		"partitions": total.Partitions, "PeerDown calls": total.PeerDowns, "elections": total.Elections,
+		"cached grants": total.CachedGrants, "re-grants from a cache": total.LocalGrants,
+		"recalls": total.Recalls, "releases of a cache": total.CacheReleases,
 		"duplicates": total.Duplicated, "drops": total.Dropped, "very late messages": total.Late,
 	} {
 		if got == 0 {
@@ -131,17 +133,20 @@ func TestSimulationDeterministic(t *testing.T) {
 }
 
 // TestSimulationCatchesBrokenConfigs proves the checker finds double
-// holders when the lease rules are broken: a holder that believes in its
+// holders when the lease rules are broken (a holder that believes in its
 // lease at least as long as the home enforces it, or a restarted home that
-// grants at once.
+// grants at once), and tokens that go back when a home forgets what cached
+// holders gave themselves.
 func TestSimulationCatchesBrokenConfigs(t *testing.T) {
 	tests := []struct {
 		name string
 		cfg  SimConfig
+		rule string
 	}{
-		{"holder lease longer than the home's", SimConfig{holderLease: simHomeLease + 4, homeLease: simHomeLease}},
-		{"holder lease as long as the home's", SimConfig{holderLease: simHomeLease, homeLease: simHomeLease}},
-		{"restarted home skips the recovery wait", SimConfig{freshRestart: true}},
+		{"holder lease longer than the home's", SimConfig{holderLease: simHomeLease + 4, homeLease: simHomeLease}, "exclusion"},
+		{"holder lease as long as the home's", SimConfig{holderLease: simHomeLease, homeLease: simHomeLease}, "exclusion"},
+		{"restarted home skips the recovery wait", SimConfig{freshRestart: true}, "exclusion"},
+		{"home ignores the tokens of cached holds", SimConfig{ignoreLastToken: true}, "token order"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -155,8 +160,8 @@ func TestSimulationCatchesBrokenConfigs(t *testing.T) {
 				if v == nil {
 					continue
 				}
-				if v.Rule != "exclusion" {
-					t.Fatalf("found %v, want a double holder", v)
+				if v.Rule != tc.rule {
+					t.Fatalf("found %v, want a violation of %q", v, tc.rule)
 				}
 				t.Logf("found: %v", v)
 				return

@@ -295,6 +295,8 @@ func (n *Node) serveRequests(ctx context.Context, c *net.UnixConn, p *prog, buf 
 			reply(c, r.ID, nil, err)
 		case ctl.OpLock:
 			n.lockRequest(ctx, c, p, r)
+		case ctl.OpBinary:
+			n.lockBinary(ctx, c, p, r.Bin)
 		case ctl.OpStatus:
 			var st Status
 			err := n.do(ctx, func() { st = n.status() })

@@ -39,6 +39,7 @@ func (l LockInfo) String() string {
 type pendingLock struct {
 	conn *net.UnixConn
 	id   uint64
+	bin  bool // answer in the binary encoding (ctl.LockMsg)
 }
 
 type lockKey struct {
@@ -49,7 +50,8 @@ type lockKey struct {
 type lockState struct {
 	eng      *lockmgr.Engine
 	pending  map[lockKey]pendingLock
-	clients  map[int]map[uint64]bool // program id -> its client ids
+	clients  map[int]map[uint64]bool  // program id -> its client ids
+	conns    map[uint64]*net.UnixConn // client id -> its program's connection, for unsolicited events
 	lastTick time.Time
 }
 
@@ -62,24 +64,80 @@ func (n *Node) initLocks(fresh bool) error {
 	if err != nil {
 		return fmt.Errorf("lock manager: %w", err)
 	}
-	n.locks = lockState{eng: eng, pending: map[lockKey]pendingLock{}, clients: map[int]map[uint64]bool{}, lastTick: time.Now()}
+	n.locks = lockState{eng: eng, pending: map[lockKey]pendingLock{}, clients: map[int]map[uint64]bool{},
+		conns: map[uint64]*net.UnixConn{}, lastTick: time.Now()}
 	return nil
 }
 
-// lockRequest serves one lock request from a program. Requests that wait
-// (lock, rlock, barrier, campaign) are answered when the engine's event
-// comes.
+// lockKinds maps the kinds of the JSON lock requests to the binary ops.
+var lockKinds = map[string]ctl.LockOp{
+	"lock": ctl.LockOpLock, "lockcached": ctl.LockOpLockCached, "rlock": ctl.LockOpRLock,
+	"unlock": ctl.LockOpUnlock, "cancel": ctl.LockOpCancel, "barrier": ctl.LockOpBarrier,
+	"campaign": ctl.LockOpCampaign, "resign": ctl.LockOpResign, "holding": ctl.LockOpHolding,
+	"leader": ctl.LockOpLeader,
+}
+
+// lockRequest serves one lock request from a program in JSON (ctl.OpLock).
+// The dsm library sends the binary form (lockBinary); this one stays for
+// tools and older libraries.
 func (n *Node) lockRequest(ctx context.Context, c *net.UnixConn, p *prog, r ctl.Request) {
 	var a ctl.LockArgs
 	if err := json.Unmarshal(r.Args, &a); err != nil {
 		reply(c, r.ID, nil, fmt.Errorf("bad lock request: %w", err))
 		return
 	}
-	if a.Client >= 1<<32 {
-		reply(c, r.ID, nil, errors.New("lock client id out of range"))
+	op, ok := lockKinds[a.Kind]
+	if !ok {
+		reply(c, r.ID, ctl.LockReply{}, fmt.Errorf("unknown lock request %q", a.Kind))
 		return
 	}
-	var now *ctl.LockReply
+	if a.Count < 0 || a.Count > 1<<31 {
+		reply(c, r.ID, nil, fmt.Errorf("barrier count %d out of range", a.Count))
+		return
+	}
+	n.serveLock(ctx, c, p, ctl.LockMsg{Op: op, ID: r.ID, Client: a.Client, Req: a.Req, Count: uint32(a.Count), Text: a.Name}, false)
+}
+
+// lockBinary serves one lock request from a program in the binary encoding.
+func (n *Node) lockBinary(ctx context.Context, c *net.UnixConn, p *prog, b []byte) {
+	m, err := ctl.ParseLockMsg(b)
+	if err != nil {
+		// Without a request id there is nobody to answer.
+		n.log.Warn("malformed lock request dropped", "pid", p.pid, "err", err)
+		return
+	}
+	n.serveLock(ctx, c, p, m, true)
+}
+
+// lockAnswer sends the answer to request id of a program, in the encoding
+// of the request.
+func lockAnswer(c *net.UnixConn, bin bool, id uint64, rep ctl.LockMsg, err error) {
+	if !bin {
+		body := ctl.LockReply{Token: rep.Token, Generation: rep.Gen, Held: rep.Flags&ctl.LockHeld != 0,
+			LeaderNode: int(rep.Node), Leader: rep.Flags&ctl.LockLeader != 0}
+		reply(c, id, body, err)
+		return
+	}
+	if id == 0 {
+		return // the program wants no answer (a release from its event reader)
+	}
+	rep.Op, rep.ID = ctl.LockOpReply, id
+	if err != nil {
+		rep.Flags |= ctl.LockFailed
+		rep.Text = err.Error()
+	}
+	ctl.WriteLock(c, &rep)
+}
+
+// serveLock serves one lock request, on the connection's goroutine under
+// the node's lock. Requests that wait (lock, rlock, barrier, campaign) are
+// answered when the engine's event comes.
+func (n *Node) serveLock(ctx context.Context, c *net.UnixConn, p *prog, a ctl.LockMsg, bin bool) {
+	if a.Client >= 1<<32 {
+		lockAnswer(c, bin, a.ID, ctl.LockMsg{}, errors.New("lock client id out of range"))
+		return
+	}
+	var now *ctl.LockMsg
 	var nowErr error
 	err := n.do(ctx, func() {
 		client := uint64(p.id)<<32 | a.Client
@@ -89,45 +147,55 @@ func (n *Node) lockRequest(ctx context.Context, c *net.UnixConn, p *prog, r ctl.
 			n.locks.clients[p.id] = set
 		}
 		set[client] = true
+		n.locks.conns[client] = c
 		e := n.locks.eng
-		wait := func() { n.locks.pending[lockKey{client, a.Req}] = pendingLock{conn: c, id: r.ID} }
-		switch a.Kind {
-		case "lock":
+		wait := func() { n.locks.pending[lockKey{client, a.Req}] = pendingLock{conn: c, id: a.ID, bin: bin} }
+		switch a.Op {
+		case ctl.LockOpLock:
 			wait()
-			e.Lock(a.Name, lockmgr.Exclusive, client, a.Req)
-		case "rlock":
+			e.Lock(a.Text, lockmgr.Exclusive, client, a.Req)
+		case ctl.LockOpLockCached:
 			wait()
-			e.Lock(a.Name, lockmgr.SharedMode, client, a.Req)
-		case "campaign":
+			e.LockCached(a.Text, client, a.Req)
+		case ctl.LockOpRLock:
 			wait()
-			e.Campaign(a.Name, client, a.Req)
-		case "barrier":
+			e.Lock(a.Text, lockmgr.SharedMode, client, a.Req)
+		case ctl.LockOpCampaign:
 			wait()
-			e.Barrier(a.Name, a.Count, client, a.Req)
-		case "unlock":
-			now, nowErr = &ctl.LockReply{}, e.Unlock(a.Name, client)
-		case "resign":
-			now, nowErr = &ctl.LockReply{}, e.Resign(a.Name, client)
-		case "cancel":
-			e.Cancel(a.Name, client, a.Req)
-			now = &ctl.LockReply{}
-		case "holding":
-			tok, ok := e.Holding(a.Name, client)
-			now = &ctl.LockReply{Token: tok, Held: ok}
-		case "leader":
-			info, ok := e.Leader(a.Name)
-			now = &ctl.LockReply{Leader: ok, LeaderNode: int(info.Node), Token: info.Token}
+			e.Campaign(a.Text, client, a.Req)
+		case ctl.LockOpBarrier:
+			wait()
+			e.Barrier(a.Text, int(a.Count), client, a.Req)
+		case ctl.LockOpUnlock:
+			now, nowErr = &ctl.LockMsg{}, e.UnlockCached(a.Text, client, a.Token)
+		case ctl.LockOpResign:
+			now, nowErr = &ctl.LockMsg{}, e.Resign(a.Text, client)
+		case ctl.LockOpCancel:
+			e.Cancel(a.Text, client, a.Req)
+			now = &ctl.LockMsg{}
+		case ctl.LockOpHolding:
+			tok, ok := e.Holding(a.Text, client)
+			now = &ctl.LockMsg{Token: tok}
+			if ok {
+				now.Flags = ctl.LockHeld
+			}
+		case ctl.LockOpLeader:
+			info, ok := e.Leader(a.Text)
+			now = &ctl.LockMsg{Node: info.Node, Token: info.Token}
+			if ok {
+				now.Flags = ctl.LockLeader
+			}
 		default:
-			nowErr = fmt.Errorf("unknown lock request %q", a.Kind)
-			now = &ctl.LockReply{}
+			nowErr = fmt.Errorf("unknown lock request %d", a.Op)
+			now = &ctl.LockMsg{}
 		}
 	})
 	if err != nil {
-		reply(c, r.ID, nil, err)
+		lockAnswer(c, bin, a.ID, ctl.LockMsg{}, err)
 		return
 	}
 	if now != nil {
-		reply(c, r.ID, now, nowErr)
+		lockAnswer(c, bin, a.ID, *now, nowErr)
 	}
 }
 
@@ -135,6 +203,7 @@ func (n *Node) lockRequest(ctx context.Context, c *net.UnixConn, p *prog, r ctl.
 func (n *Node) releaseClientLocks(p *prog) {
 	for client := range n.locks.clients[p.id] {
 		n.locks.eng.ReleaseClient(client)
+		delete(n.locks.conns, client)
 		for k := range n.locks.pending {
 			if k.client == client {
 				delete(n.locks.pending, k)
@@ -202,9 +271,29 @@ func (n *Node) flushLocks() bool {
 			if ev.Kind == lockmgr.Refused {
 				err = ev.Err
 			}
-			reply(pl.conn, pl.id, ctl.LockReply{Token: ev.Token, Generation: ev.Generation}, err)
-		case lockmgr.Lost:
-			n.log.Warn("lock lost", "name", ev.Name, "client", ev.Client, "token", ev.Token, "err", ev.Err)
+			rep := ctl.LockMsg{Token: ev.Token, Limit: ev.Limit, Gen: ev.Generation}
+			if ev.Recall {
+				rep.Flags = ctl.LockRecall
+			}
+			lockAnswer(pl.conn, pl.bin, pl.id, rep, err)
+		case lockmgr.Recalled, lockmgr.Lost:
+			if ev.Kind == lockmgr.Lost {
+				n.log.Warn("lock lost", "name", ev.Name, "client", ev.Client, "token", ev.Token, "err", ev.Err)
+			}
+			// A program that keeps the lock cached must hear of
+			// both at once: it gives the lock back, or stops
+			// re-granting it to itself.
+			c := n.locks.conns[ev.Client]
+			if c == nil || ev.Space != lockmgr.SpaceLock {
+				continue
+			}
+			m := ctl.LockMsg{Op: ctl.LockOpRecalled, Client: ev.Client & (1<<32 - 1), Req: ev.Req, Token: ev.Token, Text: ev.Name}
+			if ev.Kind == lockmgr.Lost {
+				m.Op = ctl.LockOpLost
+			}
+			if err := ctl.WriteLock(c, &m); err != nil {
+				n.log.Debug("lock event not delivered", "client", ev.Client, "err", err)
+			}
 		}
 	}
 	return true

@@ -5,7 +5,8 @@
 // (package node), the attach library (package dsm) and the command line
 // (dsmnode status / report). The socket is SOCK_SEQPACKET, so every message
 // keeps its boundaries and descriptors passed with SCM_RIGHTS arrive with
-// the message they belong to. Every message is one JSON object.
+// the message they belong to. Every message is one JSON object, except the
+// lock manager's, which are binary (LockMsg).
 package ctl
 
 import (
@@ -51,6 +52,8 @@ type Request struct {
 	UserMod bool            `json:"user_mode_only,omitempty"`
 	// WaitMS bounds how long an attach waits for the cluster to form.
 	WaitMS int64 `json:"wait_ms,omitempty"`
+	// Bin is a binary lock message (Op is OpBinary); see LockMsg.
+	Bin []byte `json:"-"`
 }
 
 // Field is one field of a registered struct type, for the analyzer.
@@ -75,6 +78,8 @@ type Reply struct {
 	Error    string          `json:"error,omitempty"`
 	Geometry *Geometry       `json:"geometry,omitempty"`
 	Body     json.RawMessage `json:"body,omitempty"`
+	// Bin is a binary lock message (a reply or an event); see LockMsg.
+	Bin []byte `json:"-"`
 }
 
 // ErrNotDaemon reports a socket that does not speak this protocol.
@@ -126,6 +131,7 @@ func Write(c *net.UnixConn, v any, fds ...int) error {
 }
 
 // Read receives one message into v and returns any descriptors sent with it.
+// A binary lock message read into a *Request or *Reply is left in its Bin.
 func Read(c *net.UnixConn, buf []byte, v any) ([]int, error) {
 	n, fds, err := uffd.RecvFDs(c, buf, 4)
 	if err != nil {
@@ -134,6 +140,16 @@ func Read(c *net.UnixConn, buf []byte, v any) ([]int, error) {
 	if n == 0 {
 		closeAll(fds)
 		return nil, fmt.Errorf("control connection closed: %w", errEOF)
+	}
+	if buf[0] == LockMagic {
+		switch v := v.(type) {
+		case *Request:
+			*v = Request{Op: OpBinary, Bin: append([]byte(nil), buf[:n]...)}
+			return fds, nil
+		case *Reply:
+			*v = Reply{Bin: append([]byte(nil), buf[:n]...)}
+			return fds, nil
+		}
 	}
 	if err := json.Unmarshal(buf[:n], v); err != nil {
 		closeAll(fds)

@@ -1,0 +1,82 @@
+package ctl
+
+import (
+	"errors"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+)
+
+func TestLockMsgRoundTrip(t *testing.T) {
+	for _, m := range []LockMsg{
+		{Op: LockOpLockCached, ID: 7, Client: 3, Req: 9, Text: "counter"},
+		{Op: LockOpReply, Flags: LockRecall, ID: 7, Token: 1<<32 | 5, Limit: 1<<32 | 0xffff},
+		{Op: LockOpBarrier, Count: 1 << 31, Client: 1<<32 - 1, Req: 1<<64 - 1, Text: "é"},
+		{Op: LockOpReply, Flags: LockFailed | LockLeader, Node: 65535, Gen: 42, Text: "lock \"x\": not held"},
+		{Op: LockOpRecalled, Client: 2, Req: 4, Token: 8},
+	} {
+		got, err := ParseLockMsg(m.AppendBinary(nil))
+		if err != nil {
+			t.Fatalf("%+v: %v", m, err)
+		}
+		if got != m {
+			t.Fatalf("round trip of %+v gave %+v", m, got)
+		}
+	}
+}
+
+func TestParseLockMsgRejects(t *testing.T) {
+	good := (&LockMsg{Op: LockOpUnlock, Text: "x"}).AppendBinary(nil)
+	for name, b := range map[string][]byte{
+		"empty":     nil,
+		"truncated": good[:lockHeaderLen-1],
+		"json":      []byte(`{"op":"lock"}` + string(good[13:])),
+		"op 0":      append([]byte{LockMagic, 0}, good[2:]...),
+		"op beyond": append([]byte{LockMagic, byte(lockOpLimit)}, good[2:]...),
+	} {
+		if _, err := ParseLockMsg(b); !errors.Is(err, ErrBadLockMsg) {
+			t.Errorf("%s: err %v, want ErrBadLockMsg", name, err)
+		}
+	}
+}
+
+// Read leaves a binary message in Bin and reads JSON as before, on one
+// connection.
+func TestReadBinaryAndJSON(t *testing.T) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_SEQPACKET, 0)
+	if err != nil {
+		t.Skip(err)
+	}
+	conn := func(fd int) *net.UnixConn {
+		f := os.NewFile(uintptr(fd), "seqpacket")
+		defer f.Close()
+		c, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.(*net.UnixConn)
+	}
+	a, b := conn(fds[0]), conn(fds[1])
+	defer a.Close()
+	defer b.Close()
+	m := LockMsg{Op: LockOpLock, ID: 1, Client: 2, Req: 3, Text: "n"}
+	if err := WriteLock(a, &m); err != nil {
+		t.Fatal(err)
+	}
+	if err := Write(a, Request{Op: OpStatus, ID: 2}); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	var r Request
+	if _, err := Read(b, buf, &r); err != nil || r.Op != OpBinary {
+		t.Fatalf("binary: %+v, %v", r, err)
+	}
+	if got, err := ParseLockMsg(r.Bin); err != nil || got != m {
+		t.Fatalf("binary: %+v, %v", got, err)
+	}
+	r = Request{}
+	if _, err := Read(b, buf, &r); err != nil || r.Op != OpStatus || r.ID != 2 || r.Bin != nil {
+		t.Fatalf("json: %+v, %v", r, err)
+	}
+}
