@@ -21,9 +21,9 @@ import (
 //     of one homed on node 1, while node 1 stays idle;
 //   - the reacquisition: Lock+Unlock repeated by the node that held the
 //     lock last, node 0, of a mutex homed on node 1 that node 1 held
-//     before. Today it costs what the uncontended remote pair costs: every
-//     Lock asks the home. It is the figure for a node that keeps a lock it
-//     released until another node asks for it, which would make it cheap;
+//     before. The program keeps a lock it released, cached, until another
+//     client asks for it (package dsm), so after the first pair this costs
+//     no message;
 //   - the hand-off under contention: both nodes loop Lock; increment a
 //     shared word non-atomically; Unlock. The holder writes its release
 //     time into the region next to the word just before Unlock; the next

@@ -502,10 +502,12 @@ func (r *Results) locksTable(b *strings.Builder, figs []Figure) {
 	b.WriteString("The distributed Mutex of package dsm on a 2-node cluster, beside a sync.Mutex in one process (the floor) measured in the same run. " +
 		"Uncontended: node 0 times Lock+Unlock of a mutex homed on itself, then of one homed on node 1, while node 1 stays idle. " +
 		"Reacquire: node 1 holds a mutex homed on itself once, then node 0 takes it and times Lock+Unlock again and again, " +
-		"each pair right after its own Unlock (node 0 held the lock last; it costs what the home's answer costs, unless a node keeps the lock it released). " +
+		"each pair right after its own Unlock (node 0 held the lock last and keeps it, cached, until another asks: no message). " +
+		"After their first pairs, the uncontended figures are cached re-acquisitions too. " +
 		"Hand-off: both nodes loop Lock; increment a shared word of the region (a plain, non-atomic increment); Unlock. " +
 		"The holder stores its release time beside the word just before Unlock; the next holder, when it is the other node, " +
 		"takes the time Lock returned minus that release time (both nodes are processes of this machine: one clock). " +
+		"A holder re-acquires its cached lock until the other's request recalls it, so most acquisitions are local and the hand-offs are the recalled ones. " +
 		"The sync.Mutex hand-off is the same between two goroutines. Acquisitions/s counts every acquisition of both holders. " +
 		"The counter must end exact and fencing tokens must strictly increase, or the run fails.\n\n")
 	if l := r.Limits; l.UDP.Median > 0 {
