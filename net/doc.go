@@ -37,7 +37,7 @@
 // 1496 bytes (kcp-go sizes its buffers for that), but on loopback a 4 KiB
 // page and its headers still travel as one datagram of about 4.2 KiB.
 //
-// # Wire format (version 1)
+// # Wire format (version 2)
 //
 // Every datagram starts with an 18-byte header, which is authenticated as
 // AEAD additional data:
@@ -58,24 +58,54 @@
 // All keys come from the cluster key through HKDF-SHA256. Hello datagrams
 // are sealed with a per-direction hello key (info names the sender and the
 // receiver) and a random 96-bit nonce carried in the header; hellos are rare,
-// so random nonces are far from the GCM collision bound. A hello carries the
-// sender's node id, the region geometry, a fresh random 128-bit session
-// nonce, the peer's session nonce it has seen (the echo) and the sender's
-// view of the session; the GCM tag is the MAC that proves the sender holds
-// the cluster key. When both sides have seen each other's session nonce, each
-// derives, with the two nonces as HKDF salt, a 32-bit session id and one key
-// per direction. Session datagrams carry the session id and a 64-bit
-// per-direction counter as their 96-bit nonce, so a nonce is never reused
-// under a key: every session has fresh keys, even after a restart. The
-// counter also feeds a replay window. A datagram that fails authentication is
-// dropped, counted and logged once per peer and address; it never crashes
-// the transport and never reaches the application.
+// so random nonces are far from the GCM collision bound. The GCM tag is the
+// MAC that proves the sender holds the cluster key; it does not prove when
+// the hello was made, so the handshake must not trust a hello that could be a
+// replay.
+//
+// Each node holds, per peer, an offer for the next session: a random 128-bit
+// session nonce and an ephemeral X25519 key pair. A hello carries the
+// sender's node id, the region geometry, a nonce and public key, the peer's
+// nonce it answers (the echo) and flags: up (the sender is up in the session
+// of that nonce and echo) or live (the sender is up in another session, and
+// offers the nonce and key for a new one). The session keys are derived from
+// the cluster key and the X25519 shared secret of the two offers' keys, with
+// both nonces and both public keys as HKDF salt and info naming both nodes:
+// a 32-bit session id and one key per direction. An offer is used for one
+// session only: when a session starts, the node makes a new offer. So every
+// session has keys no earlier session had, whatever the peer, or anyone
+// replaying its hellos, sends.
+//
+// A hello starts a session only if it echoes the receiver's current offer:
+// it was then made after that offer, by the peer, and the receiver goes up
+// (and answers, unless the hello says the sender is up in that session
+// already). A hello that does not, while no session is up, is the peer's
+// offer: the receiver answers it with a hello echoing it. While a session is
+// up, such a hello changes nothing in the session. If its sender claims no
+// live session (it may have restarted), the receiver answers with a
+// challenge, a live hello with its own offer, at most four times per
+// HeartbeatInterval; a restarted peer answers the challenge, which moves both
+// to a new session, while a replayed hello leads nowhere. Besides silence
+// and a goodbye, only the peer's answer to the node's current offer ends a
+// live session: a hello echoing it, or a session datagram sealed with the
+// keys of it and the peer's offer (the peer started the session and its
+// hello saying so is late or lost).
+//
+// Session datagrams carry the session id and a 64-bit per-direction counter
+// (from 0 in each session) as their 96-bit nonce; with a new key for every
+// session, no (key, nonce) pair is ever used twice. The counter also feeds a
+// replay window, so a replayed session datagram is dropped. Only session
+// datagrams that pass it keep a peer alive: replayed hellos cannot make a
+// dead peer look up. A datagram that fails authentication is dropped,
+// counted and logged once per peer and address; it never crashes the
+// transport and never reaches the application.
 //
 // # Liveness
 //
 // Peers ping each other every HeartbeatInterval (the pong gives the RTT).
 // A peer silent for DeadAfter is reported down ([PeerDown]); its KCP state
 // is dropped and the handshake starts again, so a peer that comes back gets
-// a new session and a new [PeerUp]. A peer that restarts is noticed at its
-// first hello, and a peer that closes its transport says goodbye.
+// a new session and a new [PeerUp]. A peer that restarts is noticed when it
+// answers the challenge to its first hello, and a peer that closes its
+// transport says goodbye.
 package net

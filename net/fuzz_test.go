@@ -15,6 +15,10 @@ const fuzzConv = 0x01020304
 func fuzzSeeds() [][]byte {
 	h := hello{geometry: testGeometry, flags: helloEchoValid}
 	copy(h.nonce[:], "0123456789abcdef")
+	copy(h.pub[:], "an ephemeral X25519 public key..")
+	copy(h.echo[:], "fedcba9876543210")
+	challenge := h
+	challenge.flags |= helloLive
 	seg := kcpSeg(fuzzConv, kcpCmdPush, 0, 5, []byte("payload"))
 	ack := kcpSeg(fuzzConv, kcpCmdAck, 0, 5, nil)
 	kcpFrame := appendFrame(nil, frameKCP, append(append([]byte(nil), seg...), ack...))
@@ -29,12 +33,13 @@ func fuzzSeeds() [][]byte {
 	copy(dg[headerLen:], kcpFrame)
 	return [][]byte{
 		appendFrame(nil, frameHello, h.append(nil)),
+		appendFrame(nil, frameHello, challenge.append(nil)),
 		kcpFrame,
 		append(append([]byte(nil), ping...), appendFrame(nil, framePong, binary.BigEndian.AppendUint64(nil, 1))...),
 		appendFrame(nil, frameBye, nil),
 		fec(frameFECData, fecHeader{group: 3, index: 1, data: 4, parity: 2}, kcpFrame),
 		fec(frameFECParity, fecHeader{group: 3, index: 0, data: 2, parity: 2}, bytes.Repeat([]byte{7}, 40)),
-		append([]byte{1, msgFinal}, "message"...),
+		append([]byte{ProtocolVersion, msgFinal}, "message"...),
 		dg,
 	}
 }

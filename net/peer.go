@@ -84,15 +84,27 @@ type peer struct {
 	helloSend cipher.AEAD
 	helloRecv cipher.AEAD
 
-	mu          sync.Mutex
-	state       peerState
-	wasUp       bool
-	reason      error // why down or refused
-	localNonce  [16]byte
-	remoteNonce [16]byte
-	haveRemote  bool
+	mu     sync.Mutex
+	state  peerState
+	wasUp  bool
+	reason error // why down or refused
+	// The handshake (see the package documentation). local is this
+	// node's offer for the next session; it is never the offer of a
+	// session that has started, so a hello that echoes its nonce was
+	// made for the next session. remote is the peer's offer that local
+	// answers, and pend the keys of the two, ready for when the peer
+	// starts the session first.
+	local      offer
+	remote     hello
+	haveRemote bool
+	pend       sessionKeys
+	havePend   bool
+	// The live session (while up): its keys and the two nonces and this
+	// node's public key it was made of, for hellos about it.
 	sess        sessionKeys
-	haveSess    bool
+	sessLocal   [16]byte
+	sessPub     [32]byte
+	sessRemote  [16]byte
 	sendCtr     uint64
 	replay      replayWindow
 	kcp         *kcp.KCP
@@ -149,13 +161,25 @@ func newPeer(t *Transport, id NodeID, addr *stdnet.UDPAddr) (*peer, error) {
 	p.kcpMTU = min(kcpMaxMTU, p.dgLimit-p.kcpOff-frameHeaderLen)
 	p.dg = make([]byte, 0, t.cfg.MTU+tagLen)
 	p.ctl = make([]byte, 0, t.cfg.MTU+tagLen)
-	p.newLocalNonce()
+	if p.local, err = newOffer(); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 
-func (p *peer) newLocalNonce() {
-	rand.Read(p.localNonce[:])
-	p.haveRemote, p.haveSess = false, false
+// renewOffer replaces this node's offer by a fresh one and forgets the
+// peer's offer, which answered the old one.
+func (p *peer) renewOffer() {
+	o, err := newOffer()
+	if err != nil {
+		// Cannot happen (crypto/rand does not fail). A new nonce alone
+		// still keeps the next session's keys new.
+		p.t.log.Error("keeping the ephemeral key", "peer", p.id, "err", err)
+		o.priv, o.pub = p.local.priv, p.local.pub
+	}
+	p.local = o
+	p.haveRemote, p.havePend = false, false
+	p.pend = sessionKeys{}
 }
 
 // whyNotUp explains the peer's state for WaitPeers and Peers.
@@ -234,15 +258,20 @@ func (p *peer) kcpSend(msg []byte) error {
 	}
 }
 
-// up starts the session whose keys are in p.sess.
-func (p *peer) up() {
+// up starts the session with keys k, made of this node's offer and the
+// peer's nonce peerNonce. The offer is used up: a new one replaces it, so
+// that no two sessions ever share keys.
+func (p *peer) up(k sessionKeys, peerNonce [16]byte) {
 	now := time.Now()
+	p.sess, p.sessLocal, p.sessPub, p.sessRemote = k, p.local.nonce, p.local.pub, peerNonce
+	p.sendCtr, p.replay = 0, replayWindow{}
+	p.renewOffer()
 	p.state, p.wasUp, p.reason = stUp, true, nil
-	k := kcp.NewKCP(p.sess.sid, p.output)
-	k.NoDelay(1, kcpInterval, kcpResend, 1)
-	k.WndSize(kcpSndWnd, kcpRcvWnd)
-	k.SetMtu(p.kcpMTU)
-	p.kcp, p.txHigh = k, 0
+	kc := kcp.NewKCP(p.sess.sid, p.output)
+	kc.NoDelay(1, kcpInterval, kcpResend, 1)
+	kc.WndSize(kcpSndWnd, kcpRcvWnd)
+	kc.SetMtu(p.kcpMTU)
+	p.kcp, p.txHigh = kc, 0
 	p.fecEnc, p.fecDec = nil, newFECDecoder()
 	if f := p.t.cfg.FEC; f.enabled() {
 		p.fecEnc = newFECEncoder(f.Data, f.Parity)
@@ -264,8 +293,9 @@ func (p *peer) up() {
 	p.t.poke()
 }
 
-// down ends the session. fresh picks a new local nonce so that the next
-// session has new keys even if the peer kept its nonce.
+// down ends the session and forgets its keys. fresh also replaces this
+// node's offer, and forgets the peer's: the handshake starts over. A caller
+// that is about to start a session with the peer's offer passes false.
 func (p *peer) down(reason error, fresh bool) {
 	wasUp := p.state == stUp
 	p.state, p.reason = stDown, reason
@@ -275,8 +305,9 @@ func (p *peer) down(reason error, fresh bool) {
 	p.kcp, p.fecEnc, p.fecDec = nil, nil, nil
 	p.reasm, p.inReasm = nil, false
 	p.dg, p.dgData, p.ackDeadline = p.dg[:0], false, time.Time{}
+	p.sess = sessionKeys{}
 	if fresh {
-		p.newLocalNonce()
+		p.renewOffer()
 	}
 	p.nextHello = time.Now()
 	if wasUp && !p.t.closed.Load() {
@@ -347,44 +378,126 @@ func (p *peer) onHelloDatagram(h dgHeader, b []byte, src srcAddr) {
 		err = fmt.Errorf("%w: hello datagram without a hello", ErrMalformed)
 	}
 	if err != nil {
-		p.stats.Dropped++
-		p.t.warnOnce(fmt.Sprintf("badhello|%d", p.id), "dropping a malformed hello", "peer", p.id, "err", err)
+		p.badHello(err)
 		return
 	}
 	p.onHello(m)
 }
 
+// onHello acts on an authenticated hello. The MAC proves that a holder of
+// the cluster key made the hello, not when: it may be a replay of one
+// captured earlier. So a hello can start a session, and end a live one,
+// only if it echoes this node's current offer, which is never older than
+// the live session and never the offer of a session that started. A hello
+// that does not is answered with a challenge (a hello with this node's
+// offer, echoing the hello's nonce) that a restarted peer can answer, and
+// changes nothing in the live session.
 func (p *peer) onHello(m hello) {
 	t := p.t
 	now := time.Now()
 	p.heardAny = true
-	p.lastHeard = now
+	if p.state != stUp {
+		// Only the live session's datagrams, which no replay gets
+		// through, keep a peer that is up alive.
+		p.lastHeard = now
+	}
+	if m.geometry != t.cfg.Geometry && p.state == stUp {
+		// Not fresh either (a peer with another geometry never answers
+		// our offer): a replay of an older run must not end the live
+		// session. A restarted peer is refused once the session ends.
+		p.stats.Dropped++
+		t.warnOnce(fmt.Sprintf("geometry|%d", p.id), "ignoring a hello with another geometry while the session is up",
+			"peer", p.id, "geometry", m.geometry.String())
+		return
+	}
 	if m.geometry != t.cfg.Geometry {
 		p.refuse(fmt.Errorf("%w: node %d has %v, node %d (this node) has %v; start every node with the same geometry",
 			ErrGeometryMismatch, p.id, m.geometry, t.cfg.ID, t.cfg.Geometry))
 		return
 	}
 	p.clearRefusal()
-	if !p.haveRemote || m.nonce != p.remoteNonce {
-		if p.state == stUp {
-			p.down(ErrPeerRestarted, false)
-		}
-		sk, err := deriveSession(t.cfg.Key, t.cfg.ID, p.id, p.localNonce, m.nonce)
+	echoed := m.flags&helloEchoValid != 0
+	switch {
+	case echoed && m.echo == p.local.nonce:
+		// Fresh: made after our offer, so by the peer, now.
+		k, err := p.keysFor(m)
 		if err != nil {
-			t.log.Error("cannot derive session keys", "peer", p.id, "err", err)
+			p.badHello(err)
 			return
 		}
-		p.remoteNonce, p.haveRemote = m.nonce, true
-		p.sess, p.haveSess = sk, true
-		p.sendCtr, p.replay = 0, replayWindow{}
-	}
-	knowsUs := m.flags&helloEchoValid != 0 && m.echo == p.localNonce
-	if knowsUs && p.state != stUp {
-		p.up()
-	}
-	if !knowsUs || m.flags&helloUp == 0 {
+		if p.state == stUp {
+			// The peer lost the session we have (it restarted, or
+			// gave up on us) and answered our challenge.
+			p.down(ErrPeerRestarted, false)
+		}
+		p.up(k, m.nonce)
+		if m.flags&helloUp == 0 {
+			p.sendHello() // the peer waits for us to confirm
+		}
+	case p.state == stUp && echoed && m.echo == p.sessLocal && m.nonce == p.sessRemote:
+		// About the live session: the peer may not know yet that we
+		// are up. A replay of such a hello costs at most a reply.
+		if m.flags&helloUp == 0 && p.mayReply(now) {
+			p.sendHello()
+		}
+	case p.state == stUp:
+		// Not fresh. A peer that has a live session of its own has
+		// nothing to ask of ours (and a replay of its hellos must cost
+		// nothing); one without may have restarted: challenge it, and
+		// keep the keys it would answer with, in case its session
+		// datagrams arrive before its hello.
+		if m.flags&(helloUp|helloLive) != 0 || !p.mayReply(now) {
+			return
+		}
+		if err := p.takeOffer(m); err != nil {
+			p.badHello(err)
+			return
+		}
+		p.writeHello(hello{nonce: p.local.nonce, pub: p.local.pub, echo: m.nonce, flags: helloEchoValid | helloLive})
+	default:
+		// Handshake: answer the peer's offer with ours.
+		if err := p.takeOffer(m); err != nil {
+			p.badHello(err)
+			return
+		}
 		p.sendHello()
 	}
+}
+
+// mayReply reports whether a hello may be sent, as a reply, to a peer that
+// is up: such replies are rate-limited, because what prompts them can be
+// replayed at will.
+func (p *peer) mayReply(now time.Time) bool {
+	return now.Sub(p.lastHelloSent) >= p.t.cfg.HeartbeatInterval/4
+}
+
+// takeOffer records the peer's offer m and derives the keys of a session
+// between it and this node's offer.
+func (p *peer) takeOffer(m hello) error {
+	if p.haveRemote && m.nonce == p.remote.nonce && m.pub == p.remote.pub {
+		return nil
+	}
+	k, err := deriveSession(p.t.cfg.Key, p.t.cfg.ID, p.id, &p.local, m.nonce, m.pub)
+	if err != nil {
+		return err
+	}
+	p.remote, p.haveRemote = m, true
+	p.pend, p.havePend = k, true
+	return nil
+}
+
+// keysFor returns the keys of a session between this node's offer and the
+// peer's offer m.
+func (p *peer) keysFor(m hello) (sessionKeys, error) {
+	if err := p.takeOffer(m); err != nil {
+		return sessionKeys{}, err
+	}
+	return p.pend, nil
+}
+
+func (p *peer) badHello(err error) {
+	p.stats.Dropped++
+	p.t.warnOnce(fmt.Sprintf("badhello|%d", p.id), "dropping a malformed hello", "peer", p.id, "err", err)
 }
 
 // onSessionDatagram authenticates and processes a session datagram and
@@ -396,20 +509,36 @@ func (p *peer) onSessionDatagram(h dgHeader, b []byte, src srcAddr) [][]byte {
 	p.stats.PacketsIn++
 	p.stats.BytesIn += uint64(len(b))
 	sid, ctr := h.session()
-	if !p.haveSess || sid != p.sess.sid {
-		// Another session's datagram: in flight from before a restart, or
-		// the peer believes in a session we dropped. A hello tells it.
+	live := p.state == stUp && sid == p.sess.sid
+	if !live && (!p.havePend || sid != p.pend.sid) {
+		// Another session's datagram: in flight from before a restart,
+		// a replay, or the peer believes in a session we dropped or
+		// have not started. A hello tells it.
 		p.stats.Dropped++
-		if p.state != stUp && p.state != stRefused && time.Since(p.lastHelloSent) > t.cfg.HeartbeatInterval/4 {
+		if p.state != stRefused && p.mayReply(time.Now()) {
 			p.sendHello()
 		}
 		return nil
 	}
+	k := &p.sess
+	if !live {
+		k = &p.pend
+	}
 	p.nonce = h.nonce
-	pt, err := p.sess.recv.Open(b[headerLen:headerLen], p.nonce[:], b[headerLen:], b[:headerLen])
+	pt, err := k.recv.Open(b[headerLen:headerLen], p.nonce[:], b[headerLen:], b[:headerLen])
 	if err != nil {
 		p.authFailed(src, false)
 		return nil
+	}
+	if !live {
+		// Only the peer, having seen this node's current offer, can seal
+		// with the keys of it and the peer's: the peer has started the
+		// session and its hello saying so has not arrived (yet).
+		if p.state == stUp {
+			p.down(ErrPeerRestarted, false)
+		}
+		p.clearRefusal()
+		p.up(p.pend, p.remote.nonce)
 	}
 	if !p.replay.check(ctr) {
 		p.stats.Dropped++
@@ -417,11 +546,6 @@ func (p *peer) onSessionDatagram(h dgHeader, b []byte, src srcAddr) [][]byte {
 	}
 	p.heardAny = true
 	p.lastHeard = time.Now()
-	if p.state != stUp {
-		// Only a peer that completed the handshake seals with these keys.
-		p.clearRefusal()
-		p.up()
-	}
 	rx := &t.rx
 	if err := decodePayload(pt, p.sess.sid, rx, false); err != nil {
 		p.malformed(err)
@@ -703,7 +827,7 @@ func (p *peer) closeFECGroup() {
 
 // sendControl sends a one-frame session datagram.
 func (p *peer) sendControl(typ frameType, body []byte) {
-	if !p.haveSess {
+	if p.state != stUp {
 		return
 	}
 	b := appendFrame(p.ctl[:headerLen], typ, body)
@@ -720,18 +844,30 @@ func (p *peer) sealAndWrite(b []byte) {
 	p.sendCtr++
 	h.put(b)
 	p.nonce = h.nonce
+	if sealHook != nil {
+		sealHook(p.t.cfg.ID, p.id, p.sess.sendID, p.nonce)
+	}
 	out := p.sess.send.Seal(b[:headerLen], p.nonce[:], b[headerLen:], b[:headerLen])
 	p.write(out)
 }
 
+// sendHello sends the hello of the peer's state: about the live session
+// while up, else this node's offer and the peer's offer it answers.
 func (p *peer) sendHello() {
-	m := hello{geometry: p.t.cfg.Geometry, nonce: p.localNonce}
-	if p.haveRemote {
-		m.echo, m.flags = p.remoteNonce, helloEchoValid
-	}
 	if p.state == stUp {
-		m.flags |= helloUp
+		p.writeHello(hello{nonce: p.sessLocal, pub: p.sessPub, echo: p.sessRemote, flags: helloEchoValid | helloUp})
+		return
 	}
+	m := hello{nonce: p.local.nonce, pub: p.local.pub}
+	if p.haveRemote {
+		m.echo, m.flags = p.remote.nonce, helloEchoValid
+	}
+	p.writeHello(m)
+}
+
+// writeHello seals m, with this node's geometry, and sends it.
+func (p *peer) writeHello(m hello) {
+	m.geometry = p.t.cfg.Geometry
 	h := dgHeader{kind: kindHello, from: p.t.cfg.ID, to: p.id}
 	rand.Read(h.nonce[:])
 	b := p.ctl[:headerLen]

@@ -181,6 +181,7 @@ func TestDriven(t *testing.T) {
 		{"crash and restart", TestCrashedPeerRestartStartsNewSession},
 		{"lossy", TestLossyNetwork},
 		{"forged datagrams", TestForgedDatagramsIgnored},
+		{"replayed datagrams", TestReplayedDatagramsKeepSession},
 	} {
 		t.Run(tc.name, tc.test)
 	}

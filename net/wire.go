@@ -6,8 +6,9 @@ import (
 )
 
 // ProtocolVersion is the version byte of every datagram and frame this
-// package sends. A receiver rejects other versions.
-const ProtocolVersion = 1
+// package sends. A receiver rejects other versions. Version 2 added the
+// ephemeral key to the hello and changed how session keys are derived.
+const ProtocolVersion = 2
 
 // Datagram header: version | kind | from | to | nonce[12].
 const (
@@ -161,15 +162,20 @@ func decodeHeader(b []byte) (dgHeader, error) {
 // hello is the handshake frame's body.
 type hello struct {
 	geometry Geometry
-	nonce    [16]byte // sender's session nonce
-	echo     [16]byte // receiver's session nonce as the sender last saw it
+	nonce    [16]byte // sender's session nonce (of its offer, or of the session it is up in)
+	pub      [32]byte // sender's ephemeral X25519 public key, of the same
+	echo     [16]byte // receiver's session nonce the sender answers
 	flags    uint8
 }
 
 const (
-	helloLen       = 2 + 4 + 8 + 8 + 16 + 16 + 1
+	helloLen       = 2 + 4 + 8 + 8 + 16 + 32 + 16 + 1
 	helloEchoValid = 1 << 0 // echo holds the receiver's nonce
-	helloUp        = 1 << 1 // the sender considers the session up
+	// helloUp: the sender is up in the session of nonce and echo.
+	helloUp = 1 << 1
+	// helloLive: the sender is up in another session and offers nonce
+	// and pub for a new one (a challenge to a hello it could not trust).
+	helloLive = 1 << 2
 )
 
 func (m *hello) append(dst []byte) []byte {
@@ -178,6 +184,7 @@ func (m *hello) append(dst []byte) []byte {
 	dst = binary.BigEndian.AppendUint64(dst, m.geometry.RegionSize)
 	dst = binary.BigEndian.AppendUint64(dst, m.geometry.Base)
 	dst = append(dst, m.nonce[:]...)
+	dst = append(dst, m.pub[:]...)
 	dst = append(dst, m.echo[:]...)
 	return append(dst, m.flags)
 }
@@ -192,10 +199,14 @@ func decodeHello(b []byte) (hello, error) {
 	m.geometry.RegionSize = binary.BigEndian.Uint64(b[6:])
 	m.geometry.Base = binary.BigEndian.Uint64(b[14:])
 	copy(m.nonce[:], b[22:38])
-	copy(m.echo[:], b[38:54])
-	m.flags = b[54]
-	if m.flags&^(helloEchoValid|helloUp) != 0 {
+	copy(m.pub[:], b[38:70])
+	copy(m.echo[:], b[70:86])
+	m.flags = b[86]
+	if m.flags&^(helloEchoValid|helloUp|helloLive) != 0 {
 		return m, fmt.Errorf("%w: hello has unknown flags %#x", ErrMalformed, m.flags)
+	}
+	if m.flags&(helloUp|helloLive) != 0 && m.flags&helloEchoValid == 0 || m.flags&helloUp != 0 && m.flags&helloLive != 0 {
+		return m, fmt.Errorf("%w: hello has inconsistent flags %#x", ErrMalformed, m.flags)
 	}
 	return m, nil
 }

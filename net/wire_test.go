@@ -23,10 +23,10 @@ func TestDecodeFrame(t *testing.T) {
 		{"empty input", nil, true, 0, "", 0},
 		{"short header", good[:5], true, 0, "", 0},
 		{"truncated body", good[:len(good)-1], true, 0, "", 0},
-		{"bad version", append([]byte{2}, good[1:]...), true, 0, "", 0},
-		{"type zero", append([]byte{1, 0}, good[2:]...), true, 0, "", 0},
-		{"unknown type", append([]byte{1, 99}, good[2:]...), true, 0, "", 0},
-		{"huge length", []byte{1, 2, 0xff, 0xff, 0xff, 0xff, 0}, true, 0, "", 0},
+		{"bad version", append([]byte{ProtocolVersion + 1}, good[1:]...), true, 0, "", 0},
+		{"type zero", append([]byte{ProtocolVersion, 0}, good[2:]...), true, 0, "", 0},
+		{"unknown type", append([]byte{ProtocolVersion, 99}, good[2:]...), true, 0, "", 0},
+		{"huge length", []byte{ProtocolVersion, 2, 0xff, 0xff, 0xff, 0xff, 0}, true, 0, "", 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -50,6 +50,7 @@ func TestDecodeFrame(t *testing.T) {
 func TestHelloRoundTrip(t *testing.T) {
 	m := hello{geometry: testGeometry, flags: helloEchoValid | helloUp}
 	copy(m.nonce[:], "0123456789abcdef")
+	copy(m.pub[:], "an ephemeral X25519 public key..")
 	copy(m.echo[:], "fedcba9876543210")
 	b := m.append(nil)
 	if len(b) != helloLen {
@@ -67,6 +68,12 @@ func TestHelloRoundTrip(t *testing.T) {
 	if _, err := decodeHello(bad); !errors.Is(err, ErrMalformed) {
 		t.Errorf("hello with unknown flags: %v", err)
 	}
+	for _, f := range []uint8{helloUp, helloLive, helloEchoValid | helloUp | helloLive} {
+		bad[len(bad)-1] = f
+		if _, err := decodeHello(bad); !errors.Is(err, ErrMalformed) {
+			t.Errorf("hello with flags %#x: %v, want ErrMalformed", f, err)
+		}
+	}
 }
 
 func TestDecodeHeader(t *testing.T) {
@@ -82,7 +89,7 @@ func TestDecodeHeader(t *testing.T) {
 	if sid, ctr := got.session(); sid != 0xdeadbeef || ctr != 42 {
 		t.Errorf("session() = %#x, %d", sid, ctr)
 	}
-	for _, bad := range [][]byte{b[:dgOverhead-1], append([]byte{0}, b[1:]...), append([]byte{1, 3}, b[2:]...)} {
+	for _, bad := range [][]byte{b[:dgOverhead-1], append([]byte{0}, b[1:]...), append([]byte{ProtocolVersion, 3}, b[2:]...)} {
 		if _, err := decodeHeader(bad); !errors.Is(err, ErrMalformed) {
 			t.Errorf("decodeHeader(%x) = %v, want ErrMalformed", bad[:2], err)
 		}
@@ -178,11 +185,11 @@ func TestDecodeMsgHeader(t *testing.T) {
 		final bool
 		ok    bool
 	}{
-		{[]byte{1, msgFinal, 'x'}, true, true},
-		{[]byte{1, msgPart}, false, true},
-		{[]byte{1}, false, false},
-		{[]byte{2, msgFinal}, false, false},
-		{[]byte{1, 9}, false, false},
+		{[]byte{ProtocolVersion, msgFinal, 'x'}, true, true},
+		{[]byte{ProtocolVersion, msgPart}, false, true},
+		{[]byte{ProtocolVersion}, false, false},
+		{[]byte{ProtocolVersion + 1, msgFinal}, false, false},
+		{[]byte{ProtocolVersion, 9}, false, false},
 	} {
 		final, _, err := decodeMsgHeader(tc.in)
 		if (err == nil) != tc.ok || (tc.ok && final != tc.final) {
@@ -209,14 +216,19 @@ func TestReplayWindow(t *testing.T) {
 }
 
 func TestDeriveSessionSymmetric(t *testing.T) {
-	var n1, n2 [16]byte
-	copy(n1[:], "node one's nonce")
-	copy(n2[:], "node two's nonce")
-	a, err := deriveSession(testKey, 1, 2, n1, n2)
+	o1, err := newOffer()
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := deriveSession(testKey, 2, 1, n2, n1)
+	o2, err := newOffer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := deriveSession(testKey, 1, 2, &o1, o2.nonce, o2.pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := deriveSession(testKey, 2, 1, &o2, o1.nonce, o1.pub)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,9 +243,34 @@ func TestDeriveSessionSymmetric(t *testing.T) {
 	if _, err := a.recv.Open(nil, nonce, sealed, nil); err == nil {
 		t.Fatal("a's own receive key opens what a sent: the directions share a key")
 	}
+	if a.sendID == b.sendID {
+		t.Fatal("both directions have the same key identity")
+	}
+	// A replayed peer offer (same nonce, same public key) against a new
+	// offer of this node: new keys.
+	o1b, err := newOffer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o1b.nonce = o1.nonce // even with the nonce kept, the ephemeral key is new
+	c, err := deriveSession(testKey, 1, 2, &o1b, o2.nonce, o2.pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.sendID == a.sendID || c.sid == a.sid {
+		t.Error("a new ephemeral key kept the session keys")
+	}
+	n2 := o2.nonce
 	n2[0] ^= 1
-	c, _ := deriveSession(testKey, 2, 1, n2, n1)
-	if c.sid == a.sid {
-		t.Error("a new nonce kept the session id")
+	d, err := deriveSession(testKey, 1, 2, &o1, n2, o2.pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.sid == a.sid || d.sendID == a.sendID {
+		t.Error("a new nonce kept the session keys")
+	}
+	// A low-order public key would make the shared secret public.
+	if _, err := deriveSession(testKey, 1, 2, &o1, o2.nonce, [32]byte{}); !errors.Is(err, ErrMalformed) {
+		t.Errorf("all-zero public key: %v, want ErrMalformed", err)
 	}
 }
