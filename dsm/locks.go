@@ -40,6 +40,12 @@ func (r *Region) lockCall(ctx context.Context, m ctl.LockMsg) (ctl.LockMsg, erro
 	return rep, err
 }
 
+// daemonError is a lock request's failure as the daemon's lock manager
+// reported it; its text already names the lock.
+type daemonError string
+
+func (e daemonError) Error() string { return string(e) }
+
 // callLock is call for a binary lock request.
 func (r *Region) callLock(ctx context.Context, m *ctl.LockMsg, rep *ctl.LockMsg) error {
 	r.mu.Lock()
@@ -70,7 +76,7 @@ func (r *Region) callLock(ctx context.Context, m *ctl.LockMsg, rep *ctl.LockMsg)
 			return fmt.Errorf("dsm: lock reply: %w", err)
 		}
 		if got.Flags&ctl.LockFailed != 0 {
-			return errors.New(got.Text)
+			return daemonError(got.Text)
 		}
 		if rep != nil {
 			*rep = got
@@ -207,6 +213,9 @@ func (m *Mutex) acquire(ctx context.Context, op ctl.LockOp) error {
 	rep, err := m.r.lockCall(ctx, ctl.LockMsg{Op: op, Text: m.name, Client: m.client, Req: req})
 	if err != nil {
 		<-m.sem
+		if _, named := err.(daemonError); named {
+			return fmt.Errorf("dsm: %w", err) // the lock manager named the lock
+		}
 		return fmt.Errorf("dsm: %s %q: %w", opName(op), m.name, err)
 	}
 	m.mu.Lock()

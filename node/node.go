@@ -33,7 +33,6 @@ import (
 	"github.com/dsmrt/dsm/analyzer"
 	"github.com/dsmrt/dsm/coherence"
 	"github.com/dsmrt/dsm/dht"
-	"github.com/dsmrt/dsm/lockmgr"
 	dsmnet "github.com/dsmrt/dsm/net"
 	"github.com/dsmrt/dsm/uffd"
 )
@@ -413,11 +412,15 @@ func (n *Node) onPeer(ev dsmnet.PeerEvent) {
 	case dsmnet.PeerRefused:
 		n.log.Error("peer refused", "peer", ev.Peer, "err", ev.Err)
 	}
-	if ev.Kind == dsmnet.PeerDown {
-		// Locks homed on the dead node are refused now rather than waited
-		// for; the coherence engine keeps retrying until it returns.
-		n.locks.eng.PeerDown(lockmgr.NodeID(ev.Peer))
-	}
+	// The lock manager is not told of a peer going down (lockmgr's
+	// PeerDown): a peer that is silent for DeadAfter may be stalled (a long
+	// pause, a frozen VM, SIGSTOP) rather than dead. Requests for locks
+	// homed there are retransmitted until it answers or the program's
+	// context ends (the program then withdraws them); holders of such locks
+	// lose them when their lease belief runs out, since they cannot renew;
+	// and as a home this node keeps the silent node's holders until their
+	// leases expire, as it would anyway. The coherence engine likewise
+	// keeps retrying, and a fault that waits FaultTimeout stops its program.
 }
 
 // do runs fn under the node's lock on the calling goroutine (not the
