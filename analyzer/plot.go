@@ -1,6 +1,7 @@
 package analyzer
 
 import (
+	"bytes"
 	"fmt"
 	"image/color"
 	"math"
@@ -310,6 +311,11 @@ func (s swatch) Thumbnail(c *draw.Canvas) {
 // [MinImageHeight, MaxImageSide] are refused with ErrBadSize; an analyzer
 // without migrations returns ErrNoMigrations.
 func (a *Analyzer) WriteHeatmap(path string, width, height int) error {
+	return a.drawHeatmap(width, height, func(cnv *vgimg.Canvas) error { return writePNG(path, cnv) })
+}
+
+// drawHeatmap draws the heat map and hands the canvas to out.
+func (a *Analyzer) drawHeatmap(width, height int, out func(*vgimg.Canvas) error) error {
 	if width < MinImageWidth || height < MinImageHeight || width > MaxImageSide || height > MaxImageSide {
 		return fmt.Errorf("%w: %d×%d pixels; ask for %d to %d pixels wide and %d to %d high",
 			ErrBadSize, width, height, MinImageWidth, MaxImageSide, MinImageHeight, MaxImageSide)
@@ -355,7 +361,7 @@ func (a *Analyzer) WriteHeatmap(path string, width, height int) error {
 
 	p.Draw(draw.Crop(dc, 0, -legendW, 0, 0))
 	legend.Draw(draw.Crop(dc, vg.Length(width)-legendW+8, 0, 0, -30))
-	return writePNG(path, cnv)
+	return out(cnv)
 }
 
 // pageTicks labels the rows with page numbers, skipping labels when rows are
@@ -382,6 +388,11 @@ func pageTicks(pages []uint32, plotHeight float64) plot.ConstantTicks {
 // written on a falsely shared page are marked with "*". An analyzer without
 // variables returns ErrNoVars.
 func (a *Analyzer) WriteVarBars(path string) error {
+	return a.drawVarBars(func(cnv *vgimg.Canvas) error { return writePNG(path, cnv) })
+}
+
+// drawVarBars draws the bar chart and hands the canvas to out.
+func (a *Analyzer) drawVarBars(out func(*vgimg.Canvas) error) error {
 	r := a.Report()
 	if len(r.Vars) == 0 {
 		return fmt.Errorf("%w: add variables with AddVars before drawing the bar chart", ErrNoVars)
@@ -438,7 +449,7 @@ func (a *Analyzer) WriteVarBars(path string) error {
 
 	cnv := vgimg.NewWith(vgimg.UseWH(vg.Length(width), vg.Length(height)), vgimg.UseDPI(72))
 	p.Draw(draw.New(cnv))
-	return writePNG(path, cnv)
+	return out(cnv)
 }
 
 // intTicks are the default ticks of an axis of counts, labelled without
@@ -454,6 +465,15 @@ func (intTicks) Ticks(lo, hi float64) []plot.Tick {
 		}
 	}
 	return ts
+}
+
+// pngBytes encodes the canvas as PNG.
+func pngBytes(cnv *vgimg.Canvas) ([]byte, error) {
+	var b bytes.Buffer
+	if _, err := (vgimg.PngCanvas{Canvas: cnv}).WriteTo(&b); err != nil {
+		return nil, fmt.Errorf("analyzer: encoding a PNG: %w", err)
+	}
+	return b.Bytes(), nil
 }
 
 // writePNG encodes the canvas to a temporary file beside path and renames it

@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"gonum.org/v1/plot/vg/vgimg"
 )
 
 // Report is everything the analyzer knows, in a form that encodes to JSON.
@@ -198,6 +200,35 @@ func (r Report) Text() string {
 		}
 	}
 	return b.String()
+}
+
+// Plot is a picture of the analyzer's findings, encoded as PNG.
+type Plot struct {
+	Name string `json:"name"` // a file name: heatmap.png, variables.png
+	PNG  []byte `json:"png"`
+}
+
+// Plots draws the heat map (heatmap.png) and, when variables are known,
+// the migrations per variable (variables.png), in memory: a daemon hands
+// them to the client that asked, which writes them where its user can.
+func (a *Analyzer) Plots() ([]Plot, error) {
+	var out []Plot
+	keep := func(name string) func(*vgimg.Canvas) error {
+		return func(cnv *vgimg.Canvas) error {
+			b, err := pngBytes(cnv)
+			if err == nil {
+				out = append(out, Plot{Name: name, PNG: b})
+			}
+			return err
+		}
+	}
+	if err := a.drawHeatmap(1200, 600, keep("heatmap.png")); err != nil {
+		return out, err
+	}
+	if err := a.drawVarBars(keep("variables.png")); err != nil && !errors.Is(err, ErrNoVars) {
+		return out, err
+	}
+	return out, nil
 }
 
 // WritePlots writes the heat map (heatmap.png) and the migrations per

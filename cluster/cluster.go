@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/dsmrt/dsm/analyzer"
 	"io"
 	"net"
 	"os"
@@ -280,20 +281,34 @@ func (c *Cluster) Status(i int) (node.Status, error) {
 	return st, err
 }
 
-// Report asks daemon i for its analyzer report; when out is not empty the
-// daemon also writes its plots there.
-func (c *Cluster) Report(i int, out string) (node.ReportReply, error) {
-	var r node.ReportReply
+// Report is a daemon's analyzer report and the paths of the pictures
+// written for it.
+type Report struct {
+	analyzer.Report
+	Plots []string `json:"plots,omitempty"`
+}
+
+// Report asks daemon i for its analyzer report; when out is not empty it
+// also asks for the pictures and writes them there (this process writes
+// them, not the daemon).
+func (c *Cluster) Report(i int, out string) (Report, error) {
 	req := ctl.Request{Op: ctl.OpReport}
 	if out != "" {
-		abs, err := filepath.Abs(out)
+		req.Args, _ = json.Marshal(node.ReportArgs{Plots: true})
+	}
+	var rep node.ReportReply
+	if err := ctl.Call(c.Daemons[i].Socket, req, &rep); err != nil {
+		return Report{}, err
+	}
+	r := Report{Report: rep.Report}
+	if out != "" {
+		paths, err := rep.WritePlots(out)
+		r.Plots = paths
 		if err != nil {
 			return r, err
 		}
-		req.Args, _ = json.Marshal(node.ReportArgs{Out: abs})
 	}
-	err := ctl.Call(c.Daemons[i].Socket, req, &r)
-	return r, err
+	return r, nil
 }
 
 // Stop stops every daemon (SIGTERM, then SIGKILL after two seconds) and

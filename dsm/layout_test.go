@@ -1,8 +1,11 @@
 package dsm_test
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,6 +14,7 @@ import (
 
 	"github.com/dsmrt/dsm/analyzer"
 	"github.com/dsmrt/dsm/dsm"
+	"github.com/dsmrt/dsm/internal/ctl"
 )
 
 // The layouts run by real daemons and programs; the analyzer must find
@@ -148,5 +152,33 @@ func TestAnalyzerFindsExactlyTheFalseSharing(t *testing.T) {
 			require.NotEmpty(t, fs[0].Fix, rep.Text())
 			t.Logf("%s", fs[0].Summary)
 		})
+	}
+}
+
+// The daemon (often root) writes no file where a client names: a report
+// request with a directory is refused and nothing appears there; the
+// pictures come back as bytes and the client writes them (cluster.Report
+// and dsmnode report --out do).
+func TestReportPicturesWrittenByTheClient(t *testing.T) {
+	c := startCluster(t, 2)
+	runWorkers(t, c, "layout", envLayout+"=packed")
+	dir := t.TempDir()
+	args, err := json.Marshal(map[string]string{"out": dir})
+	require.NoError(t, err)
+	var rep json.RawMessage
+	err = ctl.Call(c.Daemons[0].Socket, ctl.Request{Op: ctl.OpReport, Args: args}, &rep)
+	require.ErrorContains(t, err, "writes no files")
+	left, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	require.Empty(t, left, "the daemon wrote into a directory a client named")
+
+	out := filepath.Join(t.TempDir(), "plots")
+	r, err := c.Report(0, out)
+	require.NoError(t, err)
+	require.Len(t, r.Plots, 2)
+	for _, p := range r.Plots {
+		b, err := os.ReadFile(p)
+		require.NoError(t, err)
+		require.True(t, bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")), "%s is no PNG", p)
 	}
 }

@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -334,13 +337,39 @@ func (n *Node) addVars(vs []analyzer.Var) error {
 
 // ReportArgs are the arguments of a report request.
 type ReportArgs struct {
-	Out string `json:"out,omitempty"` // absolute directory for PNG plots
+	// Plots asks for the analyzer's pictures, as PNG bytes in the reply.
+	Plots bool `json:"plots,omitempty"`
+	// Out was a directory the daemon wrote the pictures into. A daemon,
+	// often root, must not write files where a client names: the client
+	// asks for Plots and writes them itself (WritePlots). Out is refused.
+	Out string `json:"out,omitempty"`
 }
 
-// ReportReply is the analyzer's report and the plots written.
+// ReportReply is the analyzer's report and, when asked, its pictures.
 type ReportReply struct {
 	analyzer.Report
-	Plots []string `json:"plots,omitempty"`
+	Plots []analyzer.Plot `json:"plots,omitempty"`
+}
+
+// WritePlots writes the pictures of a report into dir, creating it if
+// needed, and returns the paths written. The client calls it: the files
+// belong to whoever asked.
+func (r ReportReply) WritePlots(dir string) ([]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create %s: %w", dir, err)
+	}
+	var paths []string
+	for _, p := range r.Plots {
+		if p.Name != filepath.Base(p.Name) || !strings.HasSuffix(p.Name, ".png") {
+			return paths, fmt.Errorf("report: a plot named %q: expected a PNG file name", p.Name)
+		}
+		path := filepath.Join(dir, p.Name)
+		if err := os.WriteFile(path, p.PNG, 0o644); err != nil {
+			return paths, fmt.Errorf("write %s: %w", path, err)
+		}
+		paths = append(paths, path)
+	}
+	return paths, nil
 }
 
 func (n *Node) report(ctx context.Context, r ctl.Request) (ReportReply, error) {
@@ -350,12 +379,15 @@ func (n *Node) report(ctx context.Context, r ctl.Request) (ReportReply, error) {
 			return ReportReply{}, fmt.Errorf("bad report request: %w", err)
 		}
 	}
+	if a.Out != "" {
+		return ReportReply{}, fmt.Errorf("the daemon writes no files for a client (asked for %s): use a dsmnode and dsm of this release, whose report --out writes the pictures itself", a.Out)
+	}
 	var rep ReportReply
 	err := n.do(ctx, func() { rep.Report = n.an.Report() })
-	if err != nil || a.Out == "" {
+	if err != nil || !a.Plots {
 		return rep, err
 	}
 	// The analyzer has its own lock: draw outside the node's.
-	rep.Plots, err = n.an.WritePlots(a.Out)
+	rep.Plots, err = n.an.Plots()
 	return rep, err
 }

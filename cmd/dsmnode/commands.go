@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"text/tabwriter"
 
+	"github.com/dsmrt/dsm/analyzer"
 	"github.com/dsmrt/dsm/cluster"
 	"github.com/dsmrt/dsm/internal/ctl"
 	"github.com/dsmrt/dsm/node"
@@ -200,21 +201,28 @@ func cmdReport(args []string) error {
 	}
 	req := ctl.Request{Op: ctl.OpReport}
 	if *out != "" {
-		abs, err := filepath.Abs(*out)
-		if err != nil {
-			return err
-		}
-		req.Args, _ = json.Marshal(node.ReportArgs{Out: abs})
+		// The daemon draws; this process writes the files, as its user.
+		req.Args, _ = json.Marshal(node.ReportArgs{Plots: true})
 	}
 	var rep node.ReportReply
 	if err := ctl.Call(*socket, req, &rep); err != nil {
 		return err
 	}
+	var written []string
+	if *out != "" {
+		var err error
+		if written, err = rep.WritePlots(*out); err != nil {
+			return err
+		}
+	}
 	if *asJSON {
-		return printJSON(rep)
+		return printJSON(struct {
+			analyzer.Report
+			Plots []string `json:"plots,omitempty"`
+		}{rep.Report, written})
 	}
 	fmt.Print(rep.Text())
-	for _, p := range rep.Plots {
+	for _, p := range written {
 		fmt.Println("wrote", p)
 	}
 	return nil

@@ -101,7 +101,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	var res Result
-	var report node.ReportReply
+	var report cluster.Report
 	for _, name := range []string{"packed", "padded"} {
 		l, rep, err := runLayout(ctx, name, *nodes, *iters, *out, *hold, *yield, !*asJSON)
 		if err != nil {
@@ -143,11 +143,11 @@ func fatal(err error) {
 
 // runLayout runs one layout on a fresh cluster and collects its figures and
 // node 0's analyzer report.
-func runLayout(ctx context.Context, name string, nodes, iters int, out string, hold, yield, progress bool) (Layout, node.ReportReply, error) {
+func runLayout(ctx context.Context, name string, nodes, iters int, out string, hold, yield, progress bool) (Layout, cluster.Report, error) {
 	l := Layout{Name: name, Nodes: nodes, ItersPerNode: iters}
 	c, err := cluster.Start(ctx, cluster.Options{Nodes: nodes, Size: 16 << 20, Tune: func(c *node.Config) { c.NoHold = !hold }})
 	if err != nil {
-		return l, node.ReportReply{}, err
+		return l, cluster.Report{}, err
 	}
 	defer c.Stop()
 	var outMu sync.Mutex
@@ -174,7 +174,7 @@ func runLayout(ctx context.Context, name string, nodes, iters int, out string, h
 	}
 	exe, err := os.Executable()
 	if err != nil {
-		return l, node.ReportReply{}, err
+		return l, cluster.Report{}, err
 	}
 	env := []string{envLayout + "=" + name, envIters + "=" + strconv.Itoa(iters)}
 	if yield {
@@ -188,7 +188,7 @@ func runLayout(ctx context.Context, name string, nodes, iters int, out string, h
 	if err != nil {
 		outMu.Lock()
 		defer outMu.Unlock()
-		return l, node.ReportReply{}, fmt.Errorf("%w\n%s", err, strings.Join(lines, "\n"))
+		return l, cluster.Report{}, fmt.Errorf("%w\n%s", err, strings.Join(lines, "\n"))
 	}
 	outMu.Lock()
 	for _, line := range lines {
@@ -199,13 +199,13 @@ func runLayout(ctx context.Context, name string, nodes, iters int, out string, h
 		var w workerResult
 		if err := json.Unmarshal([]byte(js), &w); err != nil {
 			outMu.Unlock()
-			return l, node.ReportReply{}, fmt.Errorf("bad worker result %q: %w", line, err)
+			return l, cluster.Report{}, fmt.Errorf("bad worker result %q: %w", line, err)
 		}
 		l.Seconds = max(l.Seconds, w.Seconds)
 	}
 	outMu.Unlock()
 	if l.Seconds == 0 {
-		return l, node.ReportReply{}, fmt.Errorf("workers printed no result:\n%s", strings.Join(lines, "\n"))
+		return l, cluster.Report{}, fmt.Errorf("workers printed no result:\n%s", strings.Join(lines, "\n"))
 	}
 	total := float64(nodes * iters)
 	l.IncrementsPerSec = total / l.Seconds
@@ -213,7 +213,7 @@ func runLayout(ctx context.Context, name string, nodes, iters int, out string, h
 	for i := range c.Daemons {
 		st, err := c.Status(i)
 		if err != nil {
-			return l, node.ReportReply{}, err
+			return l, cluster.Report{}, err
 		}
 		l.Migrations += st.Migrations["in"]
 		l.BytesMoved += st.BytesOut
