@@ -98,6 +98,11 @@ type Config struct {
 	// the node id): injected packet loss, for tests and benchmarks.
 	Loss float64 `json:"loss,omitempty"`
 
+	// MuteCoherence makes the daemon drop every coherence message it
+	// receives while its transport stays up: injected, for tests, a peer
+	// that is up but never answers.
+	MuteCoherence bool `json:"mute_coherence,omitempty"`
+
 	// WrapConn, when set, wraps the transport's UDP socket (fault injection).
 	WrapConn func(net.PacketConn) net.PacketConn `json:"-"`
 	// Logger receives the daemon's log; nil means stderr.
@@ -439,29 +444,41 @@ func (n *Node) do(ctx context.Context, fn func()) error {
 func (n *Node) WaitPeers(ctx context.Context) error { return n.tr.WaitPeers(ctx) }
 
 // failStuckFaults tells every program whose fault has waited longer than
-// FaultTimeout while a peer is down that it cannot go on. The program exits
-// with the reason; its thread would otherwise wait in the fault forever.
-// Called with n.mu held.
+// FaultTimeout that it cannot go on, with the reason: the peers that are
+// down, or, when every peer is up, the page's home, which has not answered.
+// The program exits with it; its thread would otherwise wait in the fault
+// forever. Called with n.mu held.
 func (n *Node) failStuckFaults(now time.Time) {
-	var down []string
-	for _, p := range n.tr.Peers() {
-		if !p.Up {
-			down = append(down, fmt.Sprintf("node %d (%s)", p.ID, p.Addr))
-		}
-	}
-	if len(down) == 0 {
-		return
-	}
 	limit := time.Duration(n.cfg.FaultTimeout)
+	var down []string
+	checked := false
 	told := map[*prog]bool{}
 	for page, ws := range n.waiting {
 		for _, w := range ws {
 			if w.p.gone || told[w.p] || now.Sub(w.at) < limit {
 				continue
 			}
+			if !checked {
+				checked = true
+				for _, p := range n.tr.Peers() {
+					if !p.Up {
+						down = append(down, fmt.Sprintf("node %d (%s)", p.ID, p.Addr))
+					}
+				}
+			}
 			told[w.p] = true
-			err := fmt.Errorf("a fault on page %d (offset 0x%x) has waited %v and %s down: the page may be there, so the program cannot go on",
-				page, uint64(page)*uint64(n.ps), now.Sub(w.at).Round(time.Second), strings.Join(down, ", ")+" is")
+			waited := now.Sub(w.at).Round(time.Second)
+			var err error
+			if len(down) > 0 {
+				err = fmt.Errorf("a fault on page %d (offset 0x%x) has waited %v and %s down: the page may be there, so the program cannot go on",
+					page, uint64(page)*uint64(n.ps), waited, strings.Join(down, ", ")+" is")
+			} else if home := n.Home(page); int(home) != n.cfg.ID {
+				err = fmt.Errorf("a fault on page %d (offset 0x%x) has waited %v with every node up: the page's home, node %d (%s), has not answered, so the program cannot go on",
+					page, uint64(page)*uint64(n.ps), waited, home, n.cfg.Peers[int(home)])
+			} else {
+				err = fmt.Errorf("a fault on page %d (offset 0x%x) has waited %v with every node up: its home is this node, and the node holding the page has not answered, so the program cannot go on",
+					page, uint64(page)*uint64(n.ps), waited)
+			}
 			n.log.Error("program stopped: fault cannot complete", "pid", w.p.pid, "err", err)
 			reply(w.p.conn, 0, nil, err)
 		}
@@ -571,6 +588,9 @@ func (n *Node) onPeerMessage(from uint16, b []byte) {
 	}
 	switch b[0] {
 	case protoCoherence:
+		if n.cfg.MuteCoherence {
+			return
+		}
 		m, err := coherence.UnmarshalMessage(b[1:])
 		if err != nil {
 			n.log.Warn("malformed coherence message dropped", "peer", from, "err", err)
