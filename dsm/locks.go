@@ -25,6 +25,18 @@ import (
 // used, and the home's next grant is larger still (or larger than the whole
 // range when the program or its node died without saying).
 
+// A program re-grants a cached lock by itself for at most cacheTrust after
+// its daemon last vouched for the lease (a grant, or an answer to
+// LockOpHolding), and never closer than cacheMargin to the end of the
+// daemon's belief, which ends before the home may grant the lock elsewhere
+// (lockmgr: a holder believes 2 s, the home waits 2.5 s). So a program
+// whose daemon stalls stops using the cache within cacheTrust and waits
+// for the daemon, instead of holding the lock beside the next holder.
+const (
+	cacheTrust  = time.Second
+	cacheMargin = 250 * time.Millisecond
+)
+
 // lockCall sends one lock-manager request to the daemon and waits for the
 // answer. A request that waits (lock, barrier, campaign) is withdrawn when
 // ctx ends, so that no ghost holder remains.
@@ -151,11 +163,12 @@ type Mutex struct {
 	token uint64 // the token of the current (or last) hold
 
 	// A hold granted by the daemon that this program keeps (cached):
-	kept     bool   // held from the daemon, in use or not
-	inUse    bool   // between Lock and Unlock
-	recalled bool   // the home wants it back
-	limit    uint64 // the largest token the program may give itself
-	holdReq  uint64 // the request that got the hold
+	kept       bool      // held from the daemon, in use or not
+	validUntil time.Time // re-grant by itself only before this; then ask the daemon
+	inUse      bool      // between Lock and Unlock
+	recalled   bool      // the home wants it back
+	limit      uint64    // the largest token the program may give itself
+	holdReq    uint64    // the request that got the hold
 	// Events that arrived before the answer to the request they concern
 	// (the region's reader may run ahead of the goroutine that asked).
 	recalledReq, lostReq uint64
@@ -174,6 +187,25 @@ func (m *Mutex) Lock(ctx context.Context) error {
 		return ctx.Err()
 	}
 	m.mu.Lock()
+	if m.kept && !m.recalled && m.token < m.limit && !time.Now().Before(m.validUntil) {
+		// The cache is only as good as the daemon's belief in the lease,
+		// and a daemon that stalls (SIGSTOP, a long pause) cannot say it
+		// lost the lock: ask it again before using the cache further.
+		m.mu.Unlock()
+		rep, err := m.r.lockCall(ctx, ctl.LockMsg{Op: ctl.LockOpHolding, Text: m.name, Client: m.client})
+		if err != nil {
+			<-m.sem
+			return fmt.Errorf("dsm: lock %q: confirm the cached lock: %w", m.name, err)
+		}
+		m.mu.Lock()
+		left := time.Duration(rep.Count) * time.Millisecond
+		if rep.Flags&ctl.LockHeld != 0 && left > cacheMargin {
+			m.validUntil = time.Now().Add(min(cacheTrust, left-cacheMargin))
+		} else {
+			m.validUntil = time.Time{}
+			m.recalled = true // no longer trusted: give it back below
+		}
+	}
 	if m.kept && !m.recalled && m.token < m.limit {
 		// Nobody else asked since this program last held it.
 		m.token++
@@ -222,6 +254,8 @@ func (m *Mutex) acquire(ctx context.Context, op ctl.LockOp) error {
 	m.token = rep.Token
 	if op == ctl.LockOpLockCached && m.lostReq != req {
 		m.kept, m.inUse, m.holdReq = true, true, req
+		// The daemon's belief in the lease was just renewed by the grant.
+		m.validUntil = time.Now().Add(cacheTrust)
 		m.limit = max(rep.Limit, rep.Token)
 		m.recalled = rep.Flags&ctl.LockRecall != 0 || m.recalledReq == req
 	}

@@ -130,3 +130,116 @@ func TestSilentPeerStopsProgram(t *testing.T) {
 		t.Fatalf("the reader still waits 30 s after its fault, with fault_timeout 1 s:\n%s", rout.String())
 	}
 }
+
+func init() {
+	workers["cachedholder"] = workCachedHolder
+	workers["stallwaiter"] = workStallWaiter
+}
+
+// workCachedHolder takes the lock "cachedstall" again and again (a cached
+// lock, re-granted in this program) until the file DSM_TEST_STOP exists,
+// then prints the time of every acquisition.
+func workCachedHolder(r *dsm.Region) error {
+	mu := r.Mutex("cachedstall")
+	var times []string
+	for i := 0; ; i++ {
+		if _, err := os.Stat(os.Getenv("DSM_TEST_STOP")); err == nil {
+			break
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := mu.Lock(ctx)
+		cancel()
+		if err != nil {
+			return err
+		}
+		times = append(times, strconv.FormatInt(time.Now().UnixNano(), 10))
+		if err := mu.Unlock(); err != nil {
+			return err
+		}
+		if i == 0 {
+			fmt.Println("looping")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	fmt.Println("holder acquired at:", strings.Join(times, " "))
+	return nil
+}
+
+// workStallWaiter takes the lock "cachedstall" once the file DSM_TEST_GO
+// exists, holds it 300 ms and says when it had it.
+func workStallWaiter(r *dsm.Region) error {
+	mu := r.Mutex("cachedstall")
+	fmt.Println("waiting")
+	for {
+		if _, err := os.Stat(os.Getenv("DSM_TEST_GO")); err == nil {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := mu.Lock(ctx); err != nil {
+		return err
+	}
+	fmt.Println("got", time.Now().UnixNano())
+	time.Sleep(300 * time.Millisecond)
+	fmt.Println("release", time.Now().UnixNano())
+	return mu.Unlock()
+}
+
+// A program keeps a lock it released (cached) and takes it again by
+// itself. When its daemon stalls (SIGSTOP) for longer than the lease, the
+// home grants the lock to another node; the program must by then have
+// stopped taking it by itself: never two holders at once.
+func TestCachedLockStopsWhenItsDaemonStalls(t *testing.T) {
+	c := startCluster(t, 2)
+	home := lockHome("cachedstall", 2)
+	holderNode := 1 - home // the waiter's node is the home, which stays up
+	dir := t.TempDir()
+	stop, goFile := dir+"/stop", dir+"/go"
+	hcmd, hout := startWorker(t, append(c.Env(holderNode), "DSM_TEST_STOP="+stop), "cachedholder")
+	waitFor(t, func() bool { return strings.Contains(hout.String(), "looping") })
+	wcmd, wout := startWorker(t, append(c.Env(home), "DSM_TEST_GO="+goFile), "stallwaiter")
+	waitFor(t, func() bool { return strings.Contains(wout.String(), "waiting") })
+
+	pid := c.Daemons[holderNode].PID()
+	require.NoError(t, syscall.Kill(pid, syscall.SIGSTOP))
+	resumed := false
+	t.Cleanup(func() {
+		if !resumed {
+			syscall.Kill(pid, syscall.SIGCONT)
+		}
+	})
+	require.NoError(t, os.WriteFile(goFile, nil, 0o644))
+	// The home grants the waiter the lock once the holder's lease ran
+	// out (2.5 s): the holder's daemon stays stopped until the waiter let
+	// go of it.
+	require.NoError(t, wcmd.Wait(), wout.String())
+	require.NoError(t, syscall.Kill(pid, syscall.SIGCONT))
+	resumed = true
+	require.NoError(t, os.WriteFile(stop, nil, 0o644))
+	require.NoError(t, hcmd.Wait(), hout.String())
+
+	var got, released int64
+	for _, l := range strings.Split(wout.String(), "\n") {
+		if v, ok := strings.CutPrefix(l, "got "); ok {
+			got, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+		if v, ok := strings.CutPrefix(l, "release "); ok {
+			released, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	require.Positive(t, got, wout.String())
+	require.Positive(t, released, wout.String())
+	_, list, ok := strings.Cut(hout.String(), "holder acquired at: ")
+	require.True(t, ok, hout.String())
+	n := 0
+	for _, f := range strings.Fields(list) {
+		at, err := strconv.ParseInt(f, 10, 64)
+		require.NoError(t, err)
+		n++
+		require.False(t, at >= got && at <= released,
+			"the holder took the lock at %d, while the waiter held it (%d to %d)", at, got, released)
+	}
+	t.Logf("holder: %d acquisitions, none while the waiter held the lock for %v", n, time.Duration(released-got))
+}

@@ -124,6 +124,16 @@ func (e *Engine) Holding(name string, client uint64) (token uint64, ok bool) {
 	return e.holding(lockKey{SpaceLock, name}, client)
 }
 
+// BeliefLeft reports how many ticks client may still believe it holds lock
+// name (zero, false when it does not hold it). A program that re-grants a
+// cached lock by itself must stop before this runs out.
+func (e *Engine) BeliefLeft(name string, client uint64) (ticks int64, ok bool) {
+	if _, held := e.holding(lockKey{SpaceLock, name}, client); !held {
+		return 0, false
+	}
+	return e.reqs[localKey{lockKey{SpaceLock, name}, client}].believed - e.now, true
+}
+
 func (e *Engine) holding(lk lockKey, client uint64) (uint64, bool) {
 	r := e.reqs[localKey{lk, client}]
 	if r == nil || r.state != held || !r.announced || e.now >= r.believed {

@@ -174,10 +174,15 @@ func (n *Node) serveLock(ctx context.Context, c *net.UnixConn, p *prog, a ctl.Lo
 			e.Cancel(a.Text, client, a.Req)
 			now = &ctl.LockMsg{}
 		case ctl.LockOpHolding:
+			// After a stall (SIGSTOP, a long pause) the loop may not have
+			// counted the lock manager's ticks yet: count them, so that a
+			// belief that ran out meanwhile is not reported as held.
+			n.tickLocks(time.Now())
 			tok, ok := e.Holding(a.Text, client)
 			now = &ctl.LockMsg{Token: tok}
-			if ok {
+			if left, held := e.BeliefLeft(a.Text, client); ok && held {
 				now.Flags = ctl.LockHeld
+				now.Count = uint32(min(time.Duration(left)*LockTick/time.Millisecond, 1<<31))
 			}
 		case ctl.LockOpLeader:
 			info, ok := e.Leader(a.Text)

@@ -62,7 +62,7 @@ const (
 type LockMsg struct {
 	Op     LockOp
 	Flags  uint8
-	Count  uint32 // barrier participants
+	Count  uint32 // barrier participants; in a reply to LockOpHolding, the milliseconds the hold may still be believed
 	Node   uint16 // leader: the leader's node
 	ID     uint64 // request id, echoed by the reply (0: no reply wanted)
 	Client uint64 // the program's lock client
