@@ -55,6 +55,12 @@ type Options struct {
 	// Tune, when set, adjusts each node's configuration before its daemon
 	// starts (compression, FEC, injected loss, ...).
 	Tune func(*node.Config)
+	// Addrs, when set, is each node's UDP address (default: free ports on
+	// loopback).
+	Addrs []string
+	// Netns, when set, names a network namespace per node that its daemon
+	// runs in (ip netns exec): for tests that cut a node off the network.
+	Netns []string
 }
 
 // Daemon is one node daemon of a local cluster.
@@ -110,10 +116,17 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 		}
 		c.opts.Dir, c.tmp = d, true
 	}
-	addrs, err := freeUDPAddrs(o.Nodes)
-	if err != nil {
+	if (o.Addrs != nil && len(o.Addrs) != o.Nodes) || (o.Netns != nil && len(o.Netns) != o.Nodes) {
 		c.Stop()
-		return nil, err
+		return nil, fmt.Errorf("%d nodes need %d addresses and namespaces, not %d and %d", o.Nodes, o.Nodes, len(o.Addrs), len(o.Netns))
+	}
+	addrs := o.Addrs
+	if addrs == nil {
+		var err error
+		if addrs, err = freeUDPAddrs(o.Nodes); err != nil {
+			c.Stop()
+			return nil, err
+		}
 	}
 	key := make([]byte, 16)
 	rand.Read(key)
@@ -177,6 +190,10 @@ func (c *Cluster) startDaemon(cfg node.Config) (*Daemon, error) {
 		return nil, err
 	}
 	cmd := exec.Command(c.opts.Executable, c.opts.Args...)
+	if c.opts.Netns != nil {
+		// ip execs the daemon in place: the process is the daemon's.
+		cmd = exec.Command("ip", append([]string{"netns", "exec", c.opts.Netns[cfg.ID], c.opts.Executable}, c.opts.Args...)...)
+	}
 	cmd.Env = append(os.Environ(), c.opts.Env...)
 	cmd.Env = append(cmd.Env, node.EnvDaemon+"="+string(js), node.EnvLogLevel+"="+c.opts.LogLevel)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}

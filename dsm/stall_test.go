@@ -116,6 +116,7 @@ func TestSilentPeerStopsProgram(t *testing.T) {
 	_, oout := startWorker(t, append(c.Env(1), env), "ownpage")
 	waitFor(t, func() bool { return strings.Contains(oout.String(), "written") })
 	rcmd, rout := startWorker(t, append(c.Env(0), env), "readpage")
+	started := time.Now()
 	done := make(chan error, 1)
 	go func() { done <- rcmd.Wait() }()
 	select {
@@ -126,6 +127,8 @@ func TestSilentPeerStopsProgram(t *testing.T) {
 		require.Contains(t, rout.String(), "with every node up")
 		require.Contains(t, rout.String(), "node 1")
 		require.NotContains(t, rout.String(), "read 42")
+		t.Logf("the reader stopped %v after it started, with fault_timeout 1 s: %s",
+			time.Since(started).Round(time.Millisecond), strings.TrimSpace(rout.String()))
 	case <-time.After(30 * time.Second):
 		t.Fatalf("the reader still waits 30 s after its fault, with fault_timeout 1 s:\n%s", rout.String())
 	}

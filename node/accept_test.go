@@ -104,6 +104,7 @@ func TestAcceptSurvivesDescriptorExhaustion(t *testing.T) {
 	for _, c := range conns {
 		c.Close()
 	}
+	closed := time.Now()
 
 	done := make(chan error, 1)
 	go func() {
@@ -113,6 +114,7 @@ func TestAcceptSurvivesDescriptorExhaustion(t *testing.T) {
 	select {
 	case err := <-done:
 		require.NoError(t, err, "status after the connections closed\n%s", logs)
+		t.Logf("status answered %v after the connections closed", time.Since(closed).Round(time.Millisecond))
 	case <-time.After(20 * time.Second):
 		t.Fatalf("no status 20 s after the connections closed: the control socket is dead\n%s", logs)
 	}
