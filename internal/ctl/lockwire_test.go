@@ -80,3 +80,30 @@ func TestReadBinaryAndJSON(t *testing.T) {
 		t.Fatalf("json: %+v, %v", r, err)
 	}
 }
+
+// FuzzParseLockMsg: no input makes ParseLockMsg panic, every error wraps
+// ErrBadLockMsg, and what it accepts encodes back to a message that parses
+// to the same thing (a program's lock requests reach the daemon through
+// it).
+func FuzzParseLockMsg(f *testing.F) {
+	for _, m := range []LockMsg{
+		{Op: LockOpLockCached, ID: 7, Client: 3, Req: 9, Text: "counter"},
+		{Op: LockOpReply, Flags: LockRecall, Token: 1<<32 | 5, Limit: 1<<32 | 0xffff},
+		{Op: LockOpBarrier, Count: 3, Text: "phase"},
+	} {
+		f.Add(m.AppendBinary(nil))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := ParseLockMsg(b)
+		if err != nil {
+			if !errors.Is(err, ErrBadLockMsg) {
+				t.Fatalf("error %v does not wrap ErrBadLockMsg", err)
+			}
+			return
+		}
+		again, err := ParseLockMsg(m.AppendBinary(nil))
+		if err != nil || again != m {
+			t.Fatalf("%+v encodes to a message that parses to %+v (%v)", m, again, err)
+		}
+	})
+}
