@@ -143,11 +143,15 @@ func workHoldLock(r *dsm.Region) error {
 }
 
 // workWaitLock waits for the lock and prints its token.
-func workWaitLock(r *dsm.Region) error {
+func workWaitLock(r *dsm.Region) error { return lockOnce(r, "held", "waiting") }
+
+// lockOnce says what it does (announce), takes lock name with a minute to
+// get it, prints its token and how long it waited, and unlocks.
+func lockOnce(r *dsm.Region, name, announce string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	mu := r.Mutex("held")
-	fmt.Println("waiting")
+	mu := r.Mutex(name)
+	fmt.Println(announce)
 	t0 := time.Now()
 	if err := mu.Lock(ctx); err != nil {
 		return err

@@ -27,16 +27,7 @@ func init() { workers["lockthroughstall"] = workLockThroughStall }
 func workLockThroughStall(r *dsm.Region) error {
 	fmt.Println("ready")
 	time.Sleep(time.Second) // the test stops the lock's home meanwhile
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	mu := r.Mutex("stalled")
-	fmt.Println("locking")
-	t0 := time.Now()
-	if err := mu.Lock(ctx); err != nil {
-		return err
-	}
-	fmt.Printf("got token %d after %v\n", mu.Token(), time.Since(t0).Round(time.Millisecond))
-	return mu.Unlock()
+	return lockOnce(r, "stalled", "locking")
 }
 
 // A lock's home that stalls (SIGSTOP, as a long pause or a frozen VM
