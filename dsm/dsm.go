@@ -74,7 +74,6 @@ type Region struct {
 	mu      sync.Mutex
 	nextID  uint64
 	calls   map[uint64]chan ctl.Reply
-	next    uint64 // allocation cursor
 	closing bool
 	lost    error
 	done    chan struct{}
@@ -84,6 +83,8 @@ type Region struct {
 	barriers    map[string]*barrierState
 	cached      map[uint64]*Mutex // lock client -> the Mutex that may keep its lock
 	lockMsgs    atomic.Uint64     // lock messages sent to the daemon
+
+	hp heapState // the shared heap, as this program sees it
 }
 
 // Attach connects to the node daemon, maps the region at its base address
@@ -325,10 +326,18 @@ func (r *Region) NodeID() int { return r.geo.Node }
 // Nodes is the number of nodes in the cluster.
 func (r *Region) Nodes() int { return r.geo.Nodes }
 
-// Alloc reserves size bytes aligned to align (a power of two; 0 means 8)
-// under a name and returns its offset in the region. The same sequence of
-// calls returns the same offsets on every node. The name is recorded by the
+// Alloc returns the offset of the allocation called name, size bytes
+// aligned to align (a power of two up to 64 KiB; 0 means 8), the same on
+// every node whatever the order of the calls: the first node of the cluster
+// to allocate a name fixes its offset, size and alignment, and a node that
+// asks for the same name with another size or alignment gets an error
+// naming both. Names allocated one after the other are placed one after the
+// other, as the fields of a struct would be. The name is recorded by the
 // daemon so that the layout analyzer can name the variable.
+//
+// A named allocation lives as long as the cluster: a program that runs
+// again on the same cluster finds its names, and their contents, where it
+// left them. For memory that is freed, see New, MakeSlice and Free.
 func (r *Region) Alloc(name string, size, align int) (int, error) {
 	return r.alloc(context.Background(), name, size, align, nil)
 }
@@ -343,21 +352,23 @@ func (r *Region) alloc(ctx context.Context, name string, size, align int, fields
 	if name == "" {
 		return 0, errors.New("dsm: alloc needs a name (the analyzer reports variables by name)")
 	}
-	r.mu.Lock()
-	off := (r.next + uint64(align) - 1) &^ (uint64(align) - 1)
-	if off+uint64(size) > uint64(len(r.mem)) {
-		r.mu.Unlock()
-		return 0, fmt.Errorf("dsm: alloc %q of %d bytes: region of %d bytes is full (%d used)", name, size, len(r.mem), r.next)
+	off, err := r.allocNamed(ctx, name, uint64(size), uint64(align))
+	if err != nil {
+		return 0, fmt.Errorf("dsm: alloc %q: %w", name, err)
 	}
-	r.next = off + uint64(size)
-	r.mu.Unlock()
-	for i := range fields {
-		fields[i].Offset += off
-	}
-	if err := r.call(ctx, ctl.Request{Op: ctl.OpAlloc, Name: name, Offset: off, Size: uint64(size), Fields: fields}, nil); err != nil {
+	if err := r.register(ctx, name, off, uint64(size), fields); err != nil {
 		return 0, fmt.Errorf("dsm: alloc %q: %w", name, err)
 	}
 	return int(off), nil
+}
+
+// register tells the daemon's analyzer the name of [off, off+size) and of
+// its fields (offsets relative to off).
+func (r *Region) register(ctx context.Context, name string, off, size uint64, fields []ctl.Field) error {
+	for i := range fields {
+		fields[i].Offset += off
+	}
+	return r.call(ctx, ctl.Request{Op: ctl.OpAlloc, Name: name, Offset: off, Size: size, Fields: fields}, nil)
 }
 
 // Ptr returns a pointer to the byte at offset off of the region.

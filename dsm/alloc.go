@@ -1,0 +1,179 @@
+package dsm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"sync"
+	"unsafe"
+
+	"github.com/dsmrt/dsm/analyzer"
+	"github.com/dsmrt/dsm/internal/ctl"
+)
+
+// An AllocOption changes how New and MakeSlice place an object.
+type AllocOption interface{ applyAlloc(*allocConfig) }
+
+type allocConfig struct {
+	align uint64
+	name  string
+}
+
+// Align places the object at a multiple of the given number of bytes (a
+// power of two up to 64 KiB). Align(r.PageSize()) gives the object pages of
+// its own: nothing another node writes shares a page with it, which is how a
+// program keeps per-node data from false sharing. CacheLine keeps it on
+// cache lines of its own.
+type Align int
+
+func (a Align) applyAlloc(c *allocConfig) { c.align = max(c.align, uint64(a)) }
+
+// CacheLine is the alignment that keeps an object on cache lines of its own.
+const CacheLine Align = 64
+
+// Name gives the object a name in the layout analyzer's reports: the object
+// at offset off is reported as "name@0xOFF" (and its fields, for a struct
+// type, as "name@0xOFF.Field"). Naming costs a message to the daemon per
+// allocation; unnamed objects cost none.
+type Name string
+
+func (n Name) applyAlloc(c *allocConfig) { c.name = string(n) }
+
+// New allocates a zeroed T in the region's shared heap and returns a
+// pointer to it, valid on every node at the same address. The allocation is
+// served from this node's arena (no message when the arena has room) and
+// aligned to T's alignment or to an Align option.
+//
+// T must not hold Go strings, maps, channels, functions or interfaces: the
+// memory they point to lives in one program's heap, which other nodes
+// cannot see and Go's garbage collector does not know is referenced from
+// the region. Pointers and slices are fine when they point into the region.
+func New[T any](r *Region, opts ...AllocOption) (*T, error) {
+	var t T
+	p, err := r.newObject(reflect.TypeOf(&t).Elem(), 1, opts)
+	if err != nil {
+		return nil, err
+	}
+	return (*T)(p), nil
+}
+
+// MakeSlice allocates n zeroed elements of type T in the region's shared
+// heap, as New does, and returns them as a slice (length and capacity n).
+func MakeSlice[T any](r *Region, n int, opts ...AllocOption) ([]T, error) {
+	if n <= 0 {
+		return nil, fmt.Errorf("dsm: MakeSlice of %d elements: n must be > 0", n)
+	}
+	var t T
+	p, err := r.newObject(reflect.TypeOf(&t).Elem(), n, opts)
+	if err != nil {
+		return nil, err
+	}
+	return unsafe.Slice((*T)(p), n), nil
+}
+
+// Free returns to the heap what New or MakeSlice returned (p is that
+// pointer or slice). Any node may free any object. Freeing something else
+// (a pointer into an object, a named allocation, memory outside the heap)
+// is an error, and so is freeing an object twice, unless it was allocated
+// again in between (then the second Free frees the new object, as with
+// any allocator). The object's memory is zeroed.
+func Free(r *Region, p any) error {
+	v := reflect.ValueOf(p)
+	if !v.IsValid() || (v.Kind() != reflect.Pointer && v.Kind() != reflect.Slice) {
+		return fmt.Errorf("dsm: Free of a %T: give the pointer or slice that New or MakeSlice returned", p)
+	}
+	if v.IsNil() {
+		return errors.New("dsm: Free of nil")
+	}
+	addr := v.Pointer()
+	base := uintptr(r.geo.Base)
+	if addr < base || addr >= base+uintptr(len(r.mem)) {
+		return fmt.Errorf("dsm: Free of %#x: not in the region [%#x, %#x)", addr, base, base+uintptr(len(r.mem)))
+	}
+	if err := r.heapFree(uint64(addr - base)); err != nil {
+		return fmt.Errorf("dsm: Free of %#x: %w", addr, err)
+	}
+	return nil
+}
+
+// newObject allocates n values of type t.
+func (r *Region) newObject(t reflect.Type, n int, opts []AllocOption) (unsafe.Pointer, error) {
+	if err := checkShareable(t); err != nil {
+		return nil, fmt.Errorf("dsm: allocate %v: %w", t, err)
+	}
+	cfg := allocConfig{align: uint64(t.Align())}
+	for _, o := range opts {
+		o.applyAlloc(&cfg)
+	}
+	if cfg.align == 0 || cfg.align&(cfg.align-1) != 0 || cfg.align > chunkSize {
+		return nil, fmt.Errorf("dsm: allocate %v: alignment %d must be a power of two up to %d", t, cfg.align, chunkSize)
+	}
+	size := uint64(max(t.Size(), 1))
+	if uint64(n) > uint64(len(r.mem))/size {
+		return nil, fmt.Errorf("dsm: allocate %d × %v: %w: %d bytes asked, the region has %d; start the cluster with a larger region (dsmnode run -size BYTES, dsmnode serve --size BYTES)", n, t, ErrFull, uint64(n)*size, len(r.mem))
+	}
+	size *= uint64(n)
+	off, err := r.heapAlloc(size, cfg.align)
+	if err != nil {
+		return nil, fmt.Errorf("dsm: allocate %v: %w", t, err)
+	}
+	if cfg.name != "" {
+		name := fmt.Sprintf("%s@%#x", cfg.name, off)
+		var fields []ctl.Field
+		if n == 1 && (t.Kind() == reflect.Struct || t.Kind() == reflect.Array) {
+			vars, err := analyzer.StructVars(name, 0, reflect.Zero(t).Interface())
+			if err == nil {
+				for _, v := range vars {
+					fields = append(fields, ctl.Field{Name: v.Name, Offset: v.Offset, Size: v.Size})
+				}
+			}
+		}
+		if err := r.register(context.Background(), name, off, size, fields); err != nil {
+			r.heapFree(off)
+			return nil, fmt.Errorf("dsm: allocate %v named %q: %w", t, cfg.name, err)
+		}
+	}
+	return unsafe.Pointer(&r.mem[off]), nil
+}
+
+var shareable sync.Map // reflect.Type -> error (nil when fine)
+
+// checkShareable refuses types whose values point into one program's Go
+// heap.
+func checkShareable(t reflect.Type) error {
+	if v, ok := shareable.Load(t); ok {
+		err, _ := v.(error)
+		return err
+	}
+	err := shareableErr(t, t.String(), 0)
+	shareable.Store(t, err)
+	return err
+}
+
+func shareableErr(t reflect.Type, path string, depth int) error {
+	if depth > 32 {
+		return nil // a recursive type through pointers: checked above
+	}
+	switch t.Kind() {
+	case reflect.String, reflect.Map, reflect.Chan, reflect.Func, reflect.Interface, reflect.UnsafePointer:
+		return fmt.Errorf("%s is a %v, whose memory lives in one program's Go heap, out of other nodes' reach; use fixed-size arrays, or pointers and slices into the region", path, t.Kind())
+	case reflect.Struct:
+		for i := range t.NumField() {
+			f := t.Field(i)
+			if err := shareableErr(f.Type, path+"."+f.Name, depth+1); err != nil {
+				return err
+			}
+		}
+	case reflect.Array:
+		return shareableErr(t.Elem(), path+"[i]", depth+1)
+	case reflect.Pointer, reflect.Slice:
+		// Allowed: they must point into the region, which cannot be
+		// checked here. Their element types must be shareable too.
+		if t.Elem().Kind() == reflect.Struct && depth > 0 {
+			return nil // a linked structure; its type is checked where it is allocated
+		}
+		return shareableErr(t.Elem(), path+"[*]", depth+1)
+	}
+	return nil
+}
