@@ -26,7 +26,7 @@ import (
 //	                         arenas of small objects, large objects
 //	header page              magic word (with the geometry), the cursor and
 //	                         end of the current run of named allocations
-//	name table               slots of slotSize bytes: state, hash, offset,
+//	name table               slots of slotBytes bytes: state, hash, offset,
 //	                         size, alignment, name
 //	chunk table              one word per chunk: free, named, small (class
 //	                         and owner node), large head (length) or
@@ -51,18 +51,18 @@ import (
 // page as they would in a struct (the false-sharing demo relies on it).
 const (
 	chunkSize  = 64 << 10
-	slotSize   = 128
-	maxNameLen = slotSize - slotName
+	slotBytes  = 128
+	maxNameLen = slotBytes - sfName
 	allocLock  = "dsm/alloc"
 
-	// Offsets in a name slot.
-	slotState = 0
-	slotHash  = 8
-	slotOff   = 16
-	slotSize_ = 24
-	slotAlign = 32
-	slotLen   = 40
-	slotName  = 48
+	// Offsets of the fields of a name slot.
+	sfState   = 0
+	sfHash    = 8
+	sfOff     = 16
+	sfSize    = 24
+	sfAlign   = 32
+	sfNameLen = 40
+	sfName    = 48
 
 	// Offsets in the header page.
 	hdrMagic  = 0
@@ -107,14 +107,14 @@ func newHeapGeo(size, ps uint64) (heapGeo, error) {
 	n0 := size / chunkSize
 	slots := uint64(1) << bits.Len64(max(n0, 1)-1)
 	slots = min(max(slots, 256), 16384)
-	meta := roundUp(ps+slots*slotSize+roundUp(8*n0, ps), chunkSize)
+	meta := roundUp(ps+slots*slotBytes+roundUp(8*n0, ps), chunkSize)
 	if size < meta+chunkSize {
 		return heapGeo{}, fmt.Errorf("a region of %d bytes is too small for the allocator (it needs at least %d bytes)", size, meta+chunkSize)
 	}
 	g := heapGeo{ps: ps, nchunks: (size - meta) / chunkSize, slots: slots}
 	g.meta = size - meta
 	g.names = g.meta + ps
-	g.table = g.names + slots*slotSize
+	g.table = g.names + slots*slotBytes
 	g.magic = heapMagic ^ g.nchunks<<20 ^ slots<<48 ^ ps
 	return g, nil
 }
@@ -424,15 +424,15 @@ func (r *Region) allocNamed(ctx context.Context, name string, size, align uint64
 	var slot uint64
 	found := false
 	for i := uint64(0); i < g.slots; i++ {
-		s := g.names + ((sum+i)&(g.slots-1))*slotSize
-		if *r.word(s + slotState) == 0 {
+		s := g.names + ((sum+i)&(g.slots-1))*slotBytes
+		if *r.word(s + sfState) == 0 {
 			slot, found = s, true
 			break
 		}
-		if *r.word(s + slotHash) == sum {
-			n := *r.word(s + slotLen)
-			if n == uint64(len(name)) && string(r.mem[s+slotName:s+slotName+n]) == name {
-				off, sz, al := *r.word(s + slotOff), *r.word(s + slotSize_), *r.word(s + slotAlign)
+		if *r.word(s + sfHash) == sum {
+			n := *r.word(s + sfNameLen)
+			if n == uint64(len(name)) && string(r.mem[s+sfName:s+sfName+n]) == name {
+				off, sz, al := *r.word(s + sfOff), *r.word(s + sfSize), *r.word(s + sfAlign)
 				if sz != size || al != align {
 					return 0, fmt.Errorf("asked for %d bytes aligned to %d, but the cluster has it as %d bytes aligned to %d at offset %d (the first node to allocate a name fixes it)", size, align, sz, al, off)
 				}
@@ -455,12 +455,12 @@ func (r *Region) allocNamed(ctx context.Context, name string, size, align uint64
 		*end = off + k*chunkSize
 	}
 	*cursor = off + size
-	*r.word(slot + slotHash) = sum
-	*r.word(slot + slotOff) = off
-	*r.word(slot + slotSize_) = size
-	*r.word(slot + slotAlign) = align
-	*r.word(slot + slotLen) = uint64(len(name))
-	copy(r.mem[slot+slotName:], name)
-	atomic.StoreUint64(r.word(slot+slotState), 1)
+	*r.word(slot + sfHash) = sum
+	*r.word(slot + sfOff) = off
+	*r.word(slot + sfSize) = size
+	*r.word(slot + sfAlign) = align
+	*r.word(slot + sfNameLen) = uint64(len(name))
+	copy(r.mem[slot+sfName:], name)
+	atomic.StoreUint64(r.word(slot+sfState), 1)
 	return off, nil
 }
