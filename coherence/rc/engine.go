@@ -1,0 +1,566 @@
+package rc
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/dsmrt/dsm/clocks"
+)
+
+// NodeID names a node of the cluster, 0 .. Nodes-1.
+type NodeID uint16
+
+// PageID is a page of the region.
+type PageID uint32
+
+// Config configures an Engine.
+type Config struct {
+	ID       NodeID
+	Nodes    int
+	PageSize int
+	// Home returns the home of a page; every node must use the same one.
+	Home func(PageID) NodeID
+	// Retry is how many ticks a fetch or a diff waits for its answer
+	// before it is sent again (default 3).
+	Retry int
+
+	bugs bugs // deliberate mistakes, for the simulator's own tests
+}
+
+// bugs break the protocol on purpose, to show that the simulator's checks
+// catch what they are meant to.
+type bugs struct {
+	noInvalidate bool // Acquire takes the clock but invalidates nothing
+	noFlush      bool // Acquire does not flush the node's written pages first
+	wideRuns     bool // diffs include unchanged bytes between changed ones
+	arrival      bool // the home applies diffs in arrival order, ignoring priorities
+	noRaces      bool // the home reports no race
+}
+
+// Kind is a message type.
+type Kind uint8
+
+// Message kinds.
+const (
+	MsgFetch   Kind = iota + 1 // node -> home: send me the page
+	MsgPage                    // home -> node: the page, with the clock of what it contains
+	MsgDiff                    // writer -> home: the bytes it changed in one interval
+	MsgDiffAck                 // home -> writer: the diff is applied
+)
+
+// Run is a range of changed bytes of a page.
+type Run struct {
+	Off  uint32
+	Data []byte
+}
+
+// Message is what engines send each other.
+type Message struct {
+	Kind     Kind
+	From, To NodeID
+	Page     PageID
+	// Seq is the fetch's request number (MsgFetch, MsgPage) or the
+	// writer's diff number (MsgDiff, MsgDiffAck).
+	Seq uint64
+	// Interval (MsgDiff) is the writer's interval the diff closes.
+	Interval uint64
+	// Clock is the writer's clock, with Interval in its own entry
+	// (MsgDiff), or, for every node, the last of its intervals applied to
+	// the home's master copy (MsgPage).
+	Clock clocks.Vector
+	Data  []byte // MsgPage
+	Runs  []Run  // MsgDiff
+}
+
+// Notice says that a node wrote pages in one of its intervals.
+type Notice struct {
+	Node     NodeID
+	Interval uint64
+	Pages    []PageID
+}
+
+// Payload is what a release hands, through a lock or a barrier, to the
+// next acquirer: the releaser's clock and the notices it knows.
+type Payload struct {
+	Clock   clocks.Vector
+	Notices []Notice
+}
+
+// Since returns the part of p an acquirer whose clock is v needs: the
+// notices of intervals v does not cover. The notices are shared with p.
+func (p Payload) Since(v clocks.Vector) Payload {
+	out := Payload{Clock: p.Clock}
+	for _, n := range p.Notices {
+		if int(n.Node) >= len(v) || n.Interval > v[n.Node] {
+			out.Notices = append(out.Notices, n)
+		}
+	}
+	return out
+}
+
+// Merge returns one payload holding the clocks and notices of all: what a
+// barrier hands every node that passes it.
+func Merge(ps ...Payload) Payload {
+	var out Payload
+	seen := map[[2]uint64]bool{}
+	for _, p := range ps {
+		out.Clock = clocks.Merge(out.Clock, p.Clock)
+		for _, n := range p.Notices {
+			k := [2]uint64{uint64(n.Node), n.Interval}
+			if !seen[k] {
+				seen[k] = true
+				out.Notices = append(out.Notices, n)
+			}
+		}
+	}
+	return out
+}
+
+// Write identifies one interval's write of a page.
+type Write struct {
+	Node     NodeID
+	Interval uint64
+	Clock    clocks.Vector
+}
+
+// Race is a data race found by a page's home: two concurrent writes by
+// different nodes changed the same bytes.
+type Race struct {
+	Page     PageID
+	Off, Len uint32
+	A, B     Write // A arrived first; the byte keeps the value of the one with the higher priority
+}
+
+// Install asks the daemon to install page data as the node's copy.
+type Install struct {
+	Page PageID
+	Data []byte
+}
+
+// Done reports the end of a Release or an Acquire.
+type Done struct {
+	Op      uint64
+	Payload *Payload // Release: what to hand the next acquirer
+}
+
+// Ready is what the engine has for the daemon.
+type Ready struct {
+	Messages    []Message
+	Installs    []Install
+	Invalidates []PageID
+	Done        []Done
+	Races       []Race
+}
+
+// PageData is the current contents of a page the program wrote.
+type PageData struct {
+	Page PageID
+	Data []byte
+}
+
+// Stats count what an engine did.
+type Stats struct {
+	Fetches, Stale, Diffs, DiffBytes, Retransmits, Duplicates, Invalidations, Races int
+}
+
+// Engine is one node's side of the protocol, and the home side for the
+// pages homed on it.
+type Engine struct {
+	cfg   Config
+	clock clocks.Vector // the intervals of every node known closed; own entry: own closed intervals
+	known map[[2]uint64]bool
+	log   []Notice
+	// need holds, per page, the latest interval of each node a notice
+	// says wrote it: a copy must contain these.
+	need   map[PageID]clocks.Vector
+	copies map[PageID]*copyState
+	homed  map[PageID]*master
+
+	fetchSeq, diffSeq uint64
+	diffs             map[uint64]*pendingDiff
+	op                *syncOp
+	now               uint64
+	rd                Ready
+	stats             Stats
+}
+
+type copyState struct {
+	valid    bool
+	fetching bool
+	seq      uint64 // the fetch in flight
+	sentAt   uint64
+	clock    clocks.Vector // what the copy contains
+	twin     []byte
+}
+
+type pendingDiff struct {
+	msg    Message
+	sentAt uint64
+}
+
+type syncOp struct {
+	id       uint64
+	acquire  bool
+	payload  Payload // Acquire
+	waiting  int     // diffs not yet acknowledged
+	interval uint64  // the interval the flush closes; 0 when it wrote nothing
+	pages    []PageID
+}
+
+// New returns an engine.
+func New(cfg Config) (*Engine, error) {
+	if cfg.Nodes < 1 || int(cfg.ID) >= cfg.Nodes || cfg.PageSize < 1 || cfg.Home == nil {
+		return nil, fmt.Errorf("rc: bad config: node %d of %d, page size %d, home set %v", cfg.ID, cfg.Nodes, cfg.PageSize, cfg.Home != nil)
+	}
+	if cfg.Retry <= 0 {
+		cfg.Retry = 3
+	}
+	return &Engine{
+		cfg:    cfg,
+		clock:  clocks.NewVector(cfg.Nodes),
+		known:  map[[2]uint64]bool{},
+		need:   map[PageID]clocks.Vector{},
+		copies: map[PageID]*copyState{},
+		homed:  map[PageID]*master{},
+		diffs:  map[uint64]*pendingDiff{},
+	}, nil
+}
+
+// Clock returns a copy of the node's clock.
+func (e *Engine) Clock() clocks.Vector { return e.clock.Clone() }
+
+// Stats returns the engine's counters.
+func (e *Engine) Stats() Stats { return e.stats }
+
+// Ready returns and forgets what the engine has for the daemon.
+func (e *Engine) Ready() Ready {
+	rd := e.rd
+	e.rd = Ready{}
+	return rd
+}
+
+// Valid reports whether the node has a copy of page p.
+func (e *Engine) Valid(p PageID) bool {
+	c := e.copies[p]
+	return c != nil && c.valid
+}
+
+// Busy reports whether a Release or Acquire is in progress.
+func (e *Engine) Busy() bool { return e.op != nil }
+
+// Idle reports whether nothing waits for an answer.
+func (e *Engine) Idle() bool {
+	if e.op != nil || len(e.diffs) > 0 {
+		return false
+	}
+	for _, c := range e.copies {
+		if c.fetching {
+			return false
+		}
+	}
+	return true
+}
+
+func (e *Engine) me() NodeID { return e.cfg.ID }
+
+func (e *Engine) send(m Message) {
+	m.From = e.me()
+	e.rd.Messages = append(e.rd.Messages, m)
+}
+
+func (e *Engine) copyOf(p PageID) *copyState {
+	c := e.copies[p]
+	if c == nil {
+		c = &copyState{}
+		e.copies[p] = c
+	}
+	return c
+}
+
+// Fault asks for a copy of page p, which the program touched and the node
+// has none of. The copy comes as an Install.
+func (e *Engine) Fault(p PageID) error {
+	home := e.cfg.Home(p)
+	if int(home) >= e.cfg.Nodes {
+		return fmt.Errorf("rc: page %d has home %d in a cluster of %d", p, home, e.cfg.Nodes)
+	}
+	c := e.copyOf(p)
+	if c.valid || c.fetching {
+		return nil
+	}
+	e.stats.Fetches++
+	if home == e.me() {
+		m := e.master(p)
+		e.install(p, c, m.applied.Clone(), slices.Clone(m.data))
+		return nil
+	}
+	e.fetchSeq++
+	c.fetching, c.seq, c.sentAt = true, e.fetchSeq, e.now
+	e.send(Message{Kind: MsgFetch, To: home, Page: p, Seq: c.seq})
+	return nil
+}
+
+func (e *Engine) install(p PageID, c *copyState, clock clocks.Vector, data []byte) {
+	c.valid, c.fetching = true, false
+	c.clock = clock
+	c.twin = data
+	e.rd.Installs = append(e.rd.Installs, Install{Page: p, Data: slices.Clone(data)})
+}
+
+// covers reports whether a copy with clock have contains the intervals in
+// need.
+func covers(have, need clocks.Vector) bool {
+	for j, k := range need {
+		if k > 0 && (j >= len(have) || have[j] < k) {
+			return false
+		}
+	}
+	return true
+}
+
+// Step takes a message from another engine.
+func (e *Engine) Step(m *Message) error {
+	if int(m.From) >= e.cfg.Nodes || m.To != e.me() {
+		return fmt.Errorf("rc: message %v from %d to %d at node %d", m.Kind, m.From, m.To, e.me())
+	}
+	switch m.Kind {
+	case MsgFetch:
+		if e.cfg.Home(m.Page) != e.me() {
+			return fmt.Errorf("rc: fetch of page %d from %d, whose home is %d", m.Page, m.From, e.cfg.Home(m.Page))
+		}
+		ms := e.master(m.Page)
+		e.send(Message{Kind: MsgPage, To: m.From, Page: m.Page, Seq: m.Seq, Clock: ms.applied.Clone(), Data: slices.Clone(ms.data)})
+	case MsgPage:
+		c := e.copies[m.Page]
+		if c == nil || !c.fetching || c.seq != m.Seq {
+			e.stats.Duplicates++
+			return nil
+		}
+		if len(m.Data) != e.cfg.PageSize {
+			return fmt.Errorf("rc: page %d from %d has %d bytes, want %d", m.Page, m.From, len(m.Data), e.cfg.PageSize)
+		}
+		if !covers(m.Clock, e.need[m.Page]) {
+			// The home answered before a diff a notice speaks of
+			// reached it: ask again.
+			e.stats.Stale++
+			e.fetchSeq++
+			c.seq, c.sentAt = e.fetchSeq, e.now
+			e.send(Message{Kind: MsgFetch, To: m.From, Page: m.Page, Seq: c.seq})
+			return nil
+		}
+		e.install(m.Page, c, m.Clock, m.Data)
+	case MsgDiff:
+		if e.cfg.Home(m.Page) != e.me() {
+			return fmt.Errorf("rc: diff of page %d from %d, whose home is %d", m.Page, m.From, e.cfg.Home(m.Page))
+		}
+		if err := e.applyDiff(m); err != nil {
+			return err
+		}
+		e.send(Message{Kind: MsgDiffAck, To: m.From, Page: m.Page, Seq: m.Seq})
+	case MsgDiffAck:
+		d := e.diffs[m.Seq]
+		if d == nil {
+			e.stats.Duplicates++
+			return nil
+		}
+		delete(e.diffs, m.Seq)
+		e.op.waiting--
+		if e.op.waiting == 0 {
+			e.finish()
+		}
+	default:
+		return fmt.Errorf("rc: unknown message kind %d from %d", m.Kind, m.From)
+	}
+	return nil
+}
+
+// Tick advances the engine's time: fetches and diffs unanswered for Retry
+// ticks are sent again, in page and diff order (the engine is
+// deterministic: a schedule replays from its seed).
+func (e *Engine) Tick() {
+	e.now++
+	var pages []PageID
+	for p, c := range e.copies {
+		if c.fetching && e.now-c.sentAt >= uint64(e.cfg.Retry) {
+			pages = append(pages, p)
+		}
+	}
+	slices.Sort(pages)
+	for _, p := range pages {
+		c := e.copies[p]
+		c.sentAt = e.now
+		e.stats.Retransmits++
+		e.send(Message{Kind: MsgFetch, To: e.cfg.Home(p), Page: p, Seq: c.seq})
+	}
+	var seqs []uint64
+	for seq, d := range e.diffs {
+		if e.now-d.sentAt >= uint64(e.cfg.Retry) {
+			seqs = append(seqs, seq)
+		}
+	}
+	slices.Sort(seqs)
+	for _, seq := range seqs {
+		d := e.diffs[seq]
+		d.sentAt = e.now
+		e.stats.Retransmits++
+		e.send(d.msg)
+	}
+}
+
+// ErrBusy reports a Release or Acquire while another is in progress.
+var ErrBusy = errors.New("rc: a release or acquire is already in progress")
+
+// Release makes the node's writes visible: dirty holds the current contents
+// of every page the program wrote since the last Release or Acquire. When
+// every home has them, Ready reports Done{Op: op} with the payload to hand
+// the next acquirer.
+func (e *Engine) Release(op uint64, dirty []PageData) error {
+	return e.start(&syncOp{id: op}, dirty)
+}
+
+// Acquire brings the node up to date with a release that happens before
+// it: p is the releaser's payload (or, at a barrier, the merge of every
+// node's). dirty is as for Release: the node's own writes go to the homes
+// first. When done, copies the payload's notices outdate are invalidated
+// (reported in Ready before the Done).
+func (e *Engine) Acquire(op uint64, dirty []PageData, p Payload) error {
+	return e.start(&syncOp{id: op, acquire: true, payload: p}, dirty)
+}
+
+func (e *Engine) start(op *syncOp, dirty []PageData) error {
+	if e.op != nil {
+		return ErrBusy
+	}
+	if op.acquire && e.cfg.bugs.noFlush {
+		dirty = nil
+	}
+	k := e.clock[e.me()] + 1
+	wclock := e.clock.Clone()
+	wclock[e.me()] = k
+	var local []Message
+	var remote []Message
+	for _, d := range dirty {
+		c := e.copies[d.Page]
+		if c == nil || !c.valid {
+			return fmt.Errorf("rc: page %d is written but the node has no copy of it", d.Page)
+		}
+		if len(d.Data) != e.cfg.PageSize {
+			return fmt.Errorf("rc: page %d: %d bytes, want %d", d.Page, len(d.Data), e.cfg.PageSize)
+		}
+		runs := diffRuns(c.twin, d.Data, e.cfg.bugs.wideRuns)
+		if len(runs) == 0 {
+			continue
+		}
+		copy(c.twin, d.Data)
+		c.clock = clocks.Merge(c.clock, nil)
+		c.clock[e.me()] = k // the copy holds this interval's writes
+		e.diffSeq++
+		m := Message{Kind: MsgDiff, To: e.cfg.Home(d.Page), Page: d.Page, Seq: e.diffSeq, Interval: k, Clock: wclock, Runs: runs}
+		e.stats.Diffs++
+		for _, r := range runs {
+			e.stats.DiffBytes += len(r.Data)
+		}
+		op.pages = append(op.pages, d.Page)
+		if m.To == e.me() {
+			local = append(local, m)
+		} else {
+			remote = append(remote, m)
+		}
+	}
+	if len(op.pages) > 0 {
+		op.interval = k
+	}
+	e.op = op
+	for i := range local {
+		local[i].From = e.me()
+		if err := e.applyDiff(&local[i]); err != nil {
+			return err
+		}
+	}
+	for _, m := range remote {
+		e.diffs[m.Seq] = &pendingDiff{msg: m, sentAt: e.now}
+		op.waiting++
+		e.send(m)
+	}
+	if op.waiting == 0 {
+		e.finish()
+	}
+	return nil
+}
+
+// finish ends the operation in progress once its diffs are at the homes.
+func (e *Engine) finish() {
+	op := e.op
+	e.op = nil
+	if op.interval > 0 {
+		e.clock[e.me()] = op.interval
+		e.learn(Notice{Node: e.me(), Interval: op.interval, Pages: op.pages})
+	}
+	if !op.acquire {
+		pl := Payload{Clock: e.clock.Clone(), Notices: slices.Clone(e.log)}
+		e.rd.Done = append(e.rd.Done, Done{Op: op.id, Payload: &pl})
+		return
+	}
+	for _, n := range op.payload.Notices {
+		if n.Node == e.me() || e.known[[2]uint64{uint64(n.Node), n.Interval}] {
+			continue
+		}
+		e.learn(n)
+		for _, p := range n.Pages {
+			nd := e.need[p]
+			if nd == nil {
+				nd = clocks.NewVector(e.cfg.Nodes)
+				e.need[p] = nd
+			}
+			nd[n.Node] = max(nd[n.Node], n.Interval)
+			c := e.copies[p]
+			if c != nil && c.valid && c.clock[n.Node] < n.Interval && !e.cfg.bugs.noInvalidate {
+				c.valid = false
+				c.twin = nil
+				e.stats.Invalidations++
+				e.rd.Invalidates = append(e.rd.Invalidates, p)
+			}
+		}
+	}
+	e.clock = clocks.Merge(e.clock, op.payload.Clock)
+	e.rd.Done = append(e.rd.Done, Done{Op: op.id})
+}
+
+func (e *Engine) learn(n Notice) {
+	k := [2]uint64{uint64(n.Node), n.Interval}
+	if !e.known[k] {
+		e.known[k] = true
+		e.log = append(e.log, n)
+	}
+}
+
+// diffRuns returns the bytes of cur that differ from twin, as runs of
+// consecutive changed bytes. (With the wideRuns bug, runs also take the
+// unchanged bytes between changes at most 8 bytes apart: the mistake of
+// diffing in blocks larger than what the program wrote.)
+func diffRuns(twin, cur []byte, wide bool) []Run {
+	var runs []Run
+	for i := 0; i < len(cur); {
+		if cur[i] == twin[i] {
+			i++
+			continue
+		}
+		j := i
+		for j < len(cur) && cur[j] != twin[j] {
+			j++
+		}
+		if wide && len(runs) > 0 {
+			last := &runs[len(runs)-1]
+			end := int(last.Off) + len(last.Data)
+			if i-end <= 8 {
+				last.Data = slices.Clone(cur[last.Off:j])
+				i = j
+				continue
+			}
+		}
+		runs = append(runs, Run{Off: uint32(i), Data: slices.Clone(cur[i:j])})
+		i = j
+	}
+	return runs
+}

@@ -1,0 +1,149 @@
+package rc
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/dsmrt/dsm/clocks"
+)
+
+// master is the home's copy of a page it is the home of.
+type master struct {
+	data    []byte
+	applied clocks.Vector // per node, the last interval applied
+	lastSeq []uint64      // per node, the last diff applied (duplicates are acknowledged again)
+	segs    []seg         // which write put each written byte, sorted, disjoint
+}
+
+// seg says that bytes [lo, hi) were last put by w.
+type seg struct {
+	lo, hi uint32
+	w      *writeRec
+}
+
+type writeRec struct {
+	Write
+	sum uint64 // the sum of the clock: the priority, with the node
+}
+
+// before reports whether a has lower priority than b.
+func (a *writeRec) before(b *writeRec) bool {
+	if a.sum != b.sum {
+		return a.sum < b.sum
+	}
+	return a.Node < b.Node
+}
+
+func (e *Engine) master(p PageID) *master {
+	m := e.homed[p]
+	if m == nil {
+		m = &master{
+			data:    make([]byte, e.cfg.PageSize),
+			applied: clocks.NewVector(e.cfg.Nodes),
+			lastSeq: make([]uint64, e.cfg.Nodes),
+		}
+		e.homed[p] = m
+	}
+	return m
+}
+
+// Master returns a copy of the home's master copy of page p (nil if p is
+// not homed here), for checks.
+func (e *Engine) Master(p PageID) []byte {
+	if e.cfg.Home(p) != e.me() {
+		return nil
+	}
+	return slices.Clone(e.master(p).data)
+}
+
+// applyDiff applies a writer's diff to the master copy, once.
+func (e *Engine) applyDiff(d *Message) error {
+	m := e.master(d.Page)
+	if d.Seq <= m.lastSeq[d.From] {
+		e.stats.Duplicates++
+		return nil
+	}
+	if len(d.Clock) != e.cfg.Nodes || d.Clock[d.From] != d.Interval {
+		return fmt.Errorf("rc: diff of page %d from %d: clock %v does not carry interval %d", d.Page, d.From, d.Clock, d.Interval)
+	}
+	m.lastSeq[d.From] = d.Seq
+	m.applied[d.From] = max(m.applied[d.From], d.Interval)
+	w := &writeRec{Write: Write{Node: d.From, Interval: d.Interval, Clock: d.Clock.Clone()}}
+	for _, x := range d.Clock {
+		w.sum += x
+	}
+	for _, r := range d.Runs {
+		lo, hi := r.Off, r.Off+uint32(len(r.Data))
+		if hi > uint32(len(m.data)) || hi < lo {
+			return fmt.Errorf("rc: diff of page %d from %d: bytes [%d, %d) outside a page of %d", d.Page, d.From, lo, hi, len(m.data))
+		}
+		e.applyRun(d.Page, m, w, lo, r.Data)
+	}
+	return nil
+}
+
+// applyRun writes data at lo unless bytes there were put by a write of
+// higher priority, and reports the races it overlaps.
+func (e *Engine) applyRun(p PageID, m *master, w *writeRec, lo uint32, data []byte) {
+	hi := lo + uint32(len(data))
+	put := func(a, b uint32) { copy(m.data[a:b], data[a-lo:b-lo]) }
+	out := make([]seg, 0, len(m.segs)+2)
+	at := lo // bytes of [lo, hi) before at are decided
+	for _, s := range m.segs {
+		if s.hi <= lo || s.lo >= hi {
+			out = append(out, s)
+			continue
+		}
+		if s.lo < lo {
+			out = append(out, seg{s.lo, lo, s.w})
+		}
+		a, b := max(s.lo, lo), min(s.hi, hi)
+		if at < a { // a gap nobody wrote before
+			put(at, a)
+			out = append(out, seg{at, a, w})
+		}
+		if s.w.Node != w.Node && s.w.Clock.Compare(w.Clock) == clocks.Concurrent && !e.cfg.bugs.noRaces {
+			e.race(p, a, b, s.w, w)
+		}
+		if s.w.before(w) || e.cfg.bugs.arrival {
+			put(a, b)
+			out = append(out, seg{a, b, w})
+		} else {
+			out = append(out, seg{a, b, s.w})
+		}
+		if s.hi > hi {
+			out = append(out, seg{hi, s.hi, s.w})
+		}
+		at = b
+	}
+	if at < hi {
+		put(at, hi)
+		out = append(out, seg{at, hi, w})
+	}
+	slices.SortFunc(out, func(x, y seg) int { return int(x.lo) - int(y.lo) })
+	// Coalesce neighbours put by the same write.
+	m.segs = out[:0]
+	for _, s := range out {
+		if n := len(m.segs); n > 0 && m.segs[n-1].w == s.w && m.segs[n-1].hi == s.lo {
+			m.segs[n-1].hi = s.hi
+			continue
+		}
+		m.segs = append(m.segs, s)
+	}
+}
+
+// race reports a race on [a, b) of page p, merged with the last report
+// when it continues it.
+func (e *Engine) race(p PageID, a, b uint32, first, second *writeRec) {
+	if n := len(e.rd.Races); n > 0 {
+		r := &e.rd.Races[n-1]
+		if r.Page == p && r.Off+r.Len == a && sameWrite(r.A, first.Write) && sameWrite(r.B, second.Write) {
+			r.Len += b - a
+			return
+		}
+	}
+	e.stats.Races++
+	e.rd.Races = append(e.rd.Races, Race{Page: p, Off: a, Len: b - a, A: first.Write, B: second.Write})
+}
+
+func sameWrite(a, b Write) bool { return a.Node == b.Node && a.Interval == b.Interval }
