@@ -18,6 +18,10 @@ const (
 	// MinReadMigrations is the number of read-copy transfers a page needs
 	// before it is reported as read-mostly rather than quiet.
 	MinReadMigrations = 8
+	// MinLockPeriods is the number of holding periods with known locks
+	// (Migration.Locks) a truly shared page needs before a lock common to
+	// all of them makes it LockProtected.
+	MinLockPeriods = 2
 )
 
 // maxPatterns bounds the number of distinct write patterns (node and set of
@@ -76,6 +80,11 @@ const (
 	pageBytes    = 400 // a pageState with its small slices and index entries
 	spanBytes    = 16  // one span of a spanSet
 	patternBytes = 48  // a wpattern and the header of its key
+	lockBytes    = 24  // a lockMove; the daemon shares the name's bytes
+	// maxLockNames bounds the locks followed per page. A lock that first
+	// shows up after that many others cannot have moved with the page in
+	// most of its holding periods anyway.
+	maxLockNames = 16
 	// minEvents is the size of the ring a detailed page gets even when
 	// Limits.Events is spent, so that every row of the heat map has a few
 	// transfers to draw.
@@ -125,6 +134,17 @@ type Migration struct {
 	// Cost is how long the faulting thread waited for this migration, from
 	// the fault to the installation of the page.
 	Cost time.Duration
+	// Locks lists the locks granted to From (held by its programs, or kept
+	// cached after an unlock) when it took the page for the writes in
+	// Written: the locks under which it went on to write. Only From's
+	// daemon knows them. nil means unknown; an empty, non-nil slice says
+	// From held no lock.
+	Locks []string
+	// Kept lists the locks of Locks that From still held when it gave the
+	// page away. A lock that moves with the page, from node to node, is
+	// not: the next node could take the page under that lock only because
+	// From gave the lock up first.
+	Kept []string
 }
 
 // Var is a named allocation in the region. A name of the form "S.Field", as
@@ -188,6 +208,14 @@ type pageState struct {
 	overflow []nodeCount // periods past maxPatterns, per node
 	unknown  int         // transfers without Written
 	unknownN []uint16    // nodes that gave the page without Written, sorted
+
+	// Lock evidence: lockPeriods counts the transfers whose Locks were
+	// known and whose giver wrote, and moves how often each lock moved
+	// with the page in them
+	// (granted to the giver when it took the page, given up when the page
+	// left), for at most maxLockNames locks.
+	lockPeriods int
+	moves       []lockMove
 
 	// events is a ring of the most recent transfers: once it is full and
 	// may not grow, head is the oldest and wrapped is set.
@@ -319,7 +347,8 @@ func (a *Analyzer) AddVars(vs ...Var) {
 }
 
 // Record adds one migration. Record each transfer once (for instance on the
-// receiving node, or on the page's home). Written ranges that are empty are
+// receiving node, or on the page's home). Record keeps no reference to m's
+// slices: the caller may reuse them. Written ranges that are empty are
 // ignored and ranges that cross the end of the page are cut at it; both are
 // counted in Report().Totals.InvalidRanges.
 //
@@ -384,6 +413,11 @@ func (a *Analyzer) Record(m Migration) {
 	st.nodes = addNode(addNode(st.nodes, m.From), m.To)
 
 	grew := 0
+	if m.Locks != nil && (m.Written == nil || len(m.Written) > 0) {
+		// A period in which From wrote nothing says nothing about what
+		// ordered the writes.
+		grew += st.addLocks(m.Locks, m.Kept)
+	}
 	if m.Written == nil {
 		st.unknown++
 		st.unknownN = addNode(st.unknownN, m.From)
@@ -442,6 +476,55 @@ func (a *Analyzer) Record(m Migration) {
 			a.evict(a.cold[0])
 		}
 	}
+}
+
+// lockMove counts the holding periods of a page in which a lock moved with
+// it.
+type lockMove struct {
+	name string
+	n    int
+}
+
+// addLocks takes in the locks of one holding period of the page (see
+// Migration.Locks and Kept) and returns the bytes the page's state grew by.
+func (st *pageState) addLocks(locks, kept []string) int {
+	st.lockPeriods++
+	grew := 0
+	for i, l := range locks {
+		if slices.Contains(kept, l) || slices.Index(locks, l) < i {
+			continue
+		}
+		j := slices.IndexFunc(st.moves, func(m lockMove) bool { return m.name == l })
+		switch {
+		case j >= 0:
+			st.moves[j].n++
+		case len(st.moves) < maxLockNames:
+			// The name's bytes are the caller's, and strings do not
+			// change: keeping the header is enough.
+			st.moves = append(st.moves, lockMove{name: l, n: 1})
+			grew += lockBytes
+		}
+	}
+	return grew
+}
+
+// orderingLocks returns the locks that moved with the page in more than
+// half of its holding periods with known locks, sorted, and the fewest
+// periods any of them moved in; none before MinLockPeriods such periods.
+func (st *pageState) orderingLocks() (locks []string, moved int) {
+	if st.lockPeriods < MinLockPeriods {
+		return nil, 0
+	}
+	for _, m := range st.moves {
+		if 2*m.n > st.lockPeriods {
+			locks = append(locks, m.name)
+			if moved == 0 || m.n < moved {
+				moved = m.n
+			}
+		}
+	}
+	slices.Sort(locks)
+	return locks, moved
 }
 
 // admit returns a new detailed state for page p, whose counts are c, or nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -27,6 +28,22 @@ type CacheStats struct {
 	Hits   atomic.Uint64
 	_      [56]byte
 	Misses atomic.Uint64
+}
+
+// Slot is the element of an array of which each node writes an element.
+type Slot struct{ Hits, Misses, Ratio uint64 }
+
+// Bank holds an array of structs after a counter.
+type Bank struct {
+	Total  uint64
+	Shards [2]Slot
+}
+
+// PageSlot is a page-sized element.
+type PageSlot struct {
+	A uint64
+	_ [4080]byte
+	B uint64
 }
 
 func mustStructVars(t *testing.T, name string, off uint64, v any) []Var {
@@ -173,6 +190,52 @@ func TestFindingsFromLayouts(t *testing.T) {
 				"(offset 8192); register it with AddVars to have it named"},
 		},
 		{
+			name:     "elements of an array of structs",
+			vars:     func(t *testing.T) []Var { return mustStructVars(t, "Stats", 0, (*[4]Slot)(nil)) },
+			ops:      incr(300, map[uint16]uint64{0: 0, 1: 24}),
+			want:     map[uint32]Class{0: FalseSharing},
+			wantVars: map[uint32][]string{0: {"Stats[0].Hits", "Stats[1].Hits"}},
+			wantFix:  map[uint32]string{0: "pad each element of Stats to a page of its own: add _ [4072]byte as the last field of the element type (24 → 4096 bytes per element)"},
+			wantSum:  map[uint32]string{0: "page 0: Stats[0].Hits (node 0) and Stats[1].Hits (node 1) share a page"},
+		},
+		{
+			name:     "elements of an array of structs in a struct, off a page boundary",
+			vars:     func(t *testing.T) []Var { return mustStructVars(t, "Bank", 0, (*Bank)(nil)) },
+			ops:      incr(300, map[uint16]uint64{0: 8, 1: 32, 2: 56}),
+			want:     map[uint32]Class{0: FalseSharing},
+			wantVars: map[uint32][]string{0: {"Bank.Shards[0].Hits", "Bank.Shards[1].Hits", "unnamed bytes [56,58)"}},
+			wantFix: map[uint32]string{0: "pad each element of Bank.Shards to a page of its own: add _ [4072]byte as the last field of the element type (24 → 4096 bytes per element), " +
+				"and start Bank.Shards on a page boundary (it starts at offset 8); " +
+				"find the variable at unnamed bytes [56,58) (written by node 2) and align it to the next page (offset 4096); register it with AddVars to have it named"},
+		},
+		{
+			name: "page-sized elements off a page boundary",
+			vars: func(t *testing.T) []Var { return mustStructVars(t, "Pages", 8, (*[2]PageSlot)(nil)) },
+			// Pages[0].B and Pages[1].A share page 1.
+			ops:      incr(300, map[uint16]uint64{0: 8 + 4088, 1: 8 + 4096}),
+			want:     map[uint32]Class{1: FalseSharing},
+			wantVars: map[uint32][]string{1: {"Pages[0].B", "Pages[1].A"}},
+			wantFix:  map[uint32]string{1: "start Pages on a page boundary: its 4096-byte elements start at offset 8, so neighbours share a page (align it to 4096)"},
+		},
+		{
+			name: "one element beside a counter",
+			vars: func(t *testing.T) []Var {
+				return append([]Var{{"counter", 0, 8}}, mustStructVars(t, "Stats", 8, (*[4]Slot)(nil))...)
+			},
+			ops:      incr(300, map[uint16]uint64{0: 0, 1: 8}),
+			want:     map[uint32]Class{0: FalseSharing},
+			wantVars: map[uint32][]string{0: {"counter", "Stats[0].Hits"}},
+			wantFix:  map[uint32]string{0: `align Stats to the next page (offset 4096): r.Alloc("Stats", 96, 4096)`},
+		},
+		{
+			name:     "two fields of one element",
+			vars:     func(t *testing.T) []Var { return mustStructVars(t, "Stats", 0, (*[4]Slot)(nil)) },
+			ops:      incr(300, map[uint16]uint64{0: 0, 1: 8}),
+			want:     map[uint32]Class{0: FalseSharing},
+			wantVars: map[uint32][]string{0: {"Stats[0].Hits", "Stats[0].Misses"}},
+			wantFix:  map[uint32]string{0: "insert 4088 bytes of padding between Stats[0].Hits and Stats[0].Misses (e.g. _ [4088]byte)"},
+		},
+		{
 			name:       "per-node slots of one array",
 			vars:       func(*testing.T) []Var { return []Var{{"slots", 0, 256}} },
 			ops:        incr(100, map[uint16]uint64{0: 0, 1: 64, 2: 128, 3: 192}),
@@ -215,6 +278,9 @@ func TestFindingsFromLayouts(t *testing.T) {
 				if f.Class != FalseSharing && strings.Contains(f.Fix, "align") {
 					t.Errorf("page %d (%v) carries a layout fix: %q", f.Page, f.Class, f.Fix)
 				}
+				if m := allocOfElement.FindString(f.Fix); m != "" {
+					t.Errorf("page %d fix allocates an element apart from its array: %q", f.Page, m)
+				}
 				if f.Class == ReadMostly && f.Fix != "" {
 					t.Errorf("page %d is read-mostly but has fix %q", f.Page, f.Fix)
 				}
@@ -225,6 +291,10 @@ func TestFindingsFromLayouts(t *testing.T) {
 		})
 	}
 }
+
+// allocOfElement matches a fix that would allocate an element of an array
+// by itself, which no program can do.
+var allocOfElement = regexp.MustCompile(`r\.Alloc\("[^"]*\[`)
 
 // interleave merges two op streams one op at a time.
 func interleave(x, y []op) []op {
@@ -834,5 +904,174 @@ func TestManyDistinctPatterns(t *testing.T) {
 	}
 	if fmt.Sprint(fs[0].Vars) != fmt.Sprint(want) {
 		t.Errorf("vars = %+v\nwant %+v", fs[0].Vars, want)
+	}
+}
+
+// TestLockProtected: a counter that two nodes write in turn is true
+// sharing, unless the holding periods show a lock that moved with the page.
+func TestLockProtected(t *testing.T) {
+	shared := interleave(incr(200, map[uint16]uint64{0: 0}), incr(200, map[uint16]uint64{1: 0}))
+	packed := incr(200, map[uint16]uint64{0: 0, 1: 8})
+	// Each decorate sets the locks of the i-th transfer m.
+	always := func(locks ...string) func(int, *Migration) {
+		return func(_ int, m *Migration) { m.Locks = locks }
+	}
+	tests := []struct {
+		name      string
+		ops       []op
+		decorate  func(i int, m *Migration)
+		want      Class
+		wantLocks []string
+	}{
+		{name: "no locks known", ops: shared, decorate: func(int, *Migration) {}, want: TrueSharing},
+		{name: "every period under one lock", ops: shared, decorate: always("acct"), want: LockProtected, wantLocks: []string{"acct"}},
+		{
+			// What one daemon records: only its own periods carry locks.
+			name: "one writer's periods known", ops: shared,
+			decorate: func(_ int, m *Migration) {
+				if m.From == 0 {
+					m.Locks = []string{"acct"}
+				}
+			},
+			want: LockProtected, wantLocks: []string{"acct"},
+		},
+		{
+			name: "a lock kept cached all along does not count", ops: shared,
+			decorate: func(_ int, m *Migration) {
+				m.Locks, m.Kept = []string{"acct", "cfg"}, []string{"cfg"}
+			},
+			want: LockProtected, wantLocks: []string{"acct"},
+		},
+		{
+			name: "two locks moving together", ops: shared, decorate: always("z", "a"),
+			want: LockProtected, wantLocks: []string{"a", "z"},
+		},
+		{
+			name: "a period without locks does not hide the lock", ops: shared,
+			decorate: func(i int, m *Migration) {
+				m.Locks = []string{"acct"}
+				if i == 0 {
+					m.Locks = []string{} // initialisation, before the program shares the data
+				}
+			},
+			want: LockProtected, wantLocks: []string{"acct"},
+		},
+		{
+			// Node 0 still held the lock when node 1 took the page, as its
+			// daemon records: node 1 wrote without it.
+			name: "a racing writer, seen by the node that kept the lock", ops: shared,
+			decorate: func(_ int, m *Migration) {
+				if m.From == 0 {
+					m.Locks, m.Kept = []string{"acct"}, []string{"acct"}
+				}
+			},
+			want: TrueSharing,
+		},
+		{
+			name: "a racing writer, seen by itself", ops: shared,
+			decorate: func(_ int, m *Migration) {
+				if m.From == 1 {
+					m.Locks = []string{}
+				}
+			},
+			want: TrueSharing,
+		},
+		{
+			name: "each node its own lock", ops: shared,
+			decorate: func(_ int, m *Migration) {
+				own := []string{fmt.Sprint("lock-", m.From)}
+				m.Locks, m.Kept = own, own
+			},
+			want: TrueSharing,
+		},
+		{
+			name: "the lock moved with the page in a third of the periods", ops: shared,
+			decorate: func(i int, m *Migration) {
+				m.Locks = []string{}
+				if i%3 == 0 {
+					m.Locks = []string{"acct"}
+				}
+			},
+			want: TrueSharing,
+		},
+		{
+			name: "periods without writes do not count", ops: shared,
+			decorate: func(i int, m *Migration) {
+				m.Locks = []string{"acct"}
+				if i%3 != 0 {
+					m.Locks, m.Written = []string{}, []Range{}
+				}
+			},
+			want: LockProtected, wantLocks: []string{"acct"},
+		},
+		{
+			name: "too few periods known", ops: shared,
+			decorate: func(i int, m *Migration) {
+				if i == 0 {
+					m.Locks = []string{"acct"}
+				}
+			},
+			want: TrueSharing,
+		},
+		{
+			// Apart, each counter would stay with its writer: the layout
+			// fix still holds.
+			name: "false sharing under a lock", ops: packed, decorate: always("acct"), want: FalseSharing,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := New(ps)
+			a.AddVars(Var{"balance", 0, 8}, Var{"other", 8, 8})
+			buf := make([]string, 0, 4)
+			for i, m := range simulate(ps, 0, tt.ops) {
+				tt.decorate(i, &m)
+				// The analyzer must not keep the caller's slices: hand
+				// them over in a reused buffer, spoiled after each call.
+				if m.Locks != nil {
+					buf = append(buf[:0], m.Locks...)
+					m.Locks = buf
+				}
+				a.Record(m)
+				for j := range buf {
+					buf[j] = "spoiled"
+				}
+			}
+			fs := a.Findings()
+			if len(fs) != 1 || fs[0].Class != tt.want {
+				t.Fatalf("want one %v finding, got:\n%s", tt.want, dump(fs))
+			}
+			f := fs[0]
+			if !slices.Equal(f.Locks, tt.wantLocks) {
+				t.Errorf("locks = %q, want %q", f.Locks, tt.wantLocks)
+			}
+			if tt.want != LockProtected {
+				return
+			}
+			for _, want := range []string{"under " + lockWord(tt.wantLocks), "(lock-protected sharing)", "balance (nodes 0 and 1)"} {
+				if !strings.Contains(f.Summary, want) {
+					t.Errorf("summary %q lacks %q", f.Summary, want)
+				}
+			}
+			for _, want := range []string{"already orders the writes", "the page moves with it", "holding periods recorded with their locks", "more work per acquisition", "each lock's data page(s) of its own"} {
+				if !strings.Contains(f.Fix, want) {
+					t.Errorf("fix %q lacks %q", f.Fix, want)
+				}
+			}
+			if strings.Contains(f.Fix, "synchronise") || strings.Contains(f.Fix, "align") {
+				t.Errorf("fix gives the advice for unsynchronised or misaligned data: %q", f.Fix)
+			}
+			r := a.Report()
+			if r.Totals.PagesByClass["lock-protected"] != 1 || r.Totals.FalseSharingCost != 0 {
+				t.Errorf("totals: %+v", r.Totals)
+			}
+			b, err := json.Marshal(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(string(b), `"class":"lock-protected"`) || !strings.Contains(string(b), `"locks":[`) {
+				t.Errorf("JSON lacks the class or the locks: %s", b)
+			}
+		})
 	}
 }

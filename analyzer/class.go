@@ -5,7 +5,8 @@ import (
 	"strings"
 )
 
-// Class is the verdict on one page. Larger values are more severe.
+// Class is the verdict on one page. Larger values are more severe. Reports
+// encode a class by name (MarshalText), never by number.
 type Class int
 
 // The classes of a page; see the package documentation for the exact rules.
@@ -14,6 +15,11 @@ const (
 	Quiet Class = iota
 	// ReadMostly: mostly read copies, at most one writer. Nothing to change.
 	ReadMostly
+	// LockProtected: several nodes write the same bytes under a lock
+	// that moves between them with the page: the lock already orders the
+	// writes. Nothing to change for correctness; the page moves once per
+	// hand-off of the lock.
+	LockProtected
 	// Contended: ownership ping-pongs for writes, but the recorded byte
 	// ranges cannot tell false from true sharing.
 	Contended
@@ -24,11 +30,12 @@ const (
 )
 
 var classNames = [...]string{
-	Quiet:        "quiet",
-	ReadMostly:   "read-mostly",
-	Contended:    "contended",
-	TrueSharing:  "true sharing",
-	FalseSharing: "false sharing",
+	Quiet:         "quiet",
+	ReadMostly:    "read-mostly",
+	LockProtected: "lock-protected",
+	Contended:     "contended",
+	TrueSharing:   "true sharing",
+	FalseSharing:  "false sharing",
 }
 
 // String returns the name of the class, e.g. "false sharing".

@@ -15,11 +15,14 @@
 //
 // The node daemon feeds the analyzer one [Migration] record per page transfer
 // (which page, between which nodes, whether ownership moved, what the giving
-// node wrote while it held the page, and how long the faulting thread waited)
-// and the named allocations of the region ([Var], [StructVars]). The analyzer
-// then classifies every page ([Class]), and for false sharing produces the
-// concrete layout change: which variable to align to a page of its own, or how
-// many bytes of padding to insert between two struct fields.
+// node wrote while it held the page and under which locks, and how long the
+// faulting thread waited) and the named allocations of the region ([Var],
+// [StructVars]: "Stats.Hits", "Stats[1].Hits"). The analyzer then classifies
+// every page ([Class]), and for false sharing produces the concrete layout
+// change: which variable to align to a page of its own, how many bytes of
+// padding to insert between two struct fields, or, when the variables are
+// fields of different elements of one array of structs, how much padding
+// the element type needs to fill a page.
 //
 // # Classification
 //
@@ -34,6 +37,12 @@
 //     ranges of the writers are pairwise disjoint;
 //   - [TrueSharing] under the same conditions when the ranges of two writers
 //     overlap (the nodes really share data);
+//   - [LockProtected] instead of TrueSharing when a lock ordered the writes:
+//     at least [MinLockPeriods] holding periods of the page in which the
+//     holder wrote came with its locks ([Migration].Locks), and in more
+//     than half of them some lock moved with the page: it was granted to
+//     the writer when it took the page and no longer when the page left
+//     (it is not in [Migration].Kept);
 //   - [ReadMostly] when at least [MinReadMigrations] transfers were read copies,
 //     read copies outnumber ownership transfers, and the page had at most one
 //     writer or fewer than [MinWriteMigrations] ownership transfers;
@@ -47,6 +56,23 @@
 // algorithm, not of the layout: the fix is to synchronise through a lock or to
 // partition the data. Read-mostly pages need no change: read copies stay valid
 // until the next write, so they cost one transfer per reader and write.
+//
+// Data that nodes update under a lock, say bank accounts under their shard's
+// mutex, is truly shared and already synchronised: the page can be at two
+// nodes in turn under lock L only if L moved between them, so the page moves
+// with the lock, once per hand-off. Such pages are [LockProtected], and the
+// advice is to take the lock less often or keep each lock's data on pages
+// of its own, not to add a lock. A daemon knows the locks of its own node
+// only (granted to its programs, whether in use or kept cached after an
+// unlock), so each record carries the giving node's locks, and a node's
+// analyzer judges the holding periods of its own programs. A lock that
+// stays at one node (cached, or protecting something else) does not move
+// with the page, and a node that writes without the lock takes the page
+// from a node that still holds it: neither counts. The majority, rather
+// than every period, lets a period without the lock, such as the
+// initialisation before the nodes share the data, pass. Only a lock common
+// to the writes is found: data of two locks that nodes write on one page
+// stays true (or false) sharing.
 //
 // # Vector clocks and order
 //

@@ -40,9 +40,12 @@ type Finding struct {
 	Cost time.Duration `json:"cost_ns"`
 	// Nodes are the nodes that gave or received the page.
 	Nodes []uint16 `json:"nodes"`
+	// Locks are, for a LockProtected finding, the locks that moved with
+	// the page from writer to writer, sorted.
+	Locks []string `json:"locks,omitempty"`
 	// Fix is the concrete change to make. Only FalseSharing findings carry
-	// a layout change; TrueSharing and Contended findings give advice;
-	// ReadMostly and Quiet findings leave it empty.
+	// a layout change; LockProtected, TrueSharing and Contended findings
+	// give advice; ReadMostly and Quiet findings leave it empty.
 	Fix string `json:"fix,omitempty"`
 	// Summary is a one-line description.
 	Summary string `json:"summary"`
@@ -116,9 +119,87 @@ type pageView struct {
 // generator needs to know about it.
 type item struct {
 	VarUse
+	varPath
 	named bool
-	root  string             // struct name for a "Root.Field" variable, else ""
 	parts map[uint16]spanSet // page-relative bytes each writer wrote in it
+}
+
+// varPath is what a variable's name says about its place in a type, for
+// names as StructVars makes them: "Stats.Hits", "Stats[1].Hits",
+// "Bank.Shards[2].Sum".
+type varPath struct {
+	// top is the allocation: the name up to its first '.' or '['.
+	top string
+	// root is the struct whose fields are padded apart: the array element
+	// the variable is a field of ("Stats[1]"), or else top when the name
+	// has a field ("Stats" for "Stats.Hits"); "" for a plain variable.
+	root string
+	// elem is the array element the variable is a field of ("Stats[1]",
+	// "Grid[0][1]"), or ""; arr is its array without the element's
+	// indices ("Stats", "Grid"), and arrKey that array with every index
+	// left out ("Bank.Shards" for "Bank[0].Shards[1].Sum"), which names
+	// the element type: every element of it, in any enclosing array.
+	elem, arr, arrKey string
+}
+
+// parsePath splits a variable name; see varPath.
+func parsePath(name string) varPath {
+	var p varPath
+	i := strings.IndexAny(name, ".[")
+	if i <= 0 {
+		return varPath{top: name}
+	}
+	p.top = name[:i]
+	// The innermost element with a field after it: "…[i][j]." .
+	for j := len(name) - 1; j > 0; j-- {
+		if name[j] != '.' || name[j-1] != ']' {
+			continue
+		}
+		k := j // the start of the trailing index groups
+		for k > 0 && name[k-1] == ']' {
+			open := strings.LastIndexByte(name[:k-1], '[')
+			if open < 0 || !allDigits(name[open+1:k-1]) {
+				break
+			}
+			k = open
+		}
+		if k < j && k > 0 {
+			p.elem, p.arr = name[:j], name[:k]
+			p.arrKey = stripIndices(p.arr)
+		}
+		break
+	}
+	switch {
+	case p.elem != "":
+		p.root = p.elem
+	case strings.Contains(name, "."):
+		p.root = p.top
+	}
+	return p
+}
+
+func allDigits(s string) bool {
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// stripIndices removes every "[digits]" from s.
+func stripIndices(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '[' {
+			if j := strings.IndexByte(s[i:], ']'); j > 0 && allDigits(s[i+1:i+j]) {
+				i += j
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // pattern is a decoded write pattern.
@@ -185,10 +266,7 @@ func (a *Analyzer) analyzePage(p uint32, st *pageState) pageView {
 		v := a.vars[vi]
 		lo, hi := max(v.Offset, base)-base, min(v.Offset+v.Size, end)-base
 		named = named.add(lo, hi)
-		it := item{VarUse: VarUse{Name: v.Name, Offset: v.Offset, Size: v.Size}, named: true, parts: make(map[uint16]spanSet)}
-		if r, _, ok := strings.Cut(v.Name, "."); ok && r != "" {
-			it.root = r
-		}
+		it := item{VarUse: VarUse{Name: v.Name, Offset: v.Offset, Size: v.Size}, varPath: parsePath(v.Name), named: true, parts: make(map[uint16]spanSet)}
 		for _, n := range writers {
 			if part := st.writtenBy(n).clip(lo, hi); len(part) > 0 {
 				it.WrittenBy = append(it.WrittenBy, n)
@@ -231,6 +309,9 @@ func (a *Analyzer) analyzePage(p uint32, st *pageState) pageView {
 		class = FalseSharing
 		if overlap {
 			class = TrueSharing
+			if locks, _ := st.orderingLocks(); len(locks) > 0 {
+				class = LockProtected
+			}
 		}
 	case dreads >= MinReadMigrations && dreads > dwrites && (len(writers) <= 1 || dwrites < MinWriteMigrations):
 		class = ReadMostly
@@ -258,6 +339,21 @@ func (a *Analyzer) analyzePage(p uint32, st *pageState) pageView {
 	case FalseSharing:
 		f.Summary = fmt.Sprintf("page %d: %s share a page: %s", p, itemList(items), stats)
 		f.Fix = a.falseSharingFix(items, base)
+	case LockProtected:
+		locks, moved := st.orderingLocks()
+		f.Locks = locks
+		shared := sharedItems(items)
+		verb := "is"
+		if len(shared) > 1 {
+			verb = "are"
+		}
+		f.Summary = fmt.Sprintf("page %d: %s %s written by more than one node under %s (lock-protected sharing): %s",
+			p, itemList(shared), verb, lockWord(locks), stats)
+		f.Fix = fmt.Sprintf("nothing to fix: %s already orders the writes, and the page moves with it from node to node "+
+			"(it moved with the page in %s of the %s holding periods recorded with their locks; %s ownership transfers among %s). "+
+			"If that costs too much, take the lock less often: do more work per acquisition (batch the updates), or let each node work on data of its own so that the lock stays where it is; "+
+			"and if the page also holds data that other locks protect, give each lock's data page(s) of its own, so that handing one lock over does not move another lock's data",
+			lockWord(locks), commas(moved), commas(st.lockPeriods), commas(writes), nodesWord(st.writeNodes))
 	case TrueSharing:
 		shared := sharedItems(items)
 		verb := "is"
@@ -346,12 +442,15 @@ func unnamedItems(st *pageState, writers []uint16, named spanSet, base uint64, w
 // falseSharingFix returns the layout change that gives every writer of the
 // page its own page. items are the written variables in offset order.
 //
-// The first item stays. A later struct field whose writers differ from those
-// of the previous written field of the same struct gets padding in front of
-// it; any other item whose writers differ from those of the first item is
-// aligned to a page of its own (a whole struct when it is a struct's first
-// written field here). An item written in disjoint parts by several nodes is
-// split.
+// The first item stays. When two elements of one array of structs on the
+// page are written by different nodes, the element type is padded to a page
+// (naming an element would not help: it cannot be allocated apart from its
+// array). A later struct field whose writers differ from those of the
+// previous written field of the same struct (or array element) gets padding
+// in front of it; any other item whose writers differ from those of the
+// first item is aligned to a page of its own (its whole allocation when it
+// is a field or an element). An item written in disjoint parts by several
+// nodes is split.
 func (a *Analyzer) falseSharingFix(items []item, base uint64) string {
 	ps := a.pageSize
 	var fixes []string
@@ -359,6 +458,8 @@ func (a *Analyzer) falseSharingFix(items []item, base uint64) string {
 	prevField := make(map[string]item)
 	shift := make(map[string]uint64)
 	moved := make(map[string]bool)
+	padArr := splitArrays(items)
+	padded := make(map[string]bool)
 	cursor := base + ps // where the next variable moved off the page goes
 	for i, it := range items {
 		if len(it.WrittenBy) > 1 {
@@ -367,6 +468,10 @@ func (a *Analyzer) falseSharingFix(items []item, base uint64) string {
 				prevField[it.root] = it
 			}
 			continue
+		}
+		if padArr[it.arrKey] && !padded[it.arrKey] {
+			padded[it.arrKey] = true
+			fixes = append(fixes, a.elementFix(it))
 		}
 		if it.root != "" {
 			prev, ok := prevField[it.root]
@@ -382,7 +487,7 @@ func (a *Analyzer) falseSharingFix(items []item, base uint64) string {
 				continue
 			}
 		}
-		if i == 0 || slices.Equal(it.WrittenBy, stay) {
+		if i == 0 || slices.Equal(it.WrittenBy, stay) || padArr[it.arrKey] {
 			continue
 		}
 		where := "a page of its own"
@@ -395,12 +500,12 @@ func (a *Analyzer) falseSharingFix(items []item, base uint64) string {
 				it.Name, nodesWord(it.WrittenBy), where, cursor))
 			cursor += roundUp(it.Size, ps)
 		case it.root != "":
-			if moved[it.root] {
+			if moved[it.top] {
 				continue
 			}
-			moved[it.root] = true
-			_, size := a.rootExtent(it.root)
-			fixes = append(fixes, fmt.Sprintf("align %s to %s (offset %d): r.Alloc(%q, %d, %d)", it.root, where, cursor, it.root, size, ps))
+			moved[it.top] = true
+			_, size := a.rootExtent(it.top)
+			fixes = append(fixes, fmt.Sprintf("align %s to %s (offset %d): r.Alloc(%q, %d, %d)", it.top, where, cursor, it.top, size, ps))
 			cursor += roundUp(size, ps)
 		default:
 			fixes = append(fixes, fmt.Sprintf("align %s to %s (offset %d): r.Alloc(%q, %d, %d)", it.Name, where, cursor, it.Name, it.Size, ps))
@@ -408,6 +513,77 @@ func (a *Analyzer) falseSharingFix(items []item, base uint64) string {
 		}
 	}
 	return strings.Join(fixes, "; ")
+}
+
+// splitArrays returns the arrays (by varPath.arrKey) of which two elements
+// among items are written by different nodes.
+func splitArrays(items []item) map[string]bool {
+	out := make(map[string]bool)
+	for i, x := range items {
+		for _, y := range items[i+1:] {
+			if x.arrKey != "" && x.arrKey == y.arrKey && x.elem != y.elem && !slices.Equal(x.WrittenBy, y.WrittenBy) {
+				out[x.arrKey] = true
+			}
+		}
+	}
+	return out
+}
+
+// elementFix says how to pad the element type of it's array so that every
+// element has pages of its own. The caller holds a.mu.
+func (a *Analyzer) elementFix(it item) string {
+	ps := a.pageSize
+	stride, start := a.arrayGeometry(it)
+	want := roundUp(stride, ps)
+	var msg string
+	if pad := want - stride; pad > 0 {
+		msg = fmt.Sprintf("pad each element of %s to a page of its own: add _ [%d]byte as the last field of the element type (%d → %d bytes per element)",
+			it.arr, pad, stride, want)
+		if start%ps != 0 {
+			msg += fmt.Sprintf(", and start %s on a page boundary (it starts at offset %d)", it.arr, start)
+		}
+		return msg
+	}
+	// The elements are whole pages already: they straddle page boundaries.
+	return fmt.Sprintf("start %s on a page boundary: its %d-byte elements start at offset %d, so neighbours share a page (align it to %d)",
+		it.arr, stride, start, ps)
+}
+
+// arrayGeometry returns the size of an element of the array it is an
+// element of, and the offset of its first named byte, from the registered
+// variables of that array: the smallest distance between the same field of
+// two elements, or, with a single element known, the extent of its
+// fields. The caller holds a.mu.
+func (a *Analyzer) arrayGeometry(it item) (stride, start uint64) {
+	start = ^uint64(0)
+	first := make(map[string]uint64) // field suffix -> an offset of it
+	lo, hi := ^uint64(0), uint64(0)  // the extent of it's own element
+	for _, v := range a.vars {
+		p := parsePath(v.Name)
+		if p.arrKey != it.arrKey {
+			continue
+		}
+		start = min(start, v.Offset)
+		if p.elem == it.elem {
+			lo, hi = min(lo, v.Offset), max(hi, v.Offset+v.Size)
+		}
+		suffix := v.Name[len(p.elem):]
+		if o, ok := first[suffix]; ok {
+			d := max(o, v.Offset) - min(o, v.Offset)
+			if d > 0 && (stride == 0 || d < stride) {
+				stride = d
+			}
+		} else {
+			first[suffix] = v.Offset
+		}
+	}
+	if stride == 0 && hi > lo {
+		stride = roundUp(hi-lo, 8)
+	}
+	if start == ^uint64(0) {
+		start = it.Offset
+	}
+	return max(stride, 1), start
 }
 
 // splitFix describes how to separate the parts of one variable that
@@ -440,11 +616,11 @@ func splitFix(it item, base, ps uint64) string {
 }
 
 // rootExtent returns the offset and size spanned by the variables named
-// "root.…". The caller holds a.mu.
+// "root.…" or "root[…". The caller holds a.mu.
 func (a *Analyzer) rootExtent(root string) (off, size uint64) {
 	lo, hi := ^uint64(0), uint64(0)
 	for _, v := range a.vars {
-		if strings.HasPrefix(v.Name, root+".") {
+		if rest, ok := strings.CutPrefix(v.Name, root); ok && (strings.HasPrefix(rest, ".") || strings.HasPrefix(rest, "[")) {
 			lo = min(lo, v.Offset)
 			hi = max(hi, v.Offset+v.Size)
 		}
@@ -526,6 +702,18 @@ func (a *Analyzer) residentNames(resident []int, p uint32) string {
 		return fmt.Sprintf("bytes [%d,%d)", uint64(p)*a.pageSize, uint64(p+1)*a.pageSize)
 	}
 	return andList(names)
+}
+
+// lockWord renders `lock "a"` or `locks "a" and "b"`.
+func lockWord(locks []string) string {
+	q := make([]string, len(locks))
+	for i, l := range locks {
+		q[i] = strconv.Quote(l)
+	}
+	if len(q) == 1 {
+		return "lock " + q[0]
+	}
+	return "locks " + andList(q)
 }
 
 // andList joins ["a","b","c"] as "a, b and c".

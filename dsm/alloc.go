@@ -8,8 +8,8 @@ import (
 	"sync"
 	"unsafe"
 
-	"github.com/dsmrt/dsm/analyzer"
 	"github.com/dsmrt/dsm/internal/ctl"
+	"github.com/dsmrt/dsm/internal/layout"
 )
 
 // An AllocOption changes how New and MakeSlice place an object.
@@ -122,7 +122,7 @@ func (r *Region) newObject(t reflect.Type, n int, opts []AllocOption) (unsafe.Po
 		name := fmt.Sprintf("%s@%#x", cfg.name, off)
 		var fields []ctl.Field
 		if n == 1 && (t.Kind() == reflect.Struct || t.Kind() == reflect.Array) {
-			vars, err := analyzer.StructVars(name, 0, reflect.Zero(t).Interface())
+			vars, err := layout.Vars(name, 0, reflect.Zero(t).Interface())
 			if err == nil {
 				for _, v := range vars {
 					fields = append(fields, ctl.Field{Name: v.Name, Offset: v.Offset, Size: v.Size})

@@ -36,8 +36,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/dsmrt/dsm/analyzer"
 	"github.com/dsmrt/dsm/internal/ctl"
+	"github.com/dsmrt/dsm/internal/layout"
 	"github.com/dsmrt/dsm/uffd"
 )
 
@@ -412,12 +412,13 @@ var (
 	noDeadline   = time.Time{}
 )
 
-// AllocStruct reserves room for a value of v's struct type (v is a struct
-// or a pointer to one) and records every field under "name.Field", so that
-// the analyzer's reports name fields (Stats.Hits, Stats.Misses) rather than
-// offsets. align 0 means the type's own alignment.
+// AllocStruct is Alloc for a value of v's type, named field by field so
+// that the analyzer's reports name fields (Stats.Hits, Stats.Misses) rather
+// than offsets. v is a struct, an array of structs (each element's fields
+// are named: Stats[1].Hits) or a pointer to either; align 0 means the
+// type's own alignment.
 func (r *Region) AllocStruct(name string, v any, align int) (int, error) {
-	vars, err := analyzer.StructVars(name, 0, v)
+	vars, err := layout.Vars(name, 0, v)
 	if err != nil {
 		return 0, fmt.Errorf("dsm: alloc %q: %w", name, err)
 	}
