@@ -41,6 +41,7 @@ func (n *Node) apply(a *coherence.Action) {
 		if err := n.readPage(p); err == nil {
 			n.twins.put(p, n.buf)
 		}
+		n.noteWriteLocks(p)
 		n.phys[p] = coherence.Exclusive
 		n.protectAll(p, false)
 		n.noteAccessible(p, true)
@@ -108,6 +109,7 @@ func (n *Node) install(a *coherence.Action) {
 	}
 	if a.Writable {
 		n.twins.put(p, data)
+		n.noteWriteLocks(p)
 	} else {
 		n.twins.drop(p)
 	}

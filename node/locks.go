@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/dsmrt/dsm/coherence"
@@ -39,7 +41,8 @@ func (l LockInfo) String() string {
 type pendingLock struct {
 	conn *net.UnixConn
 	id   uint64
-	bin  bool // answer in the binary encoding (ctl.LockMsg)
+	bin  bool      // answer in the binary encoding (ctl.LockMsg)
+	at   time.Time // when the request began to wait (for the metrics)
 }
 
 type lockKey struct {
@@ -53,6 +56,14 @@ type lockState struct {
 	clients  map[int]map[uint64]bool  // program id -> its client ids
 	conns    map[uint64]*net.UnixConn // client id -> its program's connection, for unsolicited events
 	lastTick time.Time
+
+	// For the layout analyzer (see grantedLocks): the exclusive locks
+	// granted to this node's programs, the sorted names of those (nil when
+	// to be rebuilt), and the names granted when this node last got write
+	// access to a page.
+	granted map[string]map[uint64]struct{} // lock name -> clients
+	names   []string
+	began   map[coherence.PageID][]string
 }
 
 func (n *Node) initLocks(fresh bool) error {
@@ -149,7 +160,9 @@ func (n *Node) serveLock(ctx context.Context, c *net.UnixConn, p *prog, a ctl.Lo
 		set[client] = true
 		n.locks.conns[client] = c
 		e := n.locks.eng
-		wait := func() { n.locks.pending[lockKey{client, a.Req}] = pendingLock{conn: c, id: a.ID, bin: bin} }
+		wait := func() {
+			n.locks.pending[lockKey{client, a.Req}] = pendingLock{conn: c, id: a.ID, bin: bin, at: time.Now()}
+		}
 		switch a.Op {
 		case ctl.LockOpLock:
 			wait()
@@ -168,6 +181,7 @@ func (n *Node) serveLock(ctx context.Context, c *net.UnixConn, p *prog, a ctl.Lo
 			e.Barrier(a.Text, int(a.Count), client, a.Req)
 		case ctl.LockOpUnlock:
 			now, nowErr = &ctl.LockMsg{}, e.UnlockCached(a.Text, client, a.Token)
+			n.dropGrant(a.Text, client)
 		case ctl.LockOpResign:
 			now, nowErr = &ctl.LockMsg{}, e.Resign(a.Text, client)
 		case ctl.LockOpCancel:
@@ -208,6 +222,7 @@ func (n *Node) serveLock(ctx context.Context, c *net.UnixConn, p *prog, a ctl.Lo
 func (n *Node) releaseClientLocks(p *prog) {
 	for client := range n.locks.clients[p.id] {
 		n.locks.eng.ReleaseClient(client)
+		n.dropClientGrants(client)
 		delete(n.locks.conns, client)
 		for k := range n.locks.pending {
 			if k.client == client {
@@ -264,6 +279,7 @@ func (n *Node) flushLocks() bool {
 		}
 	}
 	for _, ev := range events {
+		n.noteLockEvent(ev)
 		k := lockKey{ev.Client, ev.Req}
 		pl, ok := n.locks.pending[k]
 		switch ev.Kind {
@@ -272,6 +288,7 @@ func (n *Node) flushLocks() bool {
 				continue
 			}
 			delete(n.locks.pending, k)
+			n.stats.metrics.lockWaited(ev.Kind, time.Since(pl.at))
 			var err error
 			if ev.Kind == lockmgr.Refused {
 				err = ev.Err
@@ -329,4 +346,136 @@ func lockInfoOf(l lockmgr.LockStatus) LockInfo {
 		li.Lease = (time.Duration(lease) * LockTick).String()
 	}
 	return li
+}
+
+// Locks for the layout analyzer. The record of a page leaving this node
+// carries the locks this node held when it began writing the page, and
+// those of them it still holds as the page leaves (analyzer.Migration.Locks
+// and Kept): a lock that moves with the page from node to node orders the
+// writes, which tells data that nodes update under a lock from data they
+// write without one. The daemon learns the locks granted to its programs
+// from the lock manager's events: a lock is granted from its Granted event
+// until its program unlocks it for good, loses it or detaches. A lock that
+// a program keeps cached after Unlock stays granted until the home recalls
+// it, which suits the analyzer: the lock, and so the page, can move to
+// another node only through a recall.
+
+// maxRecordedLocks bounds the locks a record lists: the writes of a node
+// that holds more are recorded with unknown locks. Bank shards, a few
+// tables: programs hold a handful.
+const maxRecordedLocks = 64
+
+// noLocks is the Locks of a record whose node held no lock: known, and
+// empty. Shared, never modified.
+var noLocks = []string{}
+
+// noteLockEvent keeps the granted locks up to date with an event of the lock
+// manager.
+func (n *Node) noteLockEvent(ev lockmgr.Event) {
+	if ev.Space != lockmgr.SpaceLock {
+		return
+	}
+	switch {
+	case ev.Kind == lockmgr.Granted && ev.Mode == lockmgr.Exclusive:
+		if _, ok := n.locks.eng.Holding(ev.Name, ev.Client); !ok {
+			return // released since (its program detached)
+		}
+		l := &n.locks
+		if l.granted == nil {
+			l.granted = make(map[string]map[uint64]struct{})
+		}
+		cs := l.granted[ev.Name]
+		if cs == nil {
+			cs = make(map[uint64]struct{})
+			l.granted[ev.Name] = cs
+			l.names = nil
+		}
+		cs[ev.Client] = struct{}{}
+	case ev.Kind == lockmgr.Lost:
+		n.dropGrant(ev.Name, ev.Client)
+	}
+}
+
+// dropGrant forgets that lock name is granted to client.
+func (n *Node) dropGrant(name string, client uint64) {
+	l := &n.locks
+	cs := l.granted[name]
+	if cs == nil {
+		return
+	}
+	delete(cs, client)
+	if len(cs) == 0 {
+		delete(l.granted, name)
+		l.names = nil
+	}
+}
+
+// dropClientGrants forgets every lock granted to client.
+func (n *Node) dropClientGrants(client uint64) {
+	for name, cs := range n.locks.granted {
+		if _, ok := cs[client]; ok {
+			n.dropGrant(name, client)
+		}
+	}
+}
+
+// grantedLocks returns the sorted names of the exclusive locks granted to
+// this node's programs, held or kept cached (nil when there are none), and
+// false when there are more than maxRecordedLocks. The slice is shared until
+// the set changes, so that the fault path does not allocate; nobody may
+// modify it.
+func (n *Node) grantedLocks() ([]string, bool) {
+	l := &n.locks
+	if len(l.granted) > maxRecordedLocks {
+		return nil, false
+	}
+	if len(l.granted) > 0 && l.names == nil {
+		l.names = slices.Sorted(maps.Keys(l.granted))
+	}
+	return l.names, true
+}
+
+// noteWriteLocks remembers the locks granted to this node as it gets write
+// access to page p, on the fault path: the locks under which its programs
+// go on to write the page. It costs a map deletion when the node holds no
+// lock.
+func (n *Node) noteWriteLocks(p coherence.PageID) {
+	l := &n.locks
+	locks, ok := n.grantedLocks()
+	if ok && locks == nil {
+		delete(l.began, p)
+		return
+	}
+	if l.began == nil {
+		l.began = make(map[coherence.PageID][]string)
+	}
+	if len(l.began) >= 2*n.twins.max {
+		// A page that left without a record (its twin was forgotten,
+		// or it was dropped) keeps its entry: forget the entries that
+		// can no longer be used, which leaves at most one per twin.
+		for q := range l.began {
+			if !n.twins.has(q) {
+				delete(l.began, q)
+			}
+		}
+	}
+	l.began[p] = locks // nil: too many to list
+}
+
+// writeLocks returns, for the record of page p leaving this node, the locks
+// granted to this node when it got write access to the page (empty when
+// none, nil when unknown), and those of them it still holds.
+func (n *Node) writeLocks(p coherence.PageID) (locks, kept []string) {
+	l := &n.locks
+	locks, ok := l.began[p]
+	if !ok {
+		return noLocks, nil
+	}
+	delete(l.began, p)
+	for _, name := range locks {
+		if _, held := l.granted[name]; held {
+			kept = append(kept, name)
+		}
+	}
+	return locks, kept
 }

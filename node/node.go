@@ -98,6 +98,11 @@ type Config struct {
 	// the node id): injected packet loss, for tests and benchmarks.
 	Loss float64 `json:"loss,omitempty"`
 
+	// Metrics, when set, is the TCP address (host:port) on which the
+	// daemon serves Prometheus metrics at /metrics (see metrics.go).
+	// Empty: no metrics server.
+	Metrics string `json:"metrics,omitempty"`
+
 	// MuteCoherence makes the daemon drop every coherence message it
 	// receives while its transport stays up: injected, for tests, a peer
 	// that is up but never answers.
@@ -185,7 +190,7 @@ func (c *Config) Validate() error {
 	if c.Tick == 0 {
 		c.Tick = Duration(5 * time.Millisecond)
 	}
-	return nil
+	return checkMetricsAddr(c.Metrics)
 }
 
 // Node is a running node daemon.
@@ -234,6 +239,7 @@ type Node struct {
 	stats          stats
 	buf            []byte // one page, scratch
 	locks          lockState
+	metrics        *metricsServer // nil unless Config.Metrics is set
 
 	wg sync.WaitGroup
 }
@@ -351,6 +357,13 @@ func New(cfg Config) (*Node, error) {
 		n.closeLoop()
 		unix.Close(fd)
 		return nil, fmt.Errorf("transport on %s: %w", cfg.Addr, err)
+	}
+	if err := n.listenMetrics(); err != nil {
+		tr.Close()
+		n.ln.Close()
+		n.closeLoop()
+		unix.Close(fd)
+		return nil, err
 	}
 	return n, nil
 }
@@ -534,7 +547,9 @@ func (n *Node) Run(ctx context.Context) error {
 		defer n.wg.Done()
 		n.acceptLoop(ctx)
 	}()
+	n.serveMetrics()
 	err := n.runLoop(ctx)
+	n.stopMetrics()
 	n.mu.Lock()
 	n.stopped = true
 	n.mu.Unlock()
@@ -705,9 +720,11 @@ func (n *Node) outgoing(m *coherence.Message) []byte {
 	ranges := diffRanges(twin, n.buf)
 	// What was written has now been reported: the next diff starts here.
 	copy(twin, n.buf)
+	locks, kept := n.writeLocks(m.Page)
 	n.an.Record(analyzer.Migration{
 		Page: uint32(m.Page), From: uint16(n.cfg.ID), To: uint16(m.To),
 		Write: true, Wall: time.Now(), Clock: m.Clock, Written: ranges,
+		Locks: locks, Kept: kept,
 	})
 	n.stats.migrationsOut++
 	return encodeRanges(ranges)

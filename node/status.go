@@ -17,6 +17,7 @@ type stats struct {
 	attaches                          uint64
 	lat                               latencies
 	stages                            breakdown
+	metrics                           metricCounts // only the metrics show these (metrics.go)
 }
 
 func (s *stats) countFault(a coherence.Access, wp bool) {
@@ -36,6 +37,7 @@ type latencies struct {
 	n     uint64
 	total uint64
 	sum   time.Duration
+	hist  durationBuckets // for the metrics' histograms
 }
 
 func (l *latencies) add(d time.Duration) {
@@ -43,6 +45,7 @@ func (l *latencies) add(d time.Duration) {
 	l.n++
 	l.total++
 	l.sum += d
+	l.hist.observe(d)
 }
 
 // Percentiles of fault latency over the most recent faults.

@@ -57,6 +57,7 @@ func (n *Node) traceAnswer(m *coherence.Message) {
 // traceDone closes page p's timeline when its faults are resolved.
 func (n *Node) traceDone(p coherence.PageID, now time.Time) {
 	t, ok := n.traces[p]
+	n.stats.metrics.countResolved(len(n.waiting[p]), ok && !t.req.IsZero() && !t.answer.IsZero())
 	if !ok {
 		return
 	}
