@@ -20,6 +20,18 @@ type Report struct {
 	Findings []Finding `json:"findings"` // as returned by Findings
 	// Vars holds one entry per named variable, the most migrated first.
 	Vars []VarStat `json:"vars"`
+	// History is the recent ownership history of the most migrated pages
+	// analysed in detail: what the heat map of a report (Report.Plots), a
+	// merged one included, is drawn from.
+	History []PageHistory `json:"history,omitempty"`
+	// Recorders are the nodes whose records the report holds, when known:
+	// the analyzer does not know which node feeds it, so whoever fetches a
+	// daemon's report sets them. Merge needs them to count a transfer
+	// that both of its ends recorded once.
+	Recorders []Recorder `json:"recorders,omitempty"`
+	// Parts is the number of reports Merge combined into this one; 0 for
+	// the report of one analyzer.
+	Parts int `json:"parts,omitempty"`
 }
 
 // Totals sums the recorded migrations.
@@ -60,6 +72,10 @@ type Totals struct {
 	// First and Last are the earliest and latest wall times recorded.
 	First time.Time `json:"first,omitzero"`
 	Last  time.Time `json:"last,omitzero"`
+	// Duplicates, in a merged report, counts the records that Migrations
+	// and WriteMigrations leave out because both ends of the transfer
+	// recorded it (see Merge). The findings and variables include them.
+	Duplicates int `json:"duplicates,omitempty"`
 }
 
 // VarStat is what happened to the pages of one named variable.
@@ -169,6 +185,7 @@ func (a *Analyzer) Report() Report {
 	if t.Nodes == nil {
 		t.Nodes = []uint16{}
 	}
+	r.History = a.history()
 	sortFindings(r.Findings)
 	sort.SliceStable(r.Vars, func(i, j int) bool {
 		if r.Vars[i].Migrations != r.Vars[j].Migrations {
@@ -185,6 +202,9 @@ func (r Report) Text() string {
 	t := r.Totals
 	fmt.Fprintf(&b, "layout analyzer: %d page migrations (%d for writes, %d read copies) on %d pages, %s waiting in faults\n",
 		t.Migrations, t.WriteMigrations, t.ReadMigrations, t.Pages, fmtDur(t.Cost))
+	if r.Parts > 0 {
+		b.WriteString(r.mergedNote())
+	}
 	if t.Untracked > 0 {
 		fmt.Fprintf(&b, "%s pages with %s migrations were not analysed: the analyzer keeps the details of the pages that migrated most, up to its limits\n",
 			commas(t.Untracked), commas(t.UntrackedMigrations))

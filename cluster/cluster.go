@@ -18,7 +18,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/dsmrt/dsm/analyzer"
 	"io"
 	"net"
 	"os"
@@ -29,6 +28,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dsmrt/dsm/analyzer"
 	"github.com/dsmrt/dsm/internal/ctl"
 	"github.com/dsmrt/dsm/node"
 )
@@ -307,14 +307,11 @@ type Report struct {
 
 // Report asks daemon i for its analyzer report; when out is not empty it
 // also asks for the pictures and writes them there (this process writes
-// them, not the daemon).
+// them, not the daemon). The report names node i as its recorder, for
+// analyzer.Merge.
 func (c *Cluster) Report(i int, out string) (Report, error) {
-	req := ctl.Request{Op: ctl.OpReport}
-	if out != "" {
-		req.Args, _ = json.Marshal(node.ReportArgs{Plots: true})
-	}
-	var rep node.ReportReply
-	if err := ctl.Call(c.Daemons[i].Socket, req, &rep); err != nil {
+	rep, err := c.nodeReport(i, out != "")
+	if err != nil {
 		return Report{}, err
 	}
 	r := Report{Report: rep.Report}
@@ -326,6 +323,50 @@ func (c *Cluster) Report(i int, out string) (Report, error) {
 		}
 	}
 	return r, nil
+}
+
+// nodeReport asks daemon i for its report, with the pictures when plots is
+// set, and names the node that recorded it with the migrations it recorded
+// as the node that gave the page away (its status counts them out): what
+// analyzer.Merge needs to count each transfer once.
+func (c *Cluster) nodeReport(i int, plots bool) (node.ReportReply, error) {
+	req := ctl.Request{Op: ctl.OpReport}
+	if plots {
+		req.Args, _ = json.Marshal(node.ReportArgs{Plots: true})
+	}
+	var rep node.ReportReply
+	if err := ctl.Call(c.Daemons[i].Socket, req, &rep); err != nil {
+		return rep, fmt.Errorf("report of node %d: %w", i, err)
+	}
+	// Asked after the report, so that a live node's count covers the
+	// records in it; Merge bounds what it leaves out by what is there.
+	st, err := c.Status(i)
+	if err != nil {
+		return rep, fmt.Errorf("status of node %d: %w", i, err)
+	}
+	rep.Recorders = []analyzer.Recorder{{Node: uint16(i), Sent: int(st.Migrations["out"])}}
+	return rep, nil
+}
+
+// MergedReport asks every daemon for its analyzer report and merges them
+// (analyzer.Merge) into one report over the whole cluster. When some
+// daemons do not answer, it merges the reports of the others and the error
+// names the ones missing.
+func (c *Cluster) MergedReport() (analyzer.Report, error) {
+	var parts []analyzer.Report
+	var errs []error
+	for i := range c.Daemons {
+		rep, err := c.nodeReport(i, false)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		parts = append(parts, rep.Report)
+	}
+	if len(parts) == 0 {
+		return analyzer.Report{}, errors.Join(errs...)
+	}
+	return analyzer.Merge(parts...), errors.Join(errs...)
 }
 
 // Stop stops every daemon (SIGTERM, then SIGKILL after two seconds) and

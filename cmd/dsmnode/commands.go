@@ -8,74 +8,17 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
-	"os/signal"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 
 	"github.com/dsmrt/dsm/analyzer"
-	"github.com/dsmrt/dsm/cluster"
 	"github.com/dsmrt/dsm/internal/ctl"
 	"github.com/dsmrt/dsm/node"
 	"github.com/dsmrt/dsm/uffd"
 )
-
-func cmdRun(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	n := fs.Int("n", 2, "number of nodes")
-	size := fs.Uint64("size", 64<<20, "region size in bytes")
-	logLevel := fs.String("log", "warn", "daemon log level: debug, info, warn, error")
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: dsmnode run -n N [flags] -- PROGRAM [ARGS]")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		return exitError(2)
-	}
-	prog := fs.Args()
-	if len(prog) == 0 {
-		fs.Usage()
-		return errors.New("no program given after --")
-	}
-	if p, err := lookProgram(prog[0]); err != nil {
-		return err
-	} else {
-		prog[0] = p
-	}
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	c, err := cluster.Start(ctx, cluster.Options{Nodes: *n, Size: *size, LogLevel: *logLevel})
-	if err != nil {
-		return fmt.Errorf("start the cluster: %w", err)
-	}
-	defer c.Stop()
-	if err := c.Run(ctx, prog, os.Stdout); err != nil {
-		return err
-	}
-	return c.Stop()
-}
-
-// lookProgram resolves the program like a shell would, with a clear error.
-func lookProgram(p string) (string, error) {
-	if strings.Contains(p, "/") {
-		abs, err := filepath.Abs(p)
-		if err != nil {
-			return "", err
-		}
-		fi, err := os.Stat(abs)
-		if err != nil {
-			return "", fmt.Errorf("program %s: %w", p, err)
-		}
-		if fi.IsDir() || fi.Mode()&0o111 == 0 {
-			return "", fmt.Errorf("program %s is not executable (build it with go build -o %s first)", p, p)
-		}
-		return abs, nil
-	}
-	return p, nil
-}
 
 func cmdServe(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -90,6 +33,9 @@ func cmdServe(ctx context.Context, args []string) error {
 	socketGroup := fs.String("socket-group", "", "a group whose members may use the socket too (it is 0660 then; otherwise 0600)")
 	size := fs.Uint64("size", 0, "region size in bytes (same on every node; default 64 MiB)")
 	base := fs.Uint64("base", 0, "region base address (same on every node; default 0x600000000000)")
+	metrics := fs.String("metrics", "", "serve Prometheus metrics on this TCP address, host:port (at /metrics)")
+	var df daemonFlags
+	df.register(fs, true)
 	if err := fs.Parse(args); err != nil {
 		return exitError(2)
 	}
@@ -115,6 +61,7 @@ func cmdServe(ctx context.Context, args []string) error {
 		"size":         func() { cfg.Size = *size },
 		"base":         func() { cfg.Base = *base },
 		"key":          func() { cfg.Key = *key },
+		"metrics":      func() { cfg.Metrics = *metrics },
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) {
@@ -123,6 +70,13 @@ func cmdServe(ctx context.Context, args []string) error {
 			o()
 		}
 	})
+	if err := df.check(set); err != nil {
+		return err
+	}
+	df.apply(&cfg, set)
+	if err := checkHolds(cfg); err != nil {
+		return err
+	}
 	if *keyFile != "" {
 		b, err := os.ReadFile(*keyFile)
 		if err != nil {
@@ -162,7 +116,12 @@ func cmdStatus(args []string) error {
 	if *asJSON {
 		return printJSON(st)
 	}
-	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	return printStatus(os.Stdout, st)
+}
+
+// printStatus prints a node's status as a person reads it.
+func printStatus(out io.Writer, st node.Status) error {
+	w := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "node\t%d of %d\n", st.Node, st.Nodes)
 	fmt.Fprintf(w, "region\t0x%x, %d bytes, %d-byte pages, %d homed here\n", st.Base, st.Size, st.PageSize, st.HomedPages)
 	fmt.Fprintf(w, "programs\t%d attached\n", st.Programs)
@@ -208,6 +167,13 @@ func cmdReport(args []string) error {
 	if err := ctl.Call(*socket, req, &rep); err != nil {
 		return err
 	}
+	// Name the node that recorded the report, and what it recorded as the
+	// giving end, so that the JSON of every node of a run can be merged.
+	var st node.Status
+	if err := ctl.Call(*socket, ctl.Request{Op: ctl.OpStatus}, &st); err != nil {
+		return err
+	}
+	rep.Recorders = []analyzer.Recorder{{Node: uint16(st.Node), Sent: int(st.Migrations["out"])}}
 	var written []string
 	if *out != "" {
 		var err error

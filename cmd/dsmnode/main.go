@@ -1,6 +1,7 @@
 // Command dsmnode runs and inspects the nodes of a DSM cluster.
 //
 //	dsmnode run -n 3 -- ./myprog          a 3-node cluster on loopback, one ./myprog per node
+//	dsmnode run --report DIR -- ./myprog  ... and the false-sharing report of the whole run in DIR
 //	dsmnode serve --config node1.json     one node of a real cluster (flags work too)
 //	dsmnode status --socket PATH          pages by state, faults, migrations, latency percentiles
 //	dsmnode report --socket PATH          false-sharing findings of a running node
@@ -20,6 +21,8 @@ const usage = `usage: dsmnode <command> [flags]
 
 commands:
   run -n N [flags] -- PROGRAM [ARGS]   run a local cluster of N nodes and PROGRAM once per node
+                                       (--report DIR: the report of the whole run; --status;
+                                       --metrics HOST:PORT; the daemon flags of serve)
   serve [--config FILE] [flags]        run one node of a cluster
   status --socket PATH [--json]        show a node's pages, faults, migrations, latency, peers, locks
   report --socket PATH [--json] [--out DIR]

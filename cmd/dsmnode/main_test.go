@@ -3,10 +3,13 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -108,7 +111,7 @@ func TestReportOfARunningNode(t *testing.T) {
 }
 
 // Two nodes started with serve, by flags and by a config file, form a
-// cluster that status reports.
+// cluster that status reports; the one started by flags serves its metrics.
 func TestServeTwoNodes(t *testing.T) {
 	uffdtest.Require(t)
 	dir := t.TempDir()
@@ -132,8 +135,10 @@ func TestServeTwoNodes(t *testing.T) {
 		require.NoError(t, cmd.Start())
 		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	}
+	metrics := "127.0.0.1:" + strconv.Itoa(freeTCPPorts(t))
 	start("serve", "--id", "0", "--nodes", "2", "--addr", addrs[0], "--peers", "1="+addrs[1],
-		"--key-file", keyFile, "--socket", sock(0), "--size", "4194304")
+		"--key-file", keyFile, "--socket", sock(0), "--size", "4194304",
+		"--metrics", metrics, "--read-ahead", "0", "--no-hold", "--compress=false", "--fault-timeout", "1m")
 	start("serve", "--config", cfgFile)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -148,4 +153,10 @@ func TestServeTwoNodes(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	resp, err := http.Get("http://" + metrics + "/metrics")
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	require.Contains(t, string(body), `node="0"`)
 }
