@@ -94,6 +94,9 @@ var requiredFigures = []string{
 	"locks/uncontended/home=remote",
 	"locks/reacquire",
 	"locks/handoff",
+	"heap/floor/go_new",
+	"heap/new",
+	"heap/free",
 	"stencil/nodes=1",
 	"stencil/nodes=2",
 }
@@ -175,7 +178,7 @@ func TestSuiteQuick(t *testing.T) {
 		assert.Positive(t, f.Latency.Median, "%s: median", k)
 		assert.GreaterOrEqual(t, f.Latency.P99, f.Latency.Median, "%s: p99 below the median", k)
 		switch {
-		case strings.HasPrefix(k, "limit/"), strings.HasPrefix(k, "locks/floor/"):
+		case strings.HasPrefix(k, "limit/"), strings.Contains(k, "/floor/"):
 			// The yardsticks themselves.
 		case f.Compare == cmpFloor:
 			assert.Positive(t, f.FloorRatio, "%s: no ratio to its floor", k)
@@ -401,7 +404,7 @@ func TestSelectParts(t *testing.T) {
 		want []string
 		err  string
 	}{
-		{"", []string{"limits", "readfault", "ownerwrite", "invalidate", "scan", "pingpong", "size", "content", "loss", "locks", "memory", "stencil"}, ""},
+		{"", []string{"limits", "readfault", "ownerwrite", "invalidate", "scan", "pingpong", "size", "content", "loss", "locks", "heap", "memory", "stencil"}, ""},
 		{"locks", []string{"limits", "locks"}, ""},
 		{"readfault", []string{"limits", "readfault"}, ""},
 		{"scan, readfault", []string{"limits", "readfault", "scan"}, ""},

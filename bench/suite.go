@@ -142,6 +142,7 @@ var parts = []part{
 	{"content", "read fault by page content, with and without compression", (*suite).content},
 	{"loss", "read fault under injected packet loss, KCP with and without FEC", (*suite).loss},
 	{"locks", "distributed mutex: uncontended (local and remote home), reacquired by its last holder, and hand-off under contention, beside sync.Mutex", (*suite).locks},
+	{"heap", "shared heap: dsm.New and dsm.Free of a 64-byte struct, beside Go's new", (*suite).heap},
 	{"memory", "daemon memory beyond the memfd once every node of 3 wrote every page of the region", (*suite).memory},
 	{"stencil", "Jacobi heat stencil of examples/stencil on 1, 2 and 3 nodes: time per iteration, result checked", (*suite).stencil},
 }

@@ -46,6 +46,8 @@ const (
 	modeLockReacquire = "lock-reacquire"
 	// nodes 0 and 1 contend for a distributed mutex (hand-offs timed)
 	modeLockContend = "lock-contend"
+	// node 0 allocates and frees batches in the shared heap (timed)
+	modeHeap = "heap"
 )
 
 // Page contents the writers store.
@@ -183,6 +185,8 @@ func workerMain(js string) error {
 		err = w.lockSolo(&res)
 	case modeLockContend:
 		err = w.lockContend(&res)
+	case modeHeap:
+		err = w.heapWork(&res)
 	default:
 		err = fmt.Errorf("unknown mode %q", sp.Mode)
 	}
@@ -402,10 +406,6 @@ var vocabulary = []string{
 	"distributed", "coherence", "protocol", "directory", "invalidate", "migration",
 }
 
-// sink keeps the compiler from dropping loads whose values are not
-// otherwise used.
-var sink uint64
-
 // read: node 1 writes the pages each round; node 0 then reads each once,
 // in a shuffled order, timing the load.
 func (w *worker) read(res *workerResult) error {
@@ -594,7 +594,7 @@ func (w *worker) scan(res *workerResult) error {
 			if err := w.stopCost(len(ptrs)); err != nil {
 				return err
 			}
-			sink += sum
+			runtime.KeepAlive(sum) // the loads must not be dropped
 			if bad >= 0 {
 				return fmt.Errorf("round %d: page %d read stale data", round, pages[bad])
 			}
