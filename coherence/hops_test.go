@@ -94,8 +94,7 @@ func pingPong(t testing.TB, cfg pingPongConfig) pingPongResult {
 	}
 	// settle applies node n's outputs and lets its program run, until
 	// nothing changes.
-	var settle func(n NodeID)
-	settle = func(n NodeID) {
+	settle := func(n NodeID) {
 		nd := nodes[n]
 		for {
 			var endNow, installed bool
