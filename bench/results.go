@@ -295,6 +295,7 @@ var partTitles = map[string]string{
 	"content":    "By page content, with and without compression (2 nodes)",
 	"loss":       "Under injected packet loss, KCP with and without FEC (2 nodes)",
 	"locks":      "Distributed locks",
+	"heap":       "Shared heap: dsm.New and dsm.Free beside Go's new",
 	"memory":     "Daemon memory beyond the memfd",
 	"stencil":    "Jacobi heat stencil (examples/stencil), by cluster size",
 }
@@ -408,6 +409,12 @@ func (r *Results) markdown() string {
 				if f.Cost.Ops != int(f.Cost.Faults) {
 					note += fmt.Sprintf(" (%d faults for %d pages)", f.Cost.Faults, f.Cost.Ops)
 				}
+			}
+			if f.FloorRatio > 0 {
+				if note != "" {
+					note += "; "
+				}
+				note += fmt.Sprintf("%s× its floor (%s)", trimFloat(f.FloorRatio, 2), f.Floor)
 			}
 			fmt.Fprintf(&b, "| %s | %s | %s | %s | %d | %s | %s | %s | %s |\n",
 				f.Name, nodes, fmtNs(f.Latency.Median), fmtNs(f.Latency.P99), f.Latency.Count,
