@@ -67,6 +67,14 @@ func workLayout(r *dsm.Region) error {
 		}
 		s := (*stats)(r.Ptr(off))
 		mine = []*uint64{&s.Hits, &s.Misses}[r.NodeID()]
+	case "statsarray":
+		// The most common false-sharing layout: one element per node.
+		off, err := r.AllocStruct("Stats", (*[2]stats)(nil), ps)
+		if err != nil {
+			return err
+		}
+		s := (*[2]stats)(r.Ptr(off))
+		mine = &s[r.NodeID()].Hits
 	case "readmostly":
 		table, err := r.Alloc("table", 512, ps)
 		if err != nil {
@@ -115,11 +123,13 @@ func TestAnalyzerFindsExactlyTheFalseSharing(t *testing.T) {
 		layout string
 		names  []string       // the variables a false-sharing finding must name; nil: no false sharing
 		other  analyzer.Class // another finding that must be there
+		fix    string         // what the false-sharing fix must say, when set
 	}{
 		{layout: "packed", names: []string{"counter_A", "counter_B"}},
 		{layout: "padded"},
 		{layout: "true", other: analyzer.TrueSharing},
 		{layout: "struct", names: []string{"Stats.Hits", "Stats.Misses"}},
+		{layout: "statsarray", names: []string{"Stats[0].Hits", "Stats[1].Hits"}, fix: "_ [4080]byte"},
 		{layout: "readmostly"},
 	}
 	for _, tc := range cases {
@@ -150,6 +160,7 @@ func TestAnalyzerFindsExactlyTheFalseSharing(t *testing.T) {
 			}
 			require.ElementsMatch(t, tc.names, got, rep.Text())
 			require.NotEmpty(t, fs[0].Fix, rep.Text())
+			require.Contains(t, fs[0].Fix, tc.fix, rep.Text())
 			t.Logf("%s", fs[0].Summary)
 		})
 	}
