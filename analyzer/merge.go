@@ -7,13 +7,8 @@ import (
 	"math"
 	"slices"
 	"sort"
-	"strconv"
 	"time"
 
-	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/vg"
-	"gonum.org/v1/plot/vg/draw"
 	"gonum.org/v1/plot/vg/vgimg"
 )
 
@@ -595,95 +590,4 @@ func (r Report) drawHeatmap(width, height int) (*vgimg.Canvas, error) {
 		title += "; blank before the oldest transfer kept"
 	}
 	return drawOwnership(hm, title, width, height), nil
-}
-
-// drawOwnership draws the ownership chart of hm with a legend of the node
-// colours on a width×height canvas.
-func drawOwnership(hm *heatmap, title string, width, height int) *vgimg.Canvas {
-	// At 72 dpi a point is a pixel, so the canvas is exactly width×height.
-	cnv := vgimg.NewWith(vgimg.UseWH(vg.Length(width), vg.Length(height)), vgimg.UseDPI(72))
-	dc := draw.New(cnv)
-	legend := plot.NewLegend()
-	legend.Top, legend.Left = true, true
-	legend.ThumbnailWidth = 14
-	legend.TextStyle.Font.Size = 11
-	legend.Add("owner")
-	for i, n := range hm.nodes {
-		legend.Add("node "+strconv.Itoa(int(n)), swatch{nodeColor(i)})
-	}
-	legendW := legend.Rectangle(dc).Size().X + 16
-
-	p := plot.New()
-	p.Title.Text = title
-	p.X.Label.Text = hm.xlabel
-	p.Y.Label.Text = "page"
-	p.X.Padding, p.Y.Padding = 0, 0
-	p.Add(ownerGrid{hm})
-	p.X.Min, p.X.Max = hm.xmin, hm.xmax
-	p.Y.Min, p.Y.Max = 0, float64(len(hm.pages))
-	p.Y.Tick.Marker = pageTicks(hm.pages, float64(height-80))
-	p.Draw(draw.Crop(dc, 0, -legendW, 0, 0))
-	legend.Draw(draw.Crop(dc, vg.Length(width)-legendW+8, 0, 0, -30))
-	return cnv
-}
-
-// drawVars draws the bar chart of Analyzer.WriteVarBars from the
-// per-variable statistics of a report.
-func drawVars(all []VarStat) (*vgimg.Canvas, error) {
-	if len(all) == 0 {
-		return nil, fmt.Errorf("%w: the report names no variable", ErrNoVars)
-	}
-	vars := all[:min(len(all), maxBars)]
-	names := make([]string, len(vars))
-	migr := make(plotter.Values, len(vars))
-	writes := make(plotter.Values, len(vars))
-	longest, top := 0, 1.0
-	for i, v := range vars {
-		names[i] = v.Name
-		if v.Class == FalseSharing {
-			names[i] += " *"
-		}
-		longest = max(longest, len([]rune(names[i])))
-		migr[i], writes[i] = float64(v.Migrations), float64(v.Writes)
-		top = max(top, migr[i], writes[i])
-	}
-	longest = min(longest, 48)
-	width := min(max(160+48*len(vars), 560), 4000)
-	height := 420 + longest*5
-
-	p := plot.New()
-	p.Title.Text = "Migrations per variable"
-	if len(vars) < len(all) {
-		p.Title.Text += fmt.Sprintf(" (the %d most migrated of %d)", len(vars), len(all))
-	}
-	p.Y.Label.Text = "migrations"
-	slot := float64(width-120) / float64(len(vars))
-	bw := vg.Length(max(2, min(slot*0.35, 40)))
-	b1, err := plotter.NewBarChart(migr, bw)
-	if err != nil {
-		return nil, fmt.Errorf("analyzer: bar chart: %w", err)
-	}
-	b2, err := plotter.NewBarChart(writes, bw)
-	if err != nil {
-		return nil, fmt.Errorf("analyzer: bar chart: %w", err)
-	}
-	b1.Color, b1.LineStyle.Width, b1.Offset = Palette[0], 0, -bw/2
-	b2.Color, b2.LineStyle.Width, b2.Offset = Palette[1], 0, bw/2
-	p.Add(b1, b2)
-	// The headroom above the bars holds the legend.
-	p.Y.Min, p.Y.Max = 0, top*1.3
-	p.Legend.Top = true
-	p.Legend.Add("migrations of the variable's pages", b1)
-	p.Legend.Add("transfers that carried its writes", b2)
-	p.Legend.Add("* = written on a falsely shared page")
-	p.NominalX(names...)
-	p.X.Min, p.X.Max = -0.5, float64(len(vars))-0.5
-	p.Y.Tick.Marker = intTicks{}
-	p.X.Tick.Label.Rotation = math.Pi / 4
-	p.X.Tick.Label.XAlign = draw.XRight
-	p.X.Tick.Label.YAlign = draw.YCenter
-
-	cnv := vgimg.NewWith(vgimg.UseWH(vg.Length(width), vg.Length(height)), vgimg.UseDPI(72))
-	p.Draw(draw.New(cnv))
-	return cnv, nil
 }
