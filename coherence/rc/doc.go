@@ -20,20 +20,31 @@
 // to the page's home (MsgDiff, carrying the writer's clock with the closing
 // interval in its own entry) and waits until every home has acknowledged
 // (MsgDiffAck): from then on the writes are at the homes. It then closes the
-// interval and records a write notice, (node, interval, pages), in its log
-// of the notices it knows. Release's result is a Payload: the node's clock
-// and its log, which the lock or barrier carries to the next acquirer.
+// interval and records a write notice, (node, interval, pages), in the log
+// of its own intervals. Release's result is a Payload: the node's clock,
+// which the lock or barrier carries to the next acquirer (a few bytes per
+// node, however long the history).
 //
 // At an acquire (Acquire: a Lock, a barrier departure) the node first
 // flushes its own written pages the same way (so that the writes of the
 // interval before the acquire are stamped with the clock they were made
-// under), then takes the payload: for every notice it did not know, it
-// invalidates its copy of each page named, unless the copy already contains
-// that interval (each copy carries the clock of the home's master when it
-// was fetched); and it merges the payload's clock into its own. A later
-// access fetches the page again, from a home that has, by then, every diff
-// the notices speak of. A copy that arrives from the home without an
-// interval the node has a notice for is stale and is fetched again.
+// under). Then, for every node j whose intervals the payload's clock covers
+// beyond what the node has seen, it asks j for the notices of those
+// intervals (MsgNoticeReq, MsgNotices: every node keeps the notices of its
+// own intervals); it invalidates its copy of each page named, unless the
+// copy already contains that interval (each copy carries the clock of the
+// home's master when it was fetched), and merges the payload's clock into
+// its own. A later access fetches the page again, from a home that has, by
+// then, every diff the notices speak of. A copy that arrives from the home
+// without an interval the node has a notice for is stale and is fetched
+// again.
+//
+// AcquireAll, an acquire without a lock or barrier (a program's
+// Region.Acquire after another node's Region.Release and a flag in
+// sequentially consistent memory), asks every node for the notices of all
+// its closed intervals and takes, for each, the intervals it answered for:
+// it is ordered after every release that had finished at a node when that
+// node answered.
 //
 // Programs free of data races therefore read, after an acquire, the last
 // write that happens before it: the writer released before the acquire, the
@@ -71,8 +82,9 @@
 // done, a race found), and nothing inside it blocks, reads a clock or does
 // I/O. The page data a release diffs is an input: the daemon reads the
 // program's pages and hands them over. Simulate runs thousands of seeded
-// schedules of whole clusters (locks, barriers, data-race-free and racy
-// programs, loss, duplication, reordering and delay) and checks after every
+// schedules of whole clusters (locks, barriers, release-and-signal with
+// AcquireAll, data-race-free and racy programs, loss, duplication,
+// reordering and delay) and checks after every
 // read that it returned the last write that happens before it, and at the
 // end that the homes lost no byte and that every racing byte was reported.
 package rc

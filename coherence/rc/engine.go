@@ -47,6 +47,8 @@ const (
 	MsgPage                    // home -> node: the page, with the clock of what it contains
 	MsgDiff                    // writer -> home: the bytes it changed in one interval
 	MsgDiffAck                 // home -> writer: the diff is applied
+	MsgNoticeReq               // acquirer -> writer: which pages did your intervals (Interval, Upto] write?
+	MsgNotices                 // writer -> acquirer: the notices asked for, up to Upto
 )
 
 // Run is a range of changed bytes of a page.
@@ -71,6 +73,10 @@ type Message struct {
 	Clock clocks.Vector
 	Data  []byte // MsgPage
 	Runs  []Run  // MsgDiff
+	// Upto (MsgNoticeReq) is the last interval asked about, 0 for every
+	// closed one; (MsgNotices) the last interval the answer covers.
+	Upto    uint64
+	Notices []Notice // MsgNotices
 }
 
 // Notice says that a node wrote pages in one of its intervals.
@@ -81,38 +87,20 @@ type Notice struct {
 }
 
 // Payload is what a release hands, through a lock or a barrier, to the
-// next acquirer: the releaser's clock and the notices it knows.
+// next acquirer: the releaser's clock. The acquirer asks each node whose
+// intervals the clock covers and it has not seen for the pages they wrote
+// (MsgNoticeReq): every node keeps the notices of its own intervals, so a
+// payload stays as small as a clock however long the history.
 type Payload struct {
-	Clock   clocks.Vector
-	Notices []Notice
+	Clock clocks.Vector
 }
 
-// Since returns the part of p an acquirer whose clock is v needs: the
-// notices of intervals v does not cover. The notices are shared with p.
-func (p Payload) Since(v clocks.Vector) Payload {
-	out := Payload{Clock: p.Clock}
-	for _, n := range p.Notices {
-		if int(n.Node) >= len(v) || n.Interval > v[n.Node] {
-			out.Notices = append(out.Notices, n)
-		}
-	}
-	return out
-}
-
-// Merge returns one payload holding the clocks and notices of all: what a
-// barrier hands every node that passes it.
+// Merge returns one payload covering all of ps: what a barrier hands every
+// node that passes it.
 func Merge(ps ...Payload) Payload {
 	var out Payload
-	seen := map[[2]uint64]bool{}
 	for _, p := range ps {
 		out.Clock = clocks.Merge(out.Clock, p.Clock)
-		for _, n := range p.Notices {
-			k := [2]uint64{uint64(n.Node), n.Interval}
-			if !seen[k] {
-				seen[k] = true
-				out.Notices = append(out.Notices, n)
-			}
-		}
 	}
 	return out
 }
@@ -169,15 +157,14 @@ type Stats struct {
 type Engine struct {
 	cfg   Config
 	clock clocks.Vector // the intervals of every node known closed; own entry: own closed intervals
-	known map[[2]uint64]bool
-	log   []Notice
+	own   []Notice      // this node's closed intervals that wrote pages, in order
 	// need holds, per page, the latest interval of each node a notice
 	// says wrote it: a copy must contain these.
 	need   map[PageID]clocks.Vector
 	copies map[PageID]*copyState
 	homed  map[PageID]*master
 
-	fetchSeq, diffSeq uint64
+	fetchSeq, diffSeq, askSeq uint64
 	diffs             map[uint64]*pendingDiff
 	op                *syncOp
 	now               uint64
@@ -202,10 +189,21 @@ type pendingDiff struct {
 type syncOp struct {
 	id       uint64
 	acquire  bool
+	all      bool    // AcquireAll: every node's closed intervals
 	payload  Payload // Acquire
 	waiting  int     // diffs not yet acknowledged
 	interval uint64  // the interval the flush closes; 0 when it wrote nothing
 	pages    []PageID
+	// The notices asked for (acquire, after the flush): by node, the
+	// request in flight, then the answer.
+	asks    map[NodeID]*noticeAsk
+	pending int
+}
+
+type noticeAsk struct {
+	msg    Message
+	sentAt uint64
+	done   bool
 }
 
 // New returns an engine.
@@ -219,7 +217,6 @@ func New(cfg Config) (*Engine, error) {
 	return &Engine{
 		cfg:    cfg,
 		clock:  clocks.NewVector(cfg.Nodes),
-		known:  map[[2]uint64]bool{},
 		need:   map[PageID]clocks.Vector{},
 		copies: map[PageID]*copyState{},
 		homed:  map[PageID]*master{},
@@ -367,6 +364,43 @@ func (e *Engine) Step(m *Message) error {
 		delete(e.diffs, m.Seq)
 		e.op.waiting--
 		if e.op.waiting == 0 {
+			e.flushed()
+		}
+	case MsgNoticeReq:
+		upto := m.Upto
+		if upto == 0 || upto > e.clock[e.me()] {
+			upto = e.clock[e.me()]
+		}
+		var ns []Notice
+		for _, n := range e.own {
+			if n.Interval > m.Interval && n.Interval <= upto {
+				ns = append(ns, n)
+			}
+		}
+		e.send(Message{Kind: MsgNotices, To: m.From, Seq: m.Seq, Interval: m.Interval, Upto: upto, Notices: ns})
+	case MsgNotices:
+		op := e.op
+		if op == nil || op.asks == nil {
+			e.stats.Duplicates++
+			return nil
+		}
+		a := op.asks[m.From]
+		if a == nil || a.done || a.msg.Seq != m.Seq {
+			e.stats.Duplicates++
+			return nil
+		}
+		for _, n := range m.Notices {
+			if n.Node != m.From {
+				return fmt.Errorf("rc: node %d answers with a notice of node %d", m.From, n.Node)
+			}
+		}
+		a.done = true
+		e.takeNotices(m.Notices)
+		if op.all {
+			op.payload.Clock[m.From] = max(op.payload.Clock[m.From], m.Upto)
+		}
+		op.pending--
+		if op.pending == 0 {
 			e.finish()
 		}
 	default:
@@ -406,6 +440,15 @@ func (e *Engine) Tick() {
 		e.stats.Retransmits++
 		e.send(d.msg)
 	}
+	if op := e.op; op != nil {
+		for j := range NodeID(e.cfg.Nodes) {
+			if a := op.asks[j]; a != nil && !a.done && e.now-a.sentAt >= uint64(e.cfg.Retry) {
+				a.sentAt = e.now
+				e.stats.Retransmits++
+				e.send(a.msg)
+			}
+		}
+	}
 }
 
 // ErrBusy reports a Release or Acquire while another is in progress.
@@ -422,10 +465,24 @@ func (e *Engine) Release(op uint64, dirty []PageData) error {
 // Acquire brings the node up to date with a release that happens before
 // it: p is the releaser's payload (or, at a barrier, the merge of every
 // node's). dirty is as for Release: the node's own writes go to the homes
-// first. When done, copies the payload's notices outdate are invalidated
-// (reported in Ready before the Done).
+// first. Then the engine asks every node whose intervals p covers and this
+// node has not seen which pages they wrote, invalidates the copies that
+// lack those writes (reported in Ready before the Done) and takes p's
+// clock.
 func (e *Engine) Acquire(op uint64, dirty []PageData, p Payload) error {
-	return e.start(&syncOp{id: op, acquire: true, payload: p}, dirty)
+	if len(p.Clock) > e.cfg.Nodes {
+		return fmt.Errorf("rc: a payload clock of %d nodes in a cluster of %d", len(p.Clock), e.cfg.Nodes)
+	}
+	return e.start(&syncOp{id: op, acquire: true, payload: Payload{Clock: clocks.Merge(p.Clock, clocks.NewVector(e.cfg.Nodes))}}, dirty)
+}
+
+// AcquireAll is Acquire of every release any node finished before it
+// started: it asks every other node for the notices of all its closed
+// intervals. It is what a program's acquire without a lock or barrier
+// (dsm's Region.Acquire) needs, after another node's Release and a signal
+// through sequentially consistent memory.
+func (e *Engine) AcquireAll(op uint64, dirty []PageData) error {
+	return e.start(&syncOp{id: op, acquire: true, all: true, payload: Payload{Clock: clocks.NewVector(e.cfg.Nodes)}}, dirty)
 }
 
 func (e *Engine) start(op *syncOp, dirty []PageData) error {
@@ -484,29 +541,48 @@ func (e *Engine) start(op *syncOp, dirty []PageData) error {
 		e.send(m)
 	}
 	if op.waiting == 0 {
-		e.finish()
+		e.flushed()
 	}
 	return nil
 }
 
-// finish ends the operation in progress once its diffs are at the homes.
-func (e *Engine) finish() {
+// flushed goes on once the operation's diffs are at the homes: the
+// interval closes; a release is done; an acquire asks for notices.
+func (e *Engine) flushed() {
 	op := e.op
-	e.op = nil
 	if op.interval > 0 {
 		e.clock[e.me()] = op.interval
-		e.learn(Notice{Node: e.me(), Interval: op.interval, Pages: op.pages})
+		e.own = append(e.own, Notice{Node: e.me(), Interval: op.interval, Pages: op.pages})
 	}
 	if !op.acquire {
-		pl := Payload{Clock: e.clock.Clone(), Notices: slices.Clone(e.log)}
+		e.op = nil
+		pl := Payload{Clock: e.clock.Clone()}
 		e.rd.Done = append(e.rd.Done, Done{Op: op.id, Payload: &pl})
 		return
 	}
-	for _, n := range op.payload.Notices {
-		if n.Node == e.me() || e.known[[2]uint64{uint64(n.Node), n.Interval}] {
+	op.asks = map[NodeID]*noticeAsk{}
+	for j := range NodeID(e.cfg.Nodes) {
+		if j == e.me() || (!op.all && op.payload.Clock[j] <= e.clock[j]) {
 			continue
 		}
-		e.learn(n)
+		e.askSeq++
+		m := Message{Kind: MsgNoticeReq, To: j, Seq: e.askSeq, Interval: e.clock[j]}
+		if !op.all {
+			m.Upto = op.payload.Clock[j]
+		}
+		op.asks[j] = &noticeAsk{msg: m, sentAt: e.now}
+		op.pending++
+		e.send(m)
+	}
+	if op.pending == 0 {
+		e.finish()
+	}
+}
+
+// takeNotices records what the notices say was written and invalidates
+// the copies that lack it.
+func (e *Engine) takeNotices(ns []Notice) {
+	for _, n := range ns {
 		for _, p := range n.Pages {
 			nd := e.need[p]
 			if nd == nil {
@@ -523,16 +599,14 @@ func (e *Engine) finish() {
 			}
 		}
 	}
-	e.clock = clocks.Merge(e.clock, op.payload.Clock)
-	e.rd.Done = append(e.rd.Done, Done{Op: op.id})
 }
 
-func (e *Engine) learn(n Notice) {
-	k := [2]uint64{uint64(n.Node), n.Interval}
-	if !e.known[k] {
-		e.known[k] = true
-		e.log = append(e.log, n)
-	}
+// finish ends an acquire once every notice asked for has come.
+func (e *Engine) finish() {
+	op := e.op
+	e.op = nil
+	e.clock = clocks.Merge(e.clock, op.payload.Clock)
+	e.rd.Done = append(e.rd.Done, Done{Op: op.id})
 }
 
 // diffRuns returns the bytes of cur that differ from twin, as runs of

@@ -17,10 +17,13 @@ import (
 // Words of a page have roles: the last word of every page is racy (when
 // Racy is set: written by any node without synchronisation), the one before
 // it is a phase word (written by one node, its owner, in even barrier
-// phases and read by every node in odd ones) and the others are guarded by
-// a lock each (word index modulo Locks), so every page holds data of several
-// locks and several writers: false sharing, which release consistency is
-// for.
+// phases and read by every node in odd ones), the one before that a mailbox
+// (written once a phase by its owner, which then releases without a lock
+// and signals; the others wait for the signal, acquire with AcquireAll and
+// read it: the pattern of Region.Release and Region.Acquire with a flag in
+// sequentially consistent memory) and the others are guarded by a lock each
+// (word index modulo Locks), so every page holds data of several locks and
+// several writers: false sharing, which release consistency is for.
 type SimConfig struct {
 	Seed     uint64
 	Nodes    int
@@ -88,12 +91,14 @@ const (
 	simRead
 	simWrite
 	simBarrier
+	simSignal // release, then tell the waiters
+	simWait   // wait for node lock's signal number word, then AcquireAll
 )
 
 type simOp struct {
 	kind simOpKind
-	lock int
-	word int
+	lock int // simLock, simUnlock; simWait: the node waited for
+	word int // simRead, simWrite; simWait: the signal count waited for
 }
 
 type simNode struct {
@@ -144,6 +149,13 @@ type sim struct {
 		payloads []Payload
 		clock    clocks.Vector
 	}
+	signals      []int           // per node, signals sent
+	signalClocks []clocks.Vector // per node, its clock at its last signal
+	// lastRelease is each node's clock at its last finished release, and
+	// answered, per node, what the nodes that answered its AcquireAll had
+	// released by then: AcquireAll orders the acquirer after those.
+	lastRelease []clocks.Vector
+	answered    []clocks.Vector
 	res SimResult
 	err *Violation
 }
@@ -152,6 +164,7 @@ const (
 	roleLock = iota
 	rolePhase
 	roleRacy
+	roleMailbox
 )
 
 func (s *sim) role(w int) int {
@@ -161,6 +174,8 @@ func (s *sim) role(w int) int {
 		return roleRacy
 	case w%per == per-2:
 		return rolePhase
+	case w%per == per-3 && per >= 4:
+		return roleMailbox
 	}
 	return roleLock
 }
@@ -173,6 +188,8 @@ func (s *sim) pageOf(w int) (PageID, int) {
 func (s *sim) words() int { return s.cfg.Pages * s.cfg.PageSize / 8 }
 
 func (s *sim) phaseOwner(w int) int { return (w / (s.cfg.PageSize / 8)) % s.cfg.Nodes }
+
+func (s *sim) mailboxOwner(w int) int { return (w/(s.cfg.PageSize/8) + 1) % s.cfg.Nodes }
 
 func (s *sim) lockOf(w int) int { return w % s.cfg.Locks }
 
@@ -197,6 +214,10 @@ func Simulate(cfg SimConfig) (SimResult, error) {
 	for range cfg.Locks {
 		s.locks = append(s.locks, &simLockState{holder: -1, clock: clocks.NewVector(cfg.Nodes)})
 	}
+	s.signals = make([]int, cfg.Nodes)
+	s.signalClocks = make([]clocks.Vector, cfg.Nodes)
+	s.lastRelease = make([]clocks.Vector, cfg.Nodes)
+	s.answered = make([]clocks.Vector, cfg.Nodes)
 	s.run()
 	for _, n := range s.nodes {
 		s.res.Stats = append(s.res.Stats, n.eng.Stats())
@@ -213,9 +234,11 @@ func Simulate(cfg SimConfig) (SimResult, error) {
 func (s *sim) program(id int) []simOp {
 	rng := rand.New(rand.NewPCG(s.cfg.Seed, uint64(id)+1))
 	byLock := make([][]int, s.cfg.Locks)
-	var phase, racy []int
+	var phase, racy, mailbox []int
 	for w := 0; w < s.words(); w++ {
 		switch s.role(w) {
+		case roleMailbox:
+			mailbox = append(mailbox, w)
 		case roleLock:
 			byLock[s.lockOf(w)] = append(byLock[s.lockOf(w)], w)
 		case rolePhase:
@@ -256,9 +279,33 @@ func (s *sim) program(id int) []simOp {
 			}
 		}
 		rng.Shuffle(len(body), func(i, j int) { body[i], body[j] = body[j], body[i] })
+		// Mailboxes: this node's first (write, release, signal), the
+		// others' last (wait, acquire, read), so that no node waits for a
+		// signal sent after its own wait.
+		var mine, theirs []simOp
+		waited := map[int]bool{}
+		for _, w := range mailbox {
+			o := s.mailboxOwner(w)
+			if o == id {
+				mine = append(mine, simOp{kind: simWrite, word: w})
+			} else if rng.IntN(2) == 0 {
+				if !waited[o] {
+					waited[o] = true
+					theirs = append(theirs, simOp{kind: simWait, lock: o, word: ph + 1})
+				}
+				theirs = append(theirs, simOp{kind: simRead, word: w})
+			}
+		}
+		if len(mailbox) > 0 {
+			// Every owner signals once a phase, written or not, so the
+			// waiters' counts line up with phases.
+			mine = append(mine, simOp{kind: simSignal})
+		}
+		ops = append(ops, mine...)
 		for _, b := range body {
 			ops = append(ops, b...)
 		}
+		ops = append(ops, theirs...)
 		ops = append(ops, simOp{kind: simBarrier})
 	}
 	for w := 0; w < s.words(); w++ {
@@ -317,6 +364,9 @@ func (s *sim) run() {
 			s.net = append(s.net[:i], s.net[i+1:]...)
 			n := s.nodes[f.m.To]
 			s.trace("deliver %v %d->%d page %d seq %d", f.m.Kind, f.m.From, f.m.To, f.m.Page, f.m.Seq)
+			if f.m.Kind == MsgNoticeReq && f.m.Upto == 0 {
+				s.answered[f.m.From] = clocks.Merge(s.answered[f.m.From], s.lastRelease[f.m.To])
+			}
 			s.engine(n, n.eng.Step(&f.m))
 		case len(runnable) > 0 && x < 0.88:
 			s.advance(runnable[s.rng.IntN(len(runnable))])
@@ -427,11 +477,19 @@ func (s *sim) acquire(n *simNode, pl Payload, clock clocks.Vector) {
 	id := s.nextOp
 	n.blocked = true
 	s.res.Acquires++
+	s.answered[n.id] = nil
 	s.done[id] = func(Done) {
 		n.clock = clocks.Merge(n.clock, clock)
+		if pl.Clock == nil {
+			n.clock = clocks.Merge(n.clock, s.answered[n.id])
+		}
 		n.blocked = false
 	}
-	s.engine(n, n.eng.Acquire(id, s.dirtyData(n), pl.Since(n.eng.Clock())))
+	if pl.Clock == nil {
+		s.engine(n, n.eng.AcquireAll(id, s.dirtyData(n)))
+		return
+	}
+	s.engine(n, n.eng.Acquire(id, s.dirtyData(n), pl))
 }
 
 // release starts n's engine on a release; then is called with its payload.
@@ -446,6 +504,7 @@ func (s *sim) release(n *simNode, then func(Payload)) {
 			s.fail("node %d: release without payload", n.id)
 			return
 		}
+		s.lastRelease[n.id] = n.clock.Clone()
 		then(*d.Payload)
 	}
 	s.engine(n, n.eng.Release(id, s.dirtyData(n)))
@@ -507,6 +566,19 @@ func (s *sim) advance(n *simNode) {
 				s.grant(op.lock, next)
 			}
 		})
+	case simSignal:
+		n.pc++
+		s.release(n, func(Payload) {
+			s.signals[n.id]++
+			s.signalClocks[n.id] = n.clock.Clone()
+			n.blocked = false
+		})
+	case simWait:
+		if s.signals[op.lock] < op.word {
+			return // not yet: the node spins
+		}
+		n.pc++
+		s.acquire(n, Payload{}, s.signalClocks[op.lock])
 	case simBarrier:
 		n.pc++
 		s.release(n, func(pl Payload) {
