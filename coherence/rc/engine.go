@@ -43,12 +43,12 @@ type Kind uint8
 
 // Message kinds.
 const (
-	MsgFetch   Kind = iota + 1 // node -> home: send me the page
-	MsgPage                    // home -> node: the page, with the clock of what it contains
-	MsgDiff                    // writer -> home: the bytes it changed in one interval
-	MsgDiffAck                 // home -> writer: the diff is applied
-	MsgNoticeReq               // acquirer -> writer: which pages did your intervals (Interval, Upto] write?
-	MsgNotices                 // writer -> acquirer: the notices asked for, up to Upto
+	MsgFetch     Kind = iota + 1 // node -> home: send me the page
+	MsgPage                      // home -> node: the page, with the clock of what it contains
+	MsgDiff                      // writer -> home: the bytes it changed in one interval
+	MsgDiffAck                   // home -> writer: the diff is applied
+	MsgNoticeReq                 // acquirer -> writer: which pages did your intervals (Interval, Upto] write?
+	MsgNotices                   // writer -> acquirer: the notices asked for, up to Upto
 )
 
 // Run is a range of changed bytes of a page.
@@ -165,11 +165,11 @@ type Engine struct {
 	homed  map[PageID]*master
 
 	fetchSeq, diffSeq, askSeq uint64
-	diffs             map[uint64]*pendingDiff
-	op                *syncOp
-	now               uint64
-	rd                Ready
-	stats             Stats
+	diffs                     map[uint64]*pendingDiff
+	op                        *syncOp
+	now                       uint64
+	rd                        Ready
+	stats                     Stats
 }
 
 type copyState struct {

@@ -156,8 +156,8 @@ type sim struct {
 	// released by then: AcquireAll orders the acquirer after those.
 	lastRelease []clocks.Vector
 	answered    []clocks.Vector
-	res SimResult
-	err *Violation
+	res         SimResult
+	err         *Violation
 }
 
 const (
