@@ -121,3 +121,31 @@ func TestCachedLockReleaseClient(t *testing.T) {
 		t.Fatalf("grant %v: want client 2 above %#x", g2, g.Limit)
 	}
 }
+
+// TestCachedLockLateGrantAfterPeerDown: a late copy of a cached grant that
+// reaches the requester after its hold ended (here: PeerDown of the home,
+// whose release was lost) is given back without claiming that its token
+// was the last used, since the client may have re-granted the lock to
+// itself meanwhile; the next grant is above the whole range.
+func TestCachedLockLateGrantAfterPeerDown(t *testing.T) {
+	c := newTestNet(t, 2, func(string) NodeID { return 0 })
+	c.engs[1].LockCached("x", 1, 1)
+	msgs, _ := c.engs[1].Ready()
+	step(t, c.engs[0], &msgs[0])
+	grants, _ := c.engs[0].Ready()
+	step(t, c.engs[1], &grants[0])
+	g := grantOf(t, c.engs[1].events)
+	c.engs[1].Ready()
+	used := g.Token + 1 // a re-grant from the cache
+	c.engs[1].PeerDown(0)
+	if _, evs := c.engs[1].Ready(); len(evs) != 1 || evs[0].Kind != Lost {
+		t.Fatalf("PeerDown: want Lost, got%s", fmtEvents(evs))
+	} // its release is lost
+	step(t, c.engs[1], &grants[0]) // a late copy of the grant
+	c.run()
+	c.engs[0].Lock("x", Exclusive, 2, 1)
+	c.run()
+	if g2 := grantOf(t, c.take()); g2.Token <= used {
+		t.Fatalf("grant %v: token %#x reused, the cached holder gave itself %#x", g2, g2.Token, used)
+	}
+}

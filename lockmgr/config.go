@@ -64,7 +64,21 @@ type Config struct {
 	// ignoreLastToken lets them build a home that does not move its token
 	// counter past the tokens a cached holder gave itself.
 	ignoreLastToken bool
+	// payloadBug lets them build a home that keeps the wrong release
+	// payloads or drops a barrier arrival's.
+	payloadBug payloadBug
 }
+
+// payloadBug is a deliberate mistake in the handling of payloads, for the
+// simulator's tests.
+type payloadBug uint8
+
+const (
+	payloadOK         payloadBug = iota
+	payloadKeepFirst             // a lock's first payload is never replaced
+	payloadKeepStale             // any release replaces the payload, even one older than it
+	payloadDropArrive            // a barrier generation loses one arrival's payload
+)
 
 // DefaultConfig returns a configuration for a cluster of n nodes with
 // 10-millisecond ticks in mind: a holder believes 2 s, the home enforces

@@ -10,7 +10,8 @@
 // raft: an Engine has no goroutines, clock, I/O or randomness of its own
 // (retry jitter comes from Config.Rand). The node daemon hosts one Engine,
 // feeds it inputs — requests of local programs (Lock, LockCached, Unlock,
-// UnlockCached, Cancel, Campaign, Resign, Barrier, ReleaseClient),
+// UnlockCached, UnlockWithPayload, Cancel, Campaign, Resign, Barrier,
+// BarrierWithPayload, ReleaseClient),
 // messages from peers (Step), ticks of its clock (Tick) and verdicts of its
 // failure detector (PeerDown) — and after each input applies the outputs of Ready: it sends the messages
 // and tells local programs about the events (Granted, Lost, BarrierDone,
@@ -103,6 +104,46 @@
 // it does when the belief runs out, HomeLeaseTicks-HolderLeaseTicks
 // before the home may grant the lock elsewhere.
 //
+// # Payloads
+//
+// Under release consistency (package coherence/rc) what a node learned
+// while it held a lock — its vector clock and write notices — must reach
+// the next node that takes the lock, and what every participant of a
+// barrier learned must reach all of them as they leave it. The lock manager
+// carries these payloads without looking into them.
+//
+// UnlockWithPayload releases a lock with a payload. The home keeps, per
+// lock, the payload of the exclusive release with the largest fencing
+// token it has received, and every grant carries it (Event.Payload),
+// retransmitted grants and grants after a lease ran out included, also
+// when the lock was free in between. Tokens order the holds of a lock, so
+// that is the latest hold released with a payload; a duplicated or late
+// copy of an earlier release changes nothing. A release that reaches the
+// home after the holder's lease ran out there still counts for the grants
+// after it, though not for the one already made. Holds that end without a
+// payload (Unlock, a lost lease, Cancel, ReleaseClient) leave the kept
+// payload as it was: the payload of a release-consistent node includes
+// what it received with its grant, so the latest one subsumes the earlier.
+// Shared holds hand nothing on (their payload is dropped before it is
+// sent): readers write nothing under a read lock that the next holder
+// would need to learn of. The home keeps payloads in memory, one per lock
+// it was ever released with, for as long as it runs; a restarted home has
+// forgotten them, and flags its grants (Event.PayloadLost) until it keeps
+// one released under a token of its own incarnation, so that the daemon
+// can assume the worst. Elections carry no payloads.
+//
+// BarrierWithPayload arrives with a payload, and the BarrierDone of every
+// participant of the generation carries the payloads of all its arrivals
+// (Event.Payloads), one per participant in the order of node, incarnation
+// and client; copies of an arrival count once and so appear once.
+//
+// Payloads are bounded, MaxPayload per release or arrival and
+// MaxBarrierPayload for a generation together, by the size of what homes
+// keep and messages retransmit rather than by the transport, which carries
+// messages of up to 64 MiB over as many datagrams as they take. Messages
+// with payloads use version 2 of the encoding; those without keep version
+// 1, which builds without payloads read.
+//
 // # When a home fails
 //
 // Locks homed on a dead node are unavailable until it returns: requests
@@ -149,8 +190,11 @@
 // only readers (a lock kept cached counts as held), that tokens grow in
 // grant order, counting the re-grants clients give themselves from their
 // caches (only while their node believes it holds), that no grant reaches
-// a canceled or released request, and that no participant completes a
-// barrier generation before all have arrived at it; at the end, with the
+// a canceled or released request, that no participant completes a
+// barrier generation before all have arrived at it, that every grant
+// carries the payload of the latest release with one that the home's
+// incarnation received (never an older one) and that a barrier generation
+// carries exactly its arrivals' payloads; at the end, with the
 // network healed, that every request was answered (waiters behind cached
 // locks get them through recalls, as the caches are kept until then) and
 // every lock released.

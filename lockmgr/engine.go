@@ -15,7 +15,8 @@ type EventKind uint8
 // Granted, BarrierDone or Refused, unless its client was released with
 // ReleaseClient. A Granted may later be followed by one Lost.
 const (
-	// Granted: Req of Client holds Name with Token (fencing token) and Mode.
+	// Granted: Req of Client holds Name with Token (fencing token) and
+	// Mode. Payload carries what the lock's last releaser handed on.
 	Granted EventKind = iota + 1
 	// Lost: Client no longer holds Name (Token, Req): its lease ran out
 	// (Err is ErrLeaseExpired), the home is down (ErrHomeDown) or Cancel
@@ -23,6 +24,7 @@ const (
 	// what the lock protects.
 	Lost
 	// BarrierDone: Req of Client completed barrier Name in Generation.
+	// Payloads carry what the participants handed on.
 	BarrierDone
 	// Refused: Req of Client will not be granted; Err says why.
 	Refused
@@ -69,12 +71,32 @@ type Event struct {
 	Recall     bool
 	Generation uint64 // BarrierDone
 	Err        error  // Lost, Refused; wraps one of the Err values
+
+	// Payload (Granted, lock space) is the payload of the latest release
+	// of the lock that carried one (UnlockWithPayload of an exclusive
+	// hold) that its home received, whether or not the lock was free in
+	// between; nil if none. Holds that ended otherwise (Unlock, a lost
+	// lease, Cancel, ReleaseClient) and shared holds hand nothing on and
+	// leave it as it was.
+	Payload []byte
+	// PayloadLost (Granted): the home of the lock restarted and may have
+	// forgotten a newer payload than Payload; it is set until the home
+	// keeps one released under a token of its new incarnation. Act as if
+	// anything may have been written under the lock.
+	PayloadLost bool
+	// Payloads (BarrierDone) are the payloads of the arrivals of the
+	// generation (BarrierWithPayload), one per participant, ordered by
+	// node, then incarnation, then client; nil entries for arrivals
+	// without one, and nil altogether when none had one. Every
+	// participant gets the same list.
+	Payloads [][]byte
 }
 
 // String formats the event for logs and test failures.
 func (ev Event) String() string {
-	return fmt.Sprintf("%v %v %q c%d r%d t%#x g%#x %v limit %#x recall %v err=%v",
-		ev.Kind, ev.Space, ev.Name, ev.Client, ev.Req, ev.Token, ev.Generation, ev.Mode, ev.Limit, ev.Recall, ev.Err)
+	return fmt.Sprintf("%v %v %q c%d r%d t%#x g%#x %v limit %#x recall %v payload %dB lost %v payloads %d err=%v",
+		ev.Kind, ev.Space, ev.Name, ev.Client, ev.Req, ev.Token, ev.Generation, ev.Mode, ev.Limit, ev.Recall,
+		len(ev.Payload), ev.PayloadLost, len(ev.Payloads), ev.Err)
 }
 
 // Engine is the lock manager of one node: the requester side for the
@@ -104,7 +126,8 @@ type Engine struct {
 
 	// home side
 	locks     map[lockKey]*hlock
-	done      map[doneKey]int64 // recently finished requests (dedup)
+	kept      map[lockKey]keptPayload // the latest release payload of each lock
+	done      map[doneKey]int64       // recently finished requests (dedup)
 	doneQ     []doneEntry
 	barriers  map[string]*homeBarrier
 	nodeEpoch []uint32 // the latest epoch heard from each node
@@ -158,6 +181,7 @@ func New(cfg Config) (*Engine, error) {
 		pending:   make(map[opKey]*op),
 		leaders:   make(map[string]*leaderEntry),
 		locks:     make(map[lockKey]*hlock),
+		kept:      make(map[lockKey]keptPayload),
 		done:      make(map[doneKey]int64),
 		barriers:  make(map[string]*homeBarrier),
 		nodeEpoch: make([]uint32, cfg.Nodes),
@@ -169,7 +193,8 @@ func New(cfg Config) (*Engine, error) {
 }
 
 // Ready returns the messages to send and the events to deliver since the
-// last call, in order, and forgets them.
+// last call, in order, and forgets them. Their payloads are shared with the
+// engine, which keeps them for later grants: read them, never modify them.
 func (e *Engine) Ready() (msgs []Message, events []Event) {
 	msgs, events = e.msgs, e.events
 	e.msgs, e.events = nil, nil
@@ -193,7 +218,8 @@ func (e *Engine) Tick() {
 
 // Step handles a message from a peer (or from this node). Stale and
 // duplicate messages are ignored; an error means the message was malformed
-// or misrouted and was dropped.
+// or misrouted and was dropped. The engine may keep m's payloads: the
+// caller must not modify them afterwards.
 func (e *Engine) Step(m *Message) error {
 	if m == nil {
 		return fmt.Errorf("%w: nil message", ErrBadMessage)
@@ -212,6 +238,9 @@ func (e *Engine) Step(m *Message) error {
 	}
 	if m.Stamp < 0 {
 		return fmt.Errorf("%w: negative stamp %d", ErrBadMessage, m.Stamp)
+	}
+	if err := m.checkPayloads(); err != nil {
+		return err
 	}
 	e.step(m)
 	e.drain()

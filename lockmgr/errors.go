@@ -42,6 +42,10 @@ var (
 	// ErrTokensExhausted: the home granted 2^32-1 tokens in this epoch;
 	// restart its daemon with a higher Config.Epoch.
 	ErrTokensExhausted = errors.New("lockmgr: fencing tokens exhausted for this epoch")
+	// ErrPayloadTooLarge: a release or barrier arrival carried a payload
+	// larger than MaxPayload, or a barrier generation's payloads would
+	// exceed MaxBarrierPayload together.
+	ErrPayloadTooLarge = errors.New("lockmgr: payload too large")
 	// ErrBadMessage: a message could not be decoded or is not acceptable.
 	ErrBadMessage = errors.New("lockmgr: bad message")
 	// ErrConfig: New was given an unusable Config; the error says what to
@@ -61,6 +65,7 @@ const (
 	CodeCountMismatch
 	CodeTokensExhausted
 	CodeInvalid
+	CodePayloadTooLarge
 	codeLimit // first invalid code
 )
 
@@ -72,6 +77,7 @@ var codeErrs = [...]error{
 	CodeCountMismatch:   ErrCountMismatch,
 	CodeTokensExhausted: ErrTokensExhausted,
 	CodeInvalid:         ErrInvalid,
+	CodePayloadTooLarge: ErrPayloadTooLarge,
 }
 
 // Err returns the error the code stands for (nil for CodeOK).

@@ -40,6 +40,17 @@ type hlock struct {
 	queue   []*waiter
 }
 
+// keptPayload is what a home hands on with every grant of a lock: the
+// payload of the exclusive release with the largest token it received.
+// Tokens order the holds of a lock, so that is the latest hold released
+// with a payload, and a late or duplicated copy of an earlier release
+// cannot replace it. It is kept while the lock is free too, for as long as
+// the home runs: the next holder may come much later.
+type keptPayload struct {
+	token   uint64
+	payload []byte
+}
+
 // doneKey names a finished request, so that late copies of it are ignored.
 type doneKey struct {
 	lk  lockKey
@@ -104,7 +115,7 @@ func (e *Engine) hLock(m *Message) {
 			// The grant was lost or this is a late copy: the request
 			// travelled after m.Stamp, so it renews like a MsgRenew.
 			h.expires = max(h.expires, e.now+int64(e.cfg.HomeLeaseTicks))
-			g := e.grantMsg(h, l)
+			g := e.grantMsg(lk, h, l)
 			g.Stamp = m.Stamp
 			e.reply(m, g)
 			return
@@ -147,9 +158,12 @@ func (e *Engine) hLock(m *Message) {
 // DefaultCacheTokens is the default of Config.CacheTokens.
 const DefaultCacheTokens = 1 << 16
 
-// grantMsg is the grant of holder h of l, to send or send again: a cached
-// grant carries its token limit in Gen, and FlagRecall when others wait.
-func (e *Engine) grantMsg(h *holder, l *hlock) Message {
+// grantMsg is the grant of holder h of lock lk, to send or send again: a
+// cached grant carries its token limit in Gen, and FlagRecall when others
+// wait. Every copy carries the payload kept now, which a late release may
+// have replaced since the first copy: the requester takes the one it has
+// when it tells its client.
+func (e *Engine) grantMsg(lk lockKey, h *holder, l *hlock) Message {
 	msg := Message{Type: MsgGrant, Mode: h.mode, Token: h.token}
 	if h.cached {
 		msg.Gen = h.limit
@@ -157,7 +171,49 @@ func (e *Engine) grantMsg(h *holder, l *hlock) Message {
 			msg.Flags = FlagRecall
 		}
 	}
+	if lk.space == SpaceLock {
+		k := e.kept[lk]
+		msg.Payload = k.payload
+		if !e.cfg.FreshStart && uint32(k.token>>32) != e.epoch {
+			// Only a payload released under a token of this
+			// incarnation is known to be newer than any an earlier
+			// one kept.
+			msg.Flags |= FlagPayloadLost
+		}
+	}
 	return msg
+}
+
+// keep records the payload of release m of lock lk (h is the holder it
+// ended, nil if the home no longer lists it) if it is the latest the home
+// has seen. A release that comes after the holder's lease ran out counts
+// too: its token still orders it among the holds, and the requester had no
+// way to know it was late. Only exclusive holds hand payloads on: readers
+// write nothing under the lock (the requester does not send theirs).
+func (e *Engine) keep(lk lockKey, m *Message, h *holder) {
+	if len(m.Payload) == 0 || m.Mode != Exclusive || lk.space != SpaceLock || (h != nil && h.mode != Exclusive) ||
+		!e.isHome(lk.name) {
+		return
+	}
+	// A token this home never granted (from a confused or future peer)
+	// must not block every later payload.
+	ep, n := uint32(m.Token>>32), uint32(m.Token)
+	if n == 0 || ep == 0 || ep > e.epoch || ep == e.epoch && n > e.counter {
+		return
+	}
+	k, ok := e.kept[lk]
+	switch e.cfg.payloadBug {
+	case payloadKeepFirst:
+		if ok {
+			return
+		}
+	case payloadKeepStale:
+	default:
+		if m.Token <= k.token {
+			return // a copy of this release, or an older one
+		}
+	}
+	e.kept[lk] = keptPayload{token: m.Token, payload: m.Payload}
 }
 
 // recall asks the cached holders of l to give it back when others wait.
@@ -243,8 +299,8 @@ func (e *Engine) grant(lk lockKey, l *hlock) {
 		l.holders = append(l.holders, h)
 		// A cached grant is exclusive, so whoever is still queued waits
 		// for it: the grant says so (FlagRecall).
-		gm := e.grantMsg(h, l)
-		msg.Type, msg.Token, msg.Gen, msg.Flags = gm.Type, gm.Token, gm.Gen, gm.Flags
+		gm := e.grantMsg(lk, h, l)
+		msg.Type, msg.Token, msg.Gen, msg.Flags, msg.Payload = gm.Type, gm.Token, gm.Gen, gm.Flags, gm.Payload
 		e.send(msg)
 	}
 }
@@ -270,6 +326,7 @@ func (e *Engine) hRenew(m *Message) {
 func (e *Engine) hRelease(m *Message) {
 	lk := lockKey{m.Space, m.Name}
 	ck := clientKey{m.From, m.Epoch, m.Client}
+	var ended *holder // the hold m releases, if still listed
 	if l := e.locks[lk]; l != nil {
 		l.holders = slices.DeleteFunc(l.holders, func(h *holder) bool {
 			gone := h.ck == ck && (h.req < m.Req || h.req == m.Req && (m.Token == 0 || h.token == m.Token))
@@ -277,11 +334,14 @@ func (e *Engine) hRelease(m *Message) {
 				var last uint64
 				if h.req == m.Req && h.token == m.Token {
 					last = m.Gen
+					ended = h
 				}
 				e.dropHolder(lk, h, last)
 			}
 			return gone
 		})
+		// Before granting: the next holder gets this payload.
+		e.keep(lk, m, ended)
 		l.queue = slices.DeleteFunc(l.queue, func(w *waiter) bool {
 			gone := w.ck == ck && w.req <= m.Req
 			if gone {
@@ -291,6 +351,8 @@ func (e *Engine) hRelease(m *Message) {
 		})
 		e.grant(lk, l)
 		e.gcLock(lk, l)
+	} else {
+		e.keep(lk, m, nil)
 	}
 	e.markDone(doneKey{lk, ck, m.Req})
 	e.reply(m, Message{Type: MsgReleaseAck, Token: m.Token})
@@ -386,13 +448,13 @@ func (e *Engine) purgeNode(n NodeID, epoch uint32, down bool) {
 		e.gcLock(lk, l)
 	}
 	for _, b := range e.barriers {
-		for ck, req := range b.arrived {
+		for ck, a := range b.arrived {
 			if gone(ck) {
-				delete(b.arrived, ck)
+				b.remove(ck)
 				if c := b.clients[ck]; c != nil && down {
 					// Count the arrival again if the node was alive
 					// after all and sends it again.
-					c.lastReq = req - 1
+					c.lastReq = a.req - 1
 				}
 			}
 		}

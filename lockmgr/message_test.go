@@ -1,8 +1,11 @@
 package lockmgr
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -16,6 +19,81 @@ func sampleMessages() []Message {
 		{Type: MsgLeave, From: 2, To: 3, Epoch: 1, Space: SpaceBarrier, Flags: FlagFinal, Name: strings.Repeat("é", MaxNameLen/2)},
 		{Type: MsgArrive, From: 2, To: 3, Epoch: 1, Space: SpaceBarrier, Name: "b", Count: 1<<32 - 1, Gen: tok(1, 9)},
 		{Type: MsgLeader, From: 0, To: 1, Epoch: 1, Space: SpaceElection, Name: "e", Holder: 4, Client: 8, Token: 99},
+		{Type: MsgRelease, From: 1, To: 0, Epoch: 1, Space: SpaceLock, Mode: Exclusive, Name: "a", Client: 7, Req: 1,
+			Token: tok(1, 1), Payload: []byte("clock+notices")},
+		{Type: MsgGrant, From: 0, To: 1, Epoch: 1, PeerEpoch: 1, Space: SpaceLock, Mode: Exclusive, Flags: FlagPayloadLost,
+			Name: "a", Client: 8, Req: 1, Token: tok(1, 2), Payload: []byte{0}},
+		{Type: MsgBarrierDone, From: 0, To: 1, Epoch: 1, PeerEpoch: 1, Space: SpaceBarrier, Name: "b", Client: 8, Req: 2,
+			Gen: tok(1, 1), Payloads: [][]byte{[]byte("x"), nil, []byte("yz")}},
+	}
+}
+
+// TestMessagePayloadRoundTrip: payloads survive encoding, empty ones come
+// back nil, messages without payloads keep the encoding that builds
+// without payloads read (version 1), and decoded payloads do not alias the
+// input.
+func TestMessagePayloadRoundTrip(t *testing.T) {
+	base := Message{Type: MsgRelease, From: 1, To: 0, Epoch: 1, Space: SpaceLock, Mode: Exclusive, Name: "a", Client: 7,
+		Req: 1, Token: tok(1, 1)}
+	big := bytes.Repeat([]byte{0xa5}, MaxPayload)
+	full := make([][]byte, MaxBarrierPayload/MaxPayload)
+	for i := range full {
+		full[i] = big
+	}
+	tests := []struct {
+		name        string
+		m           func(*Message)
+		want        func(*Message) // the decoded message, when it differs from m
+		wantVersion byte
+	}{
+		{"no payload", func(m *Message) {}, nil, 1},
+		{"empty payload is none", func(m *Message) { m.Payload = []byte{} }, func(m *Message) { m.Payload = nil }, 1},
+		{"release payload", func(m *Message) { m.Payload = []byte("vc:1,2,3 notices:p4") }, nil, 2},
+		{"one byte", func(m *Message) { m.Payload = []byte{0} }, nil, 2},
+		{"largest payload", func(m *Message) { m.Payload = big }, nil, 2},
+		{"grant payload, lost flag", func(m *Message) {
+			m.Type, m.PeerEpoch, m.Flags, m.Payload = MsgGrant, 1, FlagPayloadLost|FlagRecall, []byte("p")
+		}, nil, 2},
+		{"arrival payload", func(m *Message) {
+			m.Type, m.Space, m.Mode, m.Count, m.Payload = MsgArrive, SpaceBarrier, 0, 3, []byte("arrive")
+		}, nil, 2},
+		{"barrier payloads with gaps", func(m *Message) {
+			m.Type, m.Space, m.Mode, m.Gen, m.Payloads = MsgBarrierDone, SpaceBarrier, 0, tok(1, 4), [][]byte{nil, []byte("b"), {}, []byte("dd")}
+		}, func(m *Message) { m.Payloads[2] = nil }, 2},
+		{"only empty barrier payloads", func(m *Message) {
+			m.Type, m.Space, m.Payloads = MsgBarrierDone, SpaceBarrier, [][]byte{nil, nil}
+		}, nil, 2},
+		{"largest barrier payloads", func(m *Message) { m.Type, m.Space, m.Payloads = MsgBarrierDone, SpaceBarrier, full }, nil, 2},
+		{"both kinds", func(m *Message) { m.Payload, m.Payloads = []byte("a"), [][]byte{[]byte("b")} }, nil, 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m := base
+			tc.m(&m)
+			b := m.AppendBinary(nil)
+			if b[0] != tc.wantVersion {
+				t.Fatalf("version %d, want %d", b[0], tc.wantVersion)
+			}
+			if tc.wantVersion == wireVersion && !bytes.Equal(b, encodeV1(&m)) {
+				t.Fatalf("encoding %x, want what builds without payloads write, %x", b, encodeV1(&m))
+			}
+			got, err := UnmarshalMessage(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := m
+			want.Payloads = slices.Clone(m.Payloads)
+			if tc.want != nil {
+				tc.want(&want)
+			}
+			if !reflect.DeepEqual(*got, want) {
+				t.Fatalf("round trip:\ngot  %v %q %q\nwant %v %q %q", got, got.Payload, got.Payloads, &want, want.Payload, want.Payloads)
+			}
+			clear(b)
+			if m2, err := UnmarshalMessage(want.AppendBinary(nil)); err != nil || !reflect.DeepEqual(*got, *m2) {
+				t.Fatalf("the decoded payloads changed with the input's bytes: %v", err)
+			}
+		})
 	}
 }
 
@@ -36,11 +114,37 @@ func TestMessageRoundTrip(t *testing.T) {
 	}
 }
 
+// encodeV1 is the encoding of builds without payloads (version 1),
+// written out independently of AppendBinary.
+func encodeV1(m *Message) []byte {
+	b := []byte{1, byte(m.Type)}
+	b = binary.BigEndian.AppendUint16(b, m.From)
+	b = binary.BigEndian.AppendUint16(b, m.To)
+	b = binary.BigEndian.AppendUint32(b, m.Epoch)
+	b = binary.BigEndian.AppendUint32(b, m.PeerEpoch)
+	b = append(b, byte(m.Space), byte(m.Mode), byte(m.Code), m.Flags)
+	b = binary.BigEndian.AppendUint16(b, m.Holder)
+	for _, v := range []uint64{m.Client, m.Req, m.Token, uint64(m.Stamp), m.Gen, uint64(m.Count), uint64(len(m.Name))} {
+		b = binary.AppendUvarint(b, v)
+	}
+	return append(b, m.Name...)
+}
+
 // TestUnmarshalErrors: bad input gets an error that wraps ErrBadMessage
 // and says what is wrong.
 func TestUnmarshalErrors(t *testing.T) {
 	good := sampleMessages()[0]
 	enc := func(f func(*Message)) []byte { m := good; f(&m); return m.AppendBinary(nil) }
+	// withPayload encodes good with a payload of n bytes, and np bytes
+	// as its only barrier payload, bypassing the checks of the sizes.
+	withPayload := func(n, np int) []byte {
+		m := good
+		m.Payload = bytes.Repeat([]byte{1}, n)
+		if np > 0 {
+			m.Payloads = [][]byte{bytes.Repeat([]byte{2}, np)}
+		}
+		return m.AppendBinary(nil)
+	}
 	patch := func(i int, v byte) []byte { b := good.AppendBinary(nil); b[i] = v; return b }
 	tests := []struct {
 		name string
@@ -49,7 +153,7 @@ func TestUnmarshalErrors(t *testing.T) {
 	}{
 		{"empty", nil, "at least"},
 		{"short header", good.AppendBinary(nil)[:headerLen-1], "at least"},
-		{"future version", patch(0, 2), "version 2"},
+		{"future version", patch(0, 3), "version 3"},
 		{"unknown type", patch(1, byte(msgLimit)), "unknown type"},
 		{"type 0", patch(1, 0), "unknown type"},
 		{"unknown space", patch(14, 9), "unknown space"},
@@ -61,6 +165,23 @@ func TestUnmarshalErrors(t *testing.T) {
 		{"trailing bytes", append(good.AppendBinary(nil), 0), "bytes left"},
 		{"missing name bytes", enc(func(m *Message) { m.Name = "abc" })[:len(enc(func(m *Message) { m.Name = "abc" }))-1], "bytes left"},
 		{"stamp out of range", enc(func(m *Message) { m.Stamp = -1 }), "stamp"},
+		{"payload too large", withPayload(MaxPayload+1, 0), "payload of 65537 bytes, at most 65536"},
+		{"barrier payload too large", withPayload(0, MaxPayload+1), "payload 0 of 65537 bytes"},
+		{"barrier payloads too large together", func() []byte {
+			m := good
+			for range MaxBarrierPayload/MaxPayload + 1 {
+				m.Payloads = append(m.Payloads, make([]byte, MaxPayload))
+			}
+			return m.AppendBinary(nil)
+		}(), "together"},
+		{"payload cut short", withPayload(10, 0)[:len(withPayload(10, 0))-2], "bytes left"},
+		{"barrier payload cut short", withPayload(0, 10)[:len(withPayload(0, 10))-1], "payload 0 of 10 bytes but 9"},
+		{"payload length cut", append(patch(0, 2), 0x80), "overlong varint in the length of payload"},
+		{"version 2 without payload section", func() []byte { b := good.AppendBinary(nil); b[0] = 2; return b }(), "length of payload"},
+		{"no payload count", append(patch(0, 2), 0), "number of payloads"},
+		{"more payloads than bytes", append(patch(0, 2), 0, 5, 0, 0), "5 payloads in 2 bytes"},
+		{"trailing bytes after the payloads", append(withPayload(1, 1), 0), "after the payloads"},
+		{"v1 trailing bytes", append(good.AppendBinary(nil), 1, 'x', 0), "bytes left"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -85,6 +206,10 @@ func TestStepRejects(t *testing.T) {
 		"bad type":     with(good, func(m *Message) { m.Type = 0 }),
 		"bad space":    with(good, func(m *Message) { m.Space = 0 }),
 		"bad stamp":    with(good, func(m *Message) { m.Stamp = -5 }),
+		"payload too large": with(rel(1, "a", 1, 1, tok(1, 1)), func(m *Message) {
+			m.Mode, m.Payload = Exclusive, make([]byte, MaxPayload+1)
+		}),
+		"barrier payload too large": with(good, func(m *Message) { m.Payloads = [][]byte{make([]byte, MaxPayload+1)} }),
 	} {
 		if err := e.Step(m); !errors.Is(err, ErrBadMessage) {
 			t.Errorf("%s: error %v, want ErrBadMessage", name, err)

@@ -1,6 +1,7 @@
 package lockmgr
 
 import (
+	"bytes"
 	"cmp"
 	"fmt"
 	"slices"
@@ -27,6 +28,8 @@ type request struct {
 	cached    bool   // LockCached: the client may keep it and re-grant locally
 	limit     uint64 // cached: the largest token the client may use
 	recalled  bool   // cached: the home wants it back (told, or to be told with Granted)
+	payload   []byte // the payload of the grant, for the Granted event
+	lost      bool   // ... and its FlagPayloadLost
 	believed  int64  // the lease as the holder believes it: held while now < believed
 	confirmBy int64  // an unannounced grant is given up at this tick
 	next      int64  // next retransmission or renewal
@@ -85,9 +88,29 @@ func (e *Engine) LockCached(name string, client, req uint64) {
 // UnlockCached releases lock name held by client under LockCached; last
 // is the last token the client used (the grant's, or its last re-grant's).
 // A last outside the range the grant allowed is taken as the top of the
-// range, which is always safe.
+// range, which is always safe. It hands no payload on (see
+// UnlockWithPayload).
 func (e *Engine) UnlockCached(name string, client, last uint64) error {
-	err := e.release(SpaceLock, name, client, last)
+	err := e.release(SpaceLock, name, client, last, nil)
+	e.drain()
+	return err
+}
+
+// UnlockWithPayload releases lock name held by client, like Unlock (or
+// UnlockCached, with last, for a hold from LockCached; last is ignored
+// otherwise), and hands payload to the lock's next holders: the home keeps
+// the payload of the latest exclusive hold released with one, and every
+// later grant of the lock carries it (Event.Payload) until a later release
+// replaces it. The payload of a shared hold is dropped, since readers write
+// nothing under the lock that the next holders would need to learn of; an
+// empty payload leaves the kept one as it is. A payload larger than
+// MaxPayload is refused with ErrPayloadTooLarge and the lock stays held.
+// The engine copies payload.
+func (e *Engine) UnlockWithPayload(name string, client, last uint64, payload []byte) error {
+	if len(payload) > MaxPayload {
+		return wrap(SpaceLock, name, fmt.Errorf("%w: %d bytes, at most %d", ErrPayloadTooLarge, len(payload), MaxPayload))
+	}
+	err := e.release(SpaceLock, name, client, last, payload)
 	e.drain()
 	return err
 }
@@ -102,16 +125,17 @@ func (e *Engine) Campaign(name string, client, req uint64) {
 
 // Unlock releases lock name held by client. It fails with ErrNotHeld if the
 // client does not hold it (it may have been Lost; Cancel withdraws a
-// request that is still waiting).
+// request that is still waiting). It hands no payload on, and leaves the
+// one the home keeps for the lock as it is (see UnlockWithPayload).
 func (e *Engine) Unlock(name string, client uint64) error {
-	err := e.release(SpaceLock, name, client, 0)
+	err := e.release(SpaceLock, name, client, 0, nil)
 	e.drain()
 	return err
 }
 
 // Resign gives up the leadership of election name held by client.
 func (e *Engine) Resign(name string, client uint64) error {
-	err := e.release(SpaceElection, name, client, 0)
+	err := e.release(SpaceElection, name, client, 0, nil)
 	e.drain()
 	return err
 }
@@ -276,8 +300,9 @@ func (e *Engine) sendRenew(r *request) {
 }
 
 // release ends a hold announced to the client. last is the last token a
-// cached hold used (0: not known).
-func (e *Engine) release(sp Space, name string, client, last uint64) error {
+// cached hold used (0: not known); payload goes to the next holders of an
+// exclusive lock.
+func (e *Engine) release(sp Space, name string, client, last uint64, payload []byte) error {
 	k := localKey{lockKey{sp, name}, client}
 	r := e.reqs[k]
 	if r == nil || r.state != held || !r.announced {
@@ -287,7 +312,12 @@ func (e *Engine) release(sp Space, name string, client, last uint64) error {
 	if !r.cached {
 		last = 0
 	}
-	e.track(r.home, Message{Type: MsgRelease, To: r.home, Space: sp, Name: name, Client: client, Req: r.req, Token: r.token, Gen: last})
+	msg := Message{Type: MsgRelease, To: r.home, Space: sp, Name: name, Client: client, Req: r.req, Token: r.token, Gen: last}
+	if len(payload) > 0 && r.mode == Exclusive && sp == SpaceLock {
+		// Retransmissions resend it: the caller's slice may change.
+		msg.Mode, msg.Payload = Exclusive, bytes.Clone(payload)
+	}
+	e.track(r.home, msg)
 	return nil
 }
 
@@ -327,15 +357,26 @@ func (e *Engine) onGrant(m *Message) {
 		// A grant for a request that was canceled, released or
 		// superseded (or a second grant after a home restart): give it
 		// back so that no ghost holder blocks the lock.
-		// Nobody used a cached grant, so its own token was the last.
 		if _, ok := e.pending[opKey{localKey{lk, m.Client}, m.Req, m.Token}]; !ok {
 			rel := Message{Type: MsgRelease, To: m.From, Space: m.Space, Name: m.Name, Client: m.Client, Req: m.Req, Token: m.Token}
-			if m.Gen > m.Token {
+			if m.Gen > m.Token && r != nil && r.req == m.Req {
+				// The request lives on with another token or home, so
+				// nobody used this cached grant: its own token was the
+				// last. Otherwise the grant may be a late copy of one
+				// the client used, and gave itself tokens from, before
+				// its hold ended (a PeerDown drops the release that
+				// would have said so): the home must assume the whole
+				// range was used (Gen 0).
 				rel.Gen = m.Token
 			}
 			e.track(m.From, rel)
 		}
 		return
+	}
+	if !r.announced {
+		// Copies of the grant carry the payload kept when each was
+		// sent; the client gets the latest that arrived.
+		r.payload, r.lost = m.Payload, m.Flags&FlagPayloadLost != 0
 	}
 	if r.state == waiting {
 		r.state, r.token, r.limit = held, m.Token, m.Token
@@ -371,7 +412,9 @@ func (e *Engine) extend(r *request, stamp int64) {
 	r.next = max(stamp+int64(e.cfg.RenewTicks), e.now)
 	if !r.announced {
 		r.announced = true
-		ev := Event{Kind: Granted, Space: r.lk.space, Name: r.lk.name, Client: r.client, Req: r.req, Token: r.token, Mode: r.mode}
+		ev := Event{Kind: Granted, Space: r.lk.space, Name: r.lk.name, Client: r.client, Req: r.req, Token: r.token, Mode: r.mode,
+			Payload: r.payload, PayloadLost: r.lost}
+		r.payload = nil // the client has it; the request may live long
 		if r.cached {
 			ev.Limit, ev.Recall = r.limit, r.recalled
 		}

@@ -22,9 +22,10 @@ type SimConfig struct {
 	Trace func(format string, args ...any)
 
 	// Broken configurations, for the tests that prove the checker works.
-	holderLease, homeLease int  // replace the lease lengths when set
-	freshRestart           bool // restarted nodes skip the recovery wait
-	ignoreLastToken        bool // homes forget the tokens cached holds used
+	holderLease, homeLease int        // replace the lease lengths when set
+	freshRestart           bool       // restarted nodes skip the recovery wait
+	ignoreLastToken        bool       // homes forget the tokens cached holds used
+	payloadBug             payloadBug // homes mishandle payloads
 }
 
 // SimStats counts what a schedule exercised.
@@ -40,6 +41,10 @@ type SimStats struct {
 	LocalGrants                               int // re-grants from a client's cache
 	Recalls                                   int // Recalled events and recalled grants
 	CacheReleases                             int // UnlockCached calls
+	PayloadReleases                           int // exclusive releases with a payload
+	PayloadGrants                             int // grants that carried a payload
+	PayloadsLost                              int // grants flagged FlagPayloadLost
+	BarrierPayloads                           int // barrier completions that carried payloads
 }
 
 // Add adds o to s.
@@ -67,13 +72,17 @@ func (s *SimStats) Add(o SimStats) {
 	s.LocalGrants += o.LocalGrants
 	s.Recalls += o.Recalls
 	s.CacheReleases += o.CacheReleases
+	s.PayloadReleases += o.PayloadReleases
+	s.PayloadGrants += o.PayloadGrants
+	s.PayloadsLost += o.PayloadsLost
+	s.BarrierPayloads += o.BarrierPayloads
 }
 
 // Violation is an invariant the simulator found broken.
 type Violation struct {
 	Seed   uint64
 	Step   int
-	Rule   string // "exclusion", "token order", "ghost grant", "barrier", "liveness", "event", "engine"
+	Rule   string // "exclusion", "token order", "ghost grant", "barrier", "payload", "liveness", "event", "engine"
 	Detail string
 }
 
@@ -103,6 +112,8 @@ const (
 type simClient struct {
 	id        uint64
 	node      *simNode
+	epoch     uint32 // the incarnation of its node
+	pays      int    // payloads made, to make each unique
 	alive     bool
 	state     clientState
 	lk        lockKey
@@ -113,6 +124,7 @@ type simClient struct {
 	group     *simGroup
 	calls     int // barrier calls made in the group
 	lastGen   uint64
+	arrivePay map[int][]byte // the payload of its arrival at each phase of its group
 
 	// LockCached: the client keeps the lock after use until recalled.
 	cacheable bool   // the current or cached hold came from LockCached
@@ -129,6 +141,8 @@ type simNode struct {
 	eng     *Engine
 	up      bool
 	epoch   uint32
+	fresh   bool     // this incarnation started with FreshStart
+	heard   []uint32 // the newest incarnation of each peer this incarnation heard from
 	side    int
 	clients []*simClient
 }
@@ -150,6 +164,32 @@ type flight struct {
 type tokenLog struct {
 	max, maxExcl uint64
 	seen         map[uint64]bool
+}
+
+// simKept is what the simulator expects the home of a lock to hand on
+// with its grants: the payload of the exclusive release with the largest
+// token that the home's current incarnation has received.
+type simKept struct {
+	token   uint64
+	payload string
+}
+
+// simRelease is a release the simulator's clients made with a payload.
+type simRelease struct {
+	lk    lockKey
+	token uint64
+	mode  Mode
+}
+
+// grantCopy is the payload a copy of a grant carried.
+type grantCopy struct {
+	payload string
+	lost    bool
+}
+
+type grantKey struct {
+	lk    lockKey
+	token uint64
 }
 
 type downNote struct {
@@ -184,6 +224,12 @@ type sim struct {
 	perNode     int
 	home        func(string) NodeID
 	homeSeed    uint64
+
+	// Payloads (see checkGrant).
+	kept      map[lockKey]simKept      // expected at the current incarnation of each lock's home
+	released  map[string]simRelease    // every payload a client released, by content
+	grantPays map[grantKey][]grantCopy // the payloads of every grant message a home sent
+	unsent    string                   // a payload a release must send before the next checkSent
 }
 
 // Simulate runs one seeded schedule: several nodes with clients that lock,
@@ -195,7 +241,8 @@ type sim struct {
 // returns a *Violation for the first invariant broken.
 func Simulate(cfg SimConfig) (SimStats, error) {
 	s := &sim{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Seed, 0x10c4)), clients: make(map[uint64]*simClient),
-		tokens: make(map[lockKey]*tokenLog)}
+		tokens: make(map[lockKey]*tokenLog), kept: make(map[lockKey]simKept), released: make(map[string]simRelease),
+		grantPays: make(map[grantKey][]grantCopy)}
 	if cfg.Steps == 0 {
 		s.cfg.Steps = 400
 	}
@@ -264,6 +311,7 @@ func (s *sim) start(nd *simNode, first bool) {
 		FreshStart: first || s.cfg.freshRestart,
 		Rand:       rand.New(rand.NewPCG(s.cfg.Seed, uint64(nd.id)<<32|uint64(nd.epoch)))}
 	cfg.ignoreLastToken = s.cfg.ignoreLastToken
+	cfg.payloadBug = s.cfg.payloadBug
 	cfg.CacheTokens = s.cacheTokens
 	if s.cfg.holderLease != 0 {
 		cfg.HolderLeaseTicks, cfg.HomeLeaseTicks, cfg.unsafeLeases = s.cfg.holderLease, s.cfg.homeLease, true
@@ -274,6 +322,13 @@ func (s *sim) start(nd *simNode, first bool) {
 		return
 	}
 	nd.eng, nd.up, nd.clients = eng, true, nil
+	// A new incarnation has heard from nobody and keeps no payloads.
+	nd.fresh, nd.heard = cfg.FreshStart, make([]uint32, len(s.nodes))
+	for lk := range s.kept {
+		if s.home(lk.name) == nd.id {
+			delete(s.kept, lk)
+		}
+	}
 	for range s.perNode {
 		s.addClient(nd)
 	}
@@ -281,7 +336,7 @@ func (s *sim) start(nd *simNode, first bool) {
 
 func (s *sim) addClient(nd *simNode) *simClient {
 	s.nextID++
-	c := &simClient{id: s.nextID, node: nd, alive: true}
+	c := &simClient{id: s.nextID, node: nd, epoch: nd.epoch, alive: true}
 	nd.clients = append(nd.clients, c)
 	s.clients[c.id] = c
 	return c
@@ -295,6 +350,17 @@ func (s *sim) pump(nd *simNode) {
 		m := &msgs[i]
 		if m.From != nd.id || m.Epoch != nd.epoch {
 			s.fail("engine", "node %d epoch %d sent %v", nd.id, nd.epoch, m)
+		}
+		if m.Type == MsgRelease && len(m.Payload) > 0 {
+			s.checkReleaseMsg(m)
+			if string(m.Payload) == s.unsent {
+				s.unsent = ""
+			}
+		}
+		if m.Type == MsgGrant {
+			s.checkGrant(nd, lockKey{m.Space, m.Name}, m.Token, string(m.Payload), m.Flags&FlagPayloadLost != 0)
+			k := grantKey{lockKey{m.Space, m.Name}, m.Token}
+			s.grantPays[k] = append(s.grantPays[k], grantCopy{string(m.Payload), m.Flags&FlagPayloadLost != 0})
 		}
 		data := m.AppendBinary(nil)
 		if !s.final && s.rng.Float64() < s.loss {
@@ -380,6 +446,7 @@ func (s *sim) deliver() bool {
 	}
 	s.stats.Delivered++
 	s.tracef("deliver %v", m)
+	s.observe(to, m)
 	if err := to.eng.Step(m); err != nil {
 		s.fail("engine", "Step(%v): %v", m, err)
 	}
@@ -471,8 +538,17 @@ func (s *sim) actClient(c *simClient) {
 				c.calls++
 				c.req = s.newReq(c)
 				c.state = waitingBarrier
-				s.tracef("n%d c%d Barrier(%s, %d) r%d phase %d", c.node.id, c.id, g.name, g.count, c.req, c.calls-1)
-				e.Barrier(g.name, g.count, c.id, c.req)
+				var pay []byte
+				if s.rng.IntN(4) != 0 {
+					pay = fmt.Appendf(nil, "b%d.%d", c.id, c.calls-1)
+				}
+				c.arrivePay[c.calls-1] = pay
+				s.tracef("n%d c%d Barrier(%s, %d) r%d phase %d payload %q", c.node.id, c.id, g.name, g.count, c.req, c.calls-1, pay)
+				if pay == nil && s.rng.IntN(2) == 0 {
+					e.Barrier(g.name, g.count, c.id, c.req)
+				} else {
+					e.BarrierWithPayload(g.name, g.count, c.id, c.req, pay)
+				}
 				s.pump(c.node)
 			}
 			return
@@ -547,16 +623,20 @@ func (s *sim) actClient(c *simClient) {
 		case s.now >= c.holdUntil:
 			s.tracef("n%d c%d unlock %q t%#x", c.node.id, c.id, c.lk.name, c.token)
 			var err error
-			if c.lk.space == SpaceElection {
+			switch {
+			case c.lk.space == SpaceElection:
 				err = e.Resign(c.lk.name, c.id)
-			} else {
-				err = e.Unlock(c.lk.name, c.id)
+			case s.rng.IntN(4) == 0:
+				err = e.Unlock(c.lk.name, c.id) // hands nothing on
+			default:
+				err = e.UnlockWithPayload(c.lk.name, c.id, 0, s.releasePayload(c))
 			}
 			if err != nil {
 				s.fail("event", "client %d unlocking %q it was told it holds: %v", c.id, c.lk.name, err)
 			}
 			c.state = idle
 			s.pump(c.node)
+			s.checkSent()
 		case !s.final && r < 3:
 			s.stats.CancelRaces++
 			s.cancel(c)
@@ -576,10 +656,17 @@ func (s *sim) releaseCache(c *simClient) {
 	s.tracef("n%d c%d UnlockCached(%q, t%#x)", c.node.id, c.id, c.lk.name, c.token)
 	c.cached, c.cacheable = false, false
 	s.stats.CacheReleases++
-	if err := c.node.eng.UnlockCached(c.lk.name, c.id, c.token); err != nil {
+	var err error
+	if s.rng.IntN(4) == 0 {
+		err = c.node.eng.UnlockCached(c.lk.name, c.id, c.token)
+	} else {
+		err = c.node.eng.UnlockWithPayload(c.lk.name, c.id, c.token, s.releasePayload(c))
+	}
+	if err != nil {
 		s.fail("event", "client %d releasing %q it keeps cached: %v", c.id, c.lk.name, err)
 	}
 	s.pump(c.node)
+	s.checkSent()
 }
 
 func (s *sim) newReq(c *simClient) uint64 {
@@ -639,7 +726,7 @@ func (s *sim) formGroup(cs []*simClient) {
 	s.nGroups++
 	g := &simGroup{name: fmt.Sprintf("B%d", s.nGroups), count: k, members: free[:k], gens: make(map[int]uint64)}
 	for _, c := range g.members {
-		c.group, c.calls, c.lastGen = g, 0, 0
+		c.group, c.calls, c.lastGen, c.arrivePay = g, 0, 0, make(map[int][]byte)
 	}
 	s.groups = append(s.groups, g)
 	s.tracef("group %s of %d formed", g.name, k)
@@ -758,6 +845,7 @@ func (s *sim) onEvent(nd *simNode, ev Event) {
 			s.fail("event", "%v but client %d asked for %v", ev, c.id, c.mode)
 		}
 		s.checkToken(lk, ev)
+		s.checkGrantEvent(nd, ev)
 		s.stats.Grants++
 		if lk.space == SpaceElection {
 			s.stats.Elections++
@@ -849,6 +937,153 @@ func (s *sim) checkToken(lk lockKey, ev Event) {
 	}
 }
 
+// releasePayload returns the payload of a release that client c is about
+// to make, unique in the schedule. When c's node is the lock's home, the
+// home handles the release before the call returns, so the model learns of
+// it now.
+func (s *sim) releasePayload(c *simClient) []byte {
+	c.pays++
+	p := fmt.Appendf(nil, "c%d.%d", c.id, c.pays)
+	s.released[string(p)] = simRelease{lk: c.lk, token: c.grantTok, mode: c.mode}
+	if c.mode == Exclusive {
+		s.stats.PayloadReleases++
+	}
+	switch {
+	case s.home(c.lk.name) == c.node.id:
+		s.noteRelease(c.node, string(p))
+	case c.mode == Exclusive:
+		s.unsent = string(p)
+	}
+	return p
+}
+
+// checkSent: the release of an exclusive hold homed elsewhere went out at
+// once with its payload.
+func (s *sim) checkSent() {
+	if s.unsent != "" {
+		s.fail("payload", "the release with payload %q did not send it", s.unsent)
+		s.unsent = ""
+	}
+}
+
+// observe follows what the incarnation of node to will make of message m
+// from a peer that it is about to Step: a node ignores messages from an
+// older incarnation of a peer than one it heard from, and replies meant
+// for another incarnation of itself. A release with a payload that it
+// accepts goes into the model of what the home keeps.
+func (s *sim) observe(to *simNode, m *Message) {
+	if m.PeerEpoch != 0 && m.PeerEpoch != to.epoch || m.Epoch < to.heard[m.From] {
+		return
+	}
+	to.heard[m.From] = m.Epoch
+	if m.Type != MsgRelease || len(m.Payload) == 0 {
+		return
+	}
+	if s.checkReleaseMsg(m) {
+		s.noteRelease(to, string(m.Payload))
+	}
+}
+
+// checkReleaseMsg: a release carries the payload its client released the
+// hold with, and only an exclusive hold's.
+func (s *sim) checkReleaseMsg(m *Message) bool {
+	rel, ok := s.released[string(m.Payload)]
+	switch {
+	case !ok || rel.lk != (lockKey{m.Space, m.Name}) || rel.token != m.Token:
+		s.fail("payload", "%v carries payload %q, which no client released with it", m, m.Payload)
+	case rel.mode != Exclusive || m.Mode != Exclusive:
+		s.fail("payload", "%v carries the payload %q of a shared hold", m, m.Payload)
+	default:
+		return true
+	}
+	return false
+}
+
+// noteRelease: the home of a lock received the release that carried
+// payload. It keeps the payload of the exclusive release with the largest
+// token, the latest hold released with one; a copy or an earlier release
+// that comes late changes nothing.
+func (s *sim) noteRelease(home *simNode, payload string) {
+	rel := s.released[payload]
+	if rel.mode != Exclusive || rel.lk.space != SpaceLock {
+		return
+	}
+	if k := s.kept[rel.lk]; rel.token > k.token {
+		s.kept[rel.lk] = simKept{token: rel.token, payload: payload}
+	}
+}
+
+// checkGrant: every grant of a lock that home sends carries the payload of
+// the latest release (largest token) with one that the home received
+// since it started, or none, never an older one; and it is flagged as
+// possibly missing a payload exactly when the home restarted and has not
+// received one released under a token of its own incarnation since.
+func (s *sim) checkGrant(home *simNode, lk lockKey, token uint64, payload string, lost bool) {
+	if lk.space != SpaceLock {
+		if payload != "" || lost {
+			s.fail("payload", "%v %q t%#x granted with payload %q (lost %v)", lk.space, lk.name, token, payload, lost)
+		}
+		return
+	}
+	k := s.kept[lk]
+	wantLost := !home.fresh && uint32(k.token>>32) != home.epoch
+	if payload != k.payload || lost != wantLost {
+		s.fail("payload", "%q t%#x granted by node %d with payload %q (lost %v), want %q (lost %v) of the release of t%#x",
+			lk.name, token, home.id, payload, lost, k.payload, wantLost, k.token)
+	}
+}
+
+// checkGrantEvent: a client is told the payload of its grant: the one a
+// home on its node gives now, or that of a copy of the grant message.
+func (s *sim) checkGrantEvent(nd *simNode, ev Event) {
+	lk := lockKey{ev.Space, ev.Name}
+	got := grantCopy{string(ev.Payload), ev.PayloadLost}
+	if got.payload != "" {
+		s.stats.PayloadGrants++
+	}
+	if got.lost {
+		s.stats.PayloadsLost++
+	}
+	if s.home(ev.Name) == nd.id {
+		// Local grants are told within the input that made them.
+		s.checkGrant(nd, lk, ev.Token, got.payload, got.lost)
+		return
+	}
+	if !slices.Contains(s.grantPays[grantKey{lk, ev.Token}], got) {
+		s.fail("payload", "%v: no copy of the grant carried payload %q (lost %v); they carried %v",
+			ev, got.payload, got.lost, s.grantPays[grantKey{lk, ev.Token}])
+	}
+}
+
+// checkBarrierPayloads: a completed phase carries the payloads of exactly
+// that phase's arrivals, one per participant, ordered by node, incarnation
+// and client (none at all when no arrival had one).
+func (s *sim) checkBarrierPayloads(c *simClient, ev Event, phase int) {
+	ms := slices.Clone(c.group.members)
+	slices.SortFunc(ms, func(a, b *simClient) int {
+		return clientKey{a.node.id, a.epoch, a.id}.compare(clientKey{b.node.id, b.epoch, b.id})
+	})
+	var want [][]byte
+	some := false
+	for _, o := range ms {
+		want = append(want, o.arrivePay[phase])
+		some = some || len(o.arrivePay[phase]) > 0
+	}
+	if !some {
+		want = nil
+	}
+	same := len(ev.Payloads) == len(want)
+	for i := 0; same && i < len(want); i++ {
+		same = string(ev.Payloads[i]) == string(want[i])
+	}
+	if !same {
+		s.fail("payload", "client %d completed phase %d of %s with payloads %q, want %q", c.id, phase, c.group.name, ev.Payloads, want)
+	}
+	if len(ev.Payloads) > 0 {
+		s.stats.BarrierPayloads++
+	}
+}
+
 // checkBarrier: nobody completes a phase before every participant arrived
 // at it; all complete it with the same generation; generations increase.
 func (s *sim) checkBarrier(c *simClient, ev Event) {
@@ -862,8 +1097,10 @@ func (s *sim) checkBarrier(c *simClient, ev Event) {
 		if o.calls < c.calls {
 			s.fail("barrier", "client %d completed phase %d of %s but client %d has arrived at only %d phases",
 				c.id, phase, g.name, o.id, o.calls)
+			return
 		}
 	}
+	s.checkBarrierPayloads(c, ev, phase)
 	// One incarnation of the home completes a phase once. (A restarted
 	// home has lost the generation in progress; it may complete the same
 	// phase again for the participants that had not heard, with late

@@ -94,6 +94,8 @@ func TestSimulation(t *testing.T) {
 		"cached grants": total.CachedGrants, "re-grants from a cache": total.LocalGrants,
 		"recalls": total.Recalls, "releases of a cache": total.CacheReleases,
 		"duplicates": total.Duplicated, "drops": total.Dropped, "very late messages": total.Late,
+		"releases with a payload": total.PayloadReleases, "grants with a payload": total.PayloadGrants,
+		"grants that may miss a payload": total.PayloadsLost, "barrier completions with payloads": total.BarrierPayloads,
 	} {
 		if got == 0 {
 			t.Errorf("no %s in %d schedules: the simulator no longer exercises them", name, n)
@@ -135,8 +137,10 @@ func TestSimulationDeterministic(t *testing.T) {
 // TestSimulationCatchesBrokenConfigs proves the checker finds double
 // holders when the lease rules are broken (a holder that believes in its
 // lease at least as long as the home enforces it, or a restarted home that
-// grants at once), and tokens that go back when a home forgets what cached
-// holders gave themselves.
+// grants at once), tokens that go back when a home forgets what cached
+// holders gave themselves, and payloads that are not the latest released
+// (a home that keeps the first, or lets a late copy of an earlier release
+// replace a later one) or go missing at a barrier.
 func TestSimulationCatchesBrokenConfigs(t *testing.T) {
 	tests := []struct {
 		name string
@@ -147,6 +151,9 @@ func TestSimulationCatchesBrokenConfigs(t *testing.T) {
 		{"holder lease as long as the home's", SimConfig{holderLease: simHomeLease, homeLease: simHomeLease}, "exclusion"},
 		{"restarted home skips the recovery wait", SimConfig{freshRestart: true}, "exclusion"},
 		{"home ignores the tokens of cached holds", SimConfig{ignoreLastToken: true}, "token order"},
+		{"home keeps a lock's first payload", SimConfig{payloadBug: payloadKeepFirst}, "payload"},
+		{"late release copies replace the payload", SimConfig{payloadBug: payloadKeepStale}, "payload"},
+		{"barrier drops an arrival's payload", SimConfig{payloadBug: payloadDropArrive}, "payload"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
