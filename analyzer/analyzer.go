@@ -38,6 +38,7 @@ const (
 	DefaultDetailBytes   = 8 << 20
 	DefaultEvents        = 1 << 16
 	DefaultEventsPerPage = 512
+	DefaultRaces         = 1024
 )
 
 // Limits bounds the memory of an Analyzer. A field that is zero or negative
@@ -57,6 +58,10 @@ type Limits struct {
 	// most per page: the most recent ones. Defaults DefaultEvents and
 	// DefaultEventsPerPage.
 	Events, EventsPerPage int
+	// Races is the most data races kept (about 150 bytes each), counting
+	// repeated races on the same bytes of a page between the same two
+	// nodes once; see RecordRace. Default DefaultRaces.
+	Races int
 }
 
 // withDefaults returns l with its unset fields set to the defaults.
@@ -70,6 +75,7 @@ func (l Limits) withDefaults() Limits {
 	def(&l.DetailBytes, DefaultDetailBytes)
 	def(&l.Events, DefaultEvents)
 	def(&l.EventsPerPage, DefaultEventsPerPage)
+	def(&l.Races, DefaultRaces)
 	return l
 }
 
@@ -112,7 +118,10 @@ var (
 )
 
 // Range is a byte range relative to the start of a page.
-type Range struct{ Off, Len uint32 }
+type Range struct {
+	Off uint32 `json:"off"`
+	Len uint32 `json:"len"`
+}
 
 // Migration records one transfer of a page from one node to another.
 type Migration struct {
@@ -288,6 +297,13 @@ type Analyzer struct {
 	invalid int     // written ranges that were empty or crossed the page end
 	first   int64   // earliest wall time seen, UnixNano
 	last    int64   // latest wall time seen, UnixNano
+
+	// Data races (RecordRace): the records kept, all races recorded, those
+	// that found no room, and the recording order.
+	races        map[raceKey]*raceRec
+	dataRaces    int
+	droppedRaces int
+	raceSeq      uint64
 }
 
 // New returns an Analyzer for a region with the given page size in bytes and

@@ -5,8 +5,11 @@ import (
 	"strings"
 )
 
-// Class is the verdict on one page. Larger values are more severe. Reports
-// encode a class by name (MarshalText), never by number.
+// Class is the verdict on one page, or, for DataRace, on racing writes to
+// it. Larger values are more severe. Reports encode a class by name
+// (MarshalText), never by number, so a class added later goes wherever its
+// severity puts it; DataRace is last because it is the only one that is a
+// correctness bug rather than a cost.
 type Class int
 
 // The classes of a page; see the package documentation for the exact rules.
@@ -27,6 +30,12 @@ const (
 	TrueSharing
 	// FalseSharing: several nodes write disjoint bytes of the same page.
 	FalseSharing
+	// DataRace: two nodes wrote the same bytes concurrently (neither write
+	// happens before the other) in the release-consistent mode, and the
+	// page's home kept one of the writes. Unlike the other classes it is
+	// not a page's verdict: a page has a finding of this class for each
+	// variable and pair of nodes that raced, beside its own finding.
+	DataRace
 )
 
 var classNames = [...]string{
@@ -36,6 +45,7 @@ var classNames = [...]string{
 	Contended:     "contended",
 	TrueSharing:   "true sharing",
 	FalseSharing:  "false sharing",
+	DataRace:      "data race",
 }
 
 // String returns the name of the class, e.g. "false sharing".

@@ -74,6 +74,26 @@
 // to the writes is found: data of two locks that nodes write on one page
 // stays true (or false) sharing.
 //
+// # Data races
+//
+// In the release-consistent mode several nodes may write copies of one page
+// at once, and the page's home merges their diffs. When two writes by
+// different nodes with concurrent vector clocks changed the same bytes, the
+// home reports a data race, and its daemon hands it to the analyzer
+// ([Analyzer.RecordRace]). A data race is a correctness bug, not a cost:
+// [DataRace] is the most severe class, its findings come before every other
+// and carry no migrations. There is one finding per page, pair of nodes and
+// variable (or run of bytes in no variable) that raced, naming the raced
+// bytes ("Stats.Hits", "Stats.Hits bytes [0,4)" when part of it raced,
+// "bytes [16,24) of page 3" outside every variable), the two nodes and the
+// intervals of their writes ([RaceDetail]). The fix is to order the writes
+// (one lock, or a barrier) or, if the nodes were meant to write data of
+// their own, to move the data apart; the finding also says which write the
+// home kept: the one whose clock has the larger sum, then the higher node
+// id, as the home decides. A race repeated in every interval of a loop is
+// one record with a count, and the analyzer keeps at most [Limits].Races
+// records.
+//
 // # Vector clocks and order
 //
 // Wall clocks of different nodes disagree. When every transfer of a page
@@ -104,6 +124,9 @@
 //   - The ownership history is a ring of the most recent transfers of each
 //     page ([Limits].EventsPerPage), the rings together holding about
 //     [Limits].Events transfers: enough for a heat map row per page.
+//   - At most [Limits].Races distinct data races (default 1,024, about 150
+//     bytes each) are kept; the others are counted
+//     ([Totals].DroppedRaces).
 //
 // A page gets detail from its first transfer while there is room, so that
 // small programs lose nothing. A fixed threshold (detail from the k-th

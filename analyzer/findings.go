@@ -19,13 +19,16 @@ type VarUse struct {
 	Offset uint64 `json:"offset"`
 	Size   uint64 `json:"size"`
 	// WrittenBy lists the nodes that wrote at least one byte of it on this
-	// page, in increasing order.
+	// page, in increasing order; in a DataRace finding, the two nodes.
 	WrittenBy []uint16 `json:"written_by"`
-	// Writes is the number of transfers whose written ranges touched it.
+	// Writes is the number of transfers whose written ranges touched it;
+	// in a DataRace finding, the number of races that touched it.
 	Writes int `json:"writes"`
 }
 
-// Finding is the analyzer's verdict on one page.
+// Finding is the analyzer's verdict on one page, or, when its Class is
+// DataRace, on the racing writes of two nodes to one variable (or run of
+// unnamed bytes) of a page.
 type Finding struct {
 	Page  uint32 `json:"page"`
 	Class Class  `json:"class"`
@@ -43,9 +46,12 @@ type Finding struct {
 	// Locks are, for a LockProtected finding, the locks that moved with
 	// the page from writer to writer, sorted.
 	Locks []string `json:"locks,omitempty"`
+	// Race holds the races of a DataRace finding, whose migration counts
+	// and cost are zero; nil for every other class.
+	Race *RaceDetail `json:"race,omitempty"`
 	// Fix is the concrete change to make. Only FalseSharing findings carry
-	// a layout change; LockProtected, TrueSharing and Contended findings
-	// give advice; ReadMostly and Quiet findings leave it empty.
+	// a layout change; DataRace, LockProtected, TrueSharing and Contended
+	// findings give advice; ReadMostly and Quiet findings leave it empty.
 	Fix string `json:"fix,omitempty"`
 	// Summary is a one-line description.
 	Summary string `json:"summary"`
@@ -54,6 +60,9 @@ type Finding struct {
 // String returns a multi-line description: the summary, the written
 // variables with their writers, the transfer counts and the fix.
 func (f Finding) String() string {
+	if f.Race != nil {
+		return f.raceString()
+	}
 	var b strings.Builder
 	b.WriteString(f.Summary)
 	fmt.Fprintf(&b, "\n  class: %s", f.Class)
@@ -76,7 +85,9 @@ func (f Finding) String() string {
 	return b.String()
 }
 
-// Findings returns a finding for every page that is not Quiet, the most
+// Findings returns a finding for every page that is not Quiet, and the
+// DataRace findings. Data races come first, the most often repeated first:
+// they are bugs, whatever they cost. The other findings follow the most
 // expensive first (by Cost, then severity, then migrations, then page).
 func (a *Analyzer) Findings() []Finding {
 	a.mu.Lock()
@@ -87,6 +98,8 @@ func (a *Analyzer) Findings() []Finding {
 			out = append(out, v.f)
 		}
 	}
+	races, _ := a.raceFindings()
+	out = append(out, races...)
 	sortFindings(out)
 	return out
 }
@@ -94,6 +107,17 @@ func (a *Analyzer) Findings() []Finding {
 func sortFindings(fs []Finding) {
 	sort.SliceStable(fs, func(i, j int) bool {
 		x, y := fs[i], fs[j]
+		if xr, yr := x.Race != nil, y.Race != nil; xr || yr {
+			switch {
+			case xr != yr:
+				return xr
+			case x.Race.Count != y.Race.Count:
+				return x.Race.Count > y.Race.Count
+			case x.Page != y.Page:
+				return x.Page < y.Page
+			}
+			return raceLess(x.Race, y.Race)
+		}
 		switch {
 		case x.Cost != y.Cost:
 			return x.Cost > y.Cost

@@ -132,6 +132,11 @@ func (a *Analyzer) history() []PageHistory {
 // counts the pages that migrated as well as the parts tell: at least the
 // most any node saw. Untracked is the most any node had.
 //
+// DataRace findings are kept as they are: only the home of a page records
+// its races, so the parts' races are distinct, and a race finding that two
+// parts have (the same page, nodes and bytes) is kept once, with the larger
+// count. Totals.DataRaces and DroppedRaces are the parts' sums.
+//
 // Merge takes the page size of the first part that has one; the reports of
 // one run agree on it.
 func Merge(parts ...Report) Report {
@@ -146,6 +151,7 @@ func Merge(parts ...Report) Report {
 		sent        int
 		writeRecs   int
 		lateDetail  int
+		races       []Finding
 		findings    = map[uint32][]Finding{}
 		vars        = map[string]*VarStat{}
 		pages       = map[uint32]bool{}
@@ -186,7 +192,15 @@ func Merge(parts ...Report) Report {
 		if pt.Last.After(t.Last) {
 			t.Last = pt.Last
 		}
+		t.DataRaces += pt.DataRaces
+		t.DroppedRaces += pt.DroppedRaces
 		for _, f := range p.Findings {
+			if f.Race != nil {
+				// Not a verdict on the page: it joins no page's finding
+				// and says nothing about whether the page migrated.
+				races = append(races, f)
+				continue
+			}
 			findings[f.Page] = append(findings[f.Page], f)
 			pages[f.Page] = true
 		}
@@ -239,6 +253,14 @@ func Merge(parts ...Report) Report {
 		t.PagesByClass[Quiet.String()] = q
 	}
 	t.LateDetail = min(lateDetail, len(r.Findings))
+	races = mergeRaces(races)
+	raced := map[string]bool{}
+	for _, f := range races {
+		for _, v := range f.Vars {
+			raced[v.Name] = true
+		}
+	}
+	r.Findings = append(r.Findings, races...)
 	sortFindings(r.Findings)
 
 	for _, v := range vars {
@@ -255,6 +277,9 @@ func Merge(parts ...Report) Report {
 			} else {
 				v.Class = max(v.Class, min(f.Class, ReadMostly))
 			}
+		}
+		if raced[v.Name] {
+			v.Class = DataRace
 		}
 		r.Vars = append(r.Vars, *v)
 	}
@@ -305,8 +330,11 @@ func covers(recs []Recorder, nodes []uint16) bool {
 // outranks false sharing that another saw, since the same bytes were
 // written by two nodes whatever the other node could see.
 func classRank(c Class) int {
-	if c == TrueSharing {
+	switch c {
+	case TrueSharing:
 		return int(FalseSharing) + 1
+	case DataRace:
+		return int(FalseSharing) + 2
 	}
 	return int(c)
 }

@@ -17,7 +17,7 @@ import (
 type Report struct {
 	PageSize int       `json:"page_size"`
 	Totals   Totals    `json:"totals"`
-	Findings []Finding `json:"findings"` // as returned by Findings
+	Findings []Finding `json:"findings"` // as returned by Findings, data races included
 	// Vars holds one entry per named variable, the most migrated first.
 	Vars []VarStat `json:"vars"`
 	// History is the recent ownership history of the most migrated pages
@@ -44,8 +44,14 @@ type Totals struct {
 	Pages int `json:"pages"`
 	// PagesByClass counts those pages by class name, except the Untracked
 	// ones. A page that was not analysed in detail but migrated too little
-	// to be anything else counts as quiet.
+	// to be anything else counts as quiet. DataRace findings are not a
+	// page's class and are not counted here; DataRaces counts them.
 	PagesByClass map[string]int `json:"pages_by_class"`
+	// DataRaces counts the data races recorded (RecordRace), repeated ones
+	// included. DroppedRaces counts those of them that are in no finding
+	// because the analyzer already kept Limits.Races distinct races.
+	DataRaces    int `json:"data_races,omitempty"`
+	DroppedRaces int `json:"dropped_races,omitempty"`
 	// Untracked counts the pages that migrated enough to be a finding but
 	// were not analysed in detail, because the pages that were had
 	// migrated more and the analyzer's Limits were reached, or that got
@@ -99,7 +105,8 @@ type VarStat struct {
 	// Class is the most severe class among the pages analysed in detail
 	// on which the variable was written; a page it only resides on
 	// contributes at most ReadMostly, since the variable is not what moves
-	// that page.
+	// that page. It is DataRace when a DataRace finding names the
+	// variable.
 	Class Class `json:"class"`
 }
 
@@ -120,6 +127,8 @@ func (a *Analyzer) Report() Report {
 			Nodes:           slices.Clone(a.nodes),
 			UnknownWritten:  a.unknown,
 			InvalidRanges:   a.invalid,
+			DataRaces:       a.dataRaces,
+			DroppedRaces:    a.droppedRaces,
 		},
 		Findings: []Finding{},
 		Vars:     make([]VarStat, len(a.vars)),
@@ -147,6 +156,8 @@ func (a *Analyzer) Report() Report {
 			}
 		}
 	}
+	races, raced := a.raceFindings()
+	r.Findings = append(r.Findings, races...)
 	a.table.each(0, 1<<32, func(p uint32, c *pageCount) {
 		switch {
 		case byPage[p] != nil:
@@ -176,6 +187,9 @@ func (a *Analyzer) Report() Report {
 				vs.Class = max(vs.Class, min(pv.f.Class, ReadMostly))
 			}
 		})
+		if raced[vi] {
+			vs.Class = DataRace
+		}
 		r.Vars[vi] = vs
 	}
 	if a.first != 0 {
@@ -204,6 +218,9 @@ func (r Report) Text() string {
 		t.Migrations, t.WriteMigrations, t.ReadMigrations, t.Pages, fmtDur(t.Cost))
 	if r.Parts > 0 {
 		b.WriteString(r.mergedNote())
+	}
+	if t.DataRaces > 0 {
+		b.WriteString(r.raceNote())
 	}
 	if t.Untracked > 0 {
 		fmt.Fprintf(&b, "%s pages with %s migrations were not analysed: the analyzer keeps the details of the pages that migrated most, up to its limits\n",
