@@ -68,7 +68,10 @@
 // priority, where the priority is the sum of the writer's clock, then its
 // node id. The sum grows along every causal chain, so a write always wins
 // over the writes that happen before it, and of two concurrent writes the
-// one that saw more (then the higher node id) wins.
+// one that saw more (then the higher node id) wins. The home tells the
+// writer whose bytes lost (in the diff's acknowledgement); its copy differs
+// from the master then, and its next acquire refreshes it, so that every
+// node ends up reading the outcome the home kept.
 //
 // Changed bytes are found by comparing with the twin, byte by byte: a write
 // that stores the value already there changes nothing and is not seen,

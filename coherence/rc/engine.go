@@ -36,6 +36,7 @@ type bugs struct {
 	wideRuns     bool // diffs include unchanged bytes between changed ones
 	arrival      bool // the home applies diffs in arrival order, ignoring priorities
 	noRaces      bool // the home reports no race
+	noRefresh    bool // a copy whose writes lost a race is not refreshed
 }
 
 // Kind is a message type.
@@ -179,6 +180,9 @@ type copyState struct {
 	sentAt   uint64
 	clock    clocks.Vector // what the copy contains
 	twin     []byte
+	// lost: bytes this node wrote lost a race at the home, so the copy
+	// differs from the master; the next acquire refreshes it.
+	lost bool
 }
 
 type pendingDiff struct {
@@ -299,7 +303,7 @@ func (e *Engine) Fault(p PageID) error {
 }
 
 func (e *Engine) install(p PageID, c *copyState, clock clocks.Vector, data []byte) {
-	c.valid, c.fetching = true, false
+	c.valid, c.fetching, c.lost = true, false, false
 	c.clock = clock
 	c.twin = data
 	e.rd.Installs = append(e.rd.Installs, Install{Page: p, Data: slices.Clone(data)})
@@ -351,10 +355,15 @@ func (e *Engine) Step(m *Message) error {
 		if e.cfg.Home(m.Page) != e.me() {
 			return fmt.Errorf("rc: diff of page %d from %d, whose home is %d", m.Page, m.From, e.cfg.Home(m.Page))
 		}
-		if err := e.applyDiff(m); err != nil {
+		lost, err := e.applyDiff(m)
+		if err != nil {
 			return err
 		}
-		e.send(Message{Kind: MsgDiffAck, To: m.From, Page: m.Page, Seq: m.Seq})
+		ack := Message{Kind: MsgDiffAck, To: m.From, Page: m.Page, Seq: m.Seq}
+		if lost {
+			ack.Upto = 1 // the writer's copy lost bytes to a racing write
+		}
+		e.send(ack)
 	case MsgDiffAck:
 		d := e.diffs[m.Seq]
 		if d == nil {
@@ -362,6 +371,11 @@ func (e *Engine) Step(m *Message) error {
 			return nil
 		}
 		delete(e.diffs, m.Seq)
+		if m.Upto == 1 {
+			if c := e.copies[d.msg.Page]; c != nil {
+				c.lost = true
+			}
+		}
 		e.op.waiting--
 		if e.op.waiting == 0 {
 			e.flushed()
@@ -531,8 +545,12 @@ func (e *Engine) start(op *syncOp, dirty []PageData) error {
 	e.op = op
 	for i := range local {
 		local[i].From = e.me()
-		if err := e.applyDiff(&local[i]); err != nil {
+		lost, err := e.applyDiff(&local[i])
+		if err != nil {
 			return err
+		}
+		if lost {
+			e.copies[local[i].Page].lost = true
 		}
 	}
 	for _, m := range remote {
@@ -601,10 +619,25 @@ func (e *Engine) takeNotices(ns []Notice) {
 	}
 }
 
-// finish ends an acquire once every notice asked for has come.
+// finish ends an acquire once every notice asked for has come. Copies
+// whose writes lost a race at the home are refreshed too, so that every
+// node ends up seeing the outcome the homes kept.
 func (e *Engine) finish() {
 	op := e.op
 	e.op = nil
+	var lost []PageID
+	for p, c := range e.copies {
+		if c.valid && c.lost && !e.cfg.bugs.noRefresh {
+			lost = append(lost, p)
+		}
+	}
+	slices.Sort(lost)
+	for _, p := range lost {
+		c := e.copies[p]
+		c.valid, c.lost, c.twin = false, false, nil
+		e.stats.Invalidations++
+		e.rd.Invalidates = append(e.rd.Invalidates, p)
+	}
 	e.clock = clocks.Merge(e.clock, op.payload.Clock)
 	e.rd.Done = append(e.rd.Done, Done{Op: op.id})
 }

@@ -9,10 +9,11 @@ import (
 
 // master is the home's copy of a page it is the home of.
 type master struct {
-	data    []byte
-	applied clocks.Vector // per node, the last interval applied
-	lastSeq []uint64      // per node, the last diff applied (duplicates are acknowledged again)
-	segs    []seg         // which write put each written byte, sorted, disjoint
+	data     []byte
+	applied  clocks.Vector // per node, the last interval applied
+	lastSeq  []uint64      // per node, the last diff applied (duplicates are acknowledged again)
+	lastLost []bool        // per node, whether bytes of that diff lost to a racing write
+	segs     []seg         // which write put each written byte, sorted, disjoint
 }
 
 // seg says that bytes [lo, hi) were last put by w.
@@ -38,9 +39,10 @@ func (e *Engine) master(p PageID) *master {
 	m := e.homed[p]
 	if m == nil {
 		m = &master{
-			data:    make([]byte, e.cfg.PageSize),
-			applied: clocks.NewVector(e.cfg.Nodes),
-			lastSeq: make([]uint64, e.cfg.Nodes),
+			data:     make([]byte, e.cfg.PageSize),
+			applied:  clocks.NewVector(e.cfg.Nodes),
+			lastSeq:  make([]uint64, e.cfg.Nodes),
+			lastLost: make([]bool, e.cfg.Nodes),
 		}
 		e.homed[p] = m
 	}
@@ -56,15 +58,18 @@ func (e *Engine) Master(p PageID) []byte {
 	return slices.Clone(e.master(p).data)
 }
 
-// applyDiff applies a writer's diff to the master copy, once.
-func (e *Engine) applyDiff(d *Message) error {
+// applyDiff applies a writer's diff to the master copy, once, and reports
+// whether bytes of it lost to a racing write of higher priority (then the
+// writer's copy differs from the master: it refreshes it at its next
+// acquire).
+func (e *Engine) applyDiff(d *Message) (lost bool, err error) {
 	m := e.master(d.Page)
 	if d.Seq <= m.lastSeq[d.From] {
 		e.stats.Duplicates++
-		return nil
+		return d.Seq == m.lastSeq[d.From] && m.lastLost[d.From], nil
 	}
 	if len(d.Clock) != e.cfg.Nodes || d.Clock[d.From] != d.Interval {
-		return fmt.Errorf("rc: diff of page %d from %d: clock %v does not carry interval %d", d.Page, d.From, d.Clock, d.Interval)
+		return false, fmt.Errorf("rc: diff of page %d from %d: clock %v does not carry interval %d", d.Page, d.From, d.Clock, d.Interval)
 	}
 	m.lastSeq[d.From] = d.Seq
 	m.applied[d.From] = max(m.applied[d.From], d.Interval)
@@ -75,16 +80,20 @@ func (e *Engine) applyDiff(d *Message) error {
 	for _, r := range d.Runs {
 		lo, hi := r.Off, r.Off+uint32(len(r.Data))
 		if hi > uint32(len(m.data)) || hi < lo {
-			return fmt.Errorf("rc: diff of page %d from %d: bytes [%d, %d) outside a page of %d", d.Page, d.From, lo, hi, len(m.data))
+			return lost, fmt.Errorf("rc: diff of page %d from %d: bytes [%d, %d) outside a page of %d", d.Page, d.From, lo, hi, len(m.data))
 		}
-		e.applyRun(d.Page, m, w, lo, r.Data)
+		if e.applyRun(d.Page, m, w, lo, r.Data) {
+			lost = true
+		}
 	}
-	return nil
+	m.lastLost[d.From] = lost
+	return lost, nil
 }
 
 // applyRun writes data at lo unless bytes there were put by a write of
-// higher priority, and reports the races it overlaps.
-func (e *Engine) applyRun(p PageID, m *master, w *writeRec, lo uint32, data []byte) {
+// higher priority, reports the races it overlaps, and reports whether
+// bytes were kept from such a write.
+func (e *Engine) applyRun(p PageID, m *master, w *writeRec, lo uint32, data []byte) (lost bool) {
 	hi := lo + uint32(len(data))
 	put := func(a, b uint32) { copy(m.data[a:b], data[a-lo:b-lo]) }
 	out := make([]seg, 0, len(m.segs)+2)
@@ -110,6 +119,7 @@ func (e *Engine) applyRun(p PageID, m *master, w *writeRec, lo uint32, data []by
 			out = append(out, seg{a, b, w})
 		} else {
 			out = append(out, seg{a, b, s.w})
+			lost = true
 		}
 		if s.hi > hi {
 			out = append(out, seg{hi, s.hi, s.w})
@@ -130,6 +140,7 @@ func (e *Engine) applyRun(p PageID, m *master, w *writeRec, lo uint32, data []by
 		}
 		m.segs = append(m.segs, s)
 	}
+	return lost
 }
 
 // race reports a race on [a, b) of page p, merged with the last report

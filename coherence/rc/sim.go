@@ -608,6 +608,16 @@ func (s *sim) grant(lock int, n *simNode) {
 // finalChecks: the homes lost no byte; every racing word was reported and
 // no other.
 func (s *sim) finalChecks() {
+	// Every copy a node still has agrees with the homes, racy bytes too:
+	// the nodes converge on the outcome the homes kept.
+	for _, n := range s.nodes {
+		for p, data := range n.mem {
+			if want := s.nodes[int(p)%len(s.nodes)].eng.Master(p); !slices.Equal(data, want) {
+				s.fail("after the last barrier node %d's copy of page %d differs from its home's: %x, home %x", n.id, p, data, want)
+				return
+			}
+		}
+	}
 	for w := 0; w < s.words(); w++ {
 		p, off := s.pageOf(w)
 		home := s.nodes[int(p)%len(s.nodes)].eng

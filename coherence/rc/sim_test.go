@@ -149,6 +149,7 @@ func TestSimulatorCatchesBugs(t *testing.T) {
 		{"acquire does not flush", bugs{noFlush: true}, ""},
 		{"diffs of whole words", bugs{wideRuns: true}, ""},
 		{"home reports no race", bugs{noRaces: true}, "no race was reported"},
+		{"losing copies not refreshed", bugs{noRefresh: true}, "differs from its home's"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
