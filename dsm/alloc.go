@@ -18,7 +18,31 @@ type AllocOption interface{ applyAlloc(*allocConfig) }
 type allocConfig struct {
 	align uint64
 	name  string
+	rc    bool
 }
+
+type consistency bool
+
+func (c consistency) applyAlloc(cfg *allocConfig) { cfg.rc = bool(c) }
+
+// ReleaseConsistent places an allocation (Region.Alloc, Region.AllocStruct,
+// New, MakeSlice) in the region's release-consistent area, where several
+// nodes may write one page at once: a node's writes reach another node when
+// the writer has released (Mutex.Unlock, Barrier, Region.Release) and the
+// reader has acquired (Mutex.Lock of a lock released after the writes,
+// Barrier, Region.Acquire). Programs free of data races read what they
+// would under sequential consistency; a data race (two nodes writing the
+// same bytes without an order between them) is found by the bytes' home and
+// reported by the analyzer as class "data race".
+//
+// sync/atomic operations on such memory are atomic on the node only: they
+// do not order anything across nodes, and two nodes' atomic adds to one
+// word are a data race. Keep words that atomics share between nodes in
+// sequentially consistent memory (allocations without this option).
+//
+// The cluster must keep a release-consistent area (dsmnode run --rc-size,
+// serve --rc-size); release-consistent memory cannot be freed yet.
+const ReleaseConsistent consistency = true
 
 // Align places the object at a multiple of the given number of bytes (a
 // power of two up to 64 KiB). Align(r.PageSize()) gives the object pages of
@@ -114,7 +138,7 @@ func (r *Region) newObject(t reflect.Type, n int, opts []AllocOption) (unsafe.Po
 		return nil, fmt.Errorf("dsm: allocate %d × %v: %w: %d bytes asked, the region has %d; start the cluster with a larger region (dsmnode run -size BYTES, dsmnode serve --size BYTES)", n, t, ErrFull, uint64(n)*size, len(r.mem))
 	}
 	size *= uint64(n)
-	off, err := r.heapAlloc(size, cfg.align)
+	off, err := r.heapAlloc(size, cfg.align, cfg.rc)
 	if err != nil {
 		return nil, fmt.Errorf("dsm: allocate %v: %w", t, err)
 	}

@@ -338,11 +338,18 @@ func (r *Region) Nodes() int { return r.geo.Nodes }
 // A named allocation lives as long as the cluster: a program that runs
 // again on the same cluster finds its names, and their contents, where it
 // left them. For memory that is freed, see New, MakeSlice and Free.
-func (r *Region) Alloc(name string, size, align int) (int, error) {
-	return r.alloc(context.Background(), name, size, align, nil)
+//
+// Of the options, only ReleaseConsistent applies (alignment is an argument;
+// the name is the name).
+func (r *Region) Alloc(name string, size, align int, opts ...AllocOption) (int, error) {
+	return r.alloc(context.Background(), name, size, align, nil, opts)
 }
 
-func (r *Region) alloc(ctx context.Context, name string, size, align int, fields []ctl.Field) (int, error) {
+func (r *Region) alloc(ctx context.Context, name string, size, align int, fields []ctl.Field, opts []AllocOption) (int, error) {
+	var cfg allocConfig
+	for _, o := range opts {
+		o.applyAlloc(&cfg)
+	}
 	if align == 0 {
 		align = 8
 	}
@@ -352,7 +359,7 @@ func (r *Region) alloc(ctx context.Context, name string, size, align int, fields
 	if name == "" {
 		return 0, errors.New("dsm: alloc needs a name (the analyzer reports variables by name)")
 	}
-	off, err := r.allocNamed(ctx, name, uint64(size), uint64(align))
+	off, err := r.allocNamed(ctx, name, uint64(size), uint64(align), cfg.rc)
 	if err != nil {
 		return 0, fmt.Errorf("dsm: alloc %q: %w", name, err)
 	}
@@ -369,6 +376,29 @@ func (r *Region) register(ctx context.Context, name string, off, size uint64, fi
 		fields[i].Offset += off
 	}
 	return r.call(ctx, ctl.Request{Op: ctl.OpAlloc, Name: name, Offset: off, Size: size, Fields: fields}, nil)
+}
+
+// Release makes this node's writes to release-consistent memory (see
+// ReleaseConsistent) visible to any node that acquires afterwards: it
+// returns when every page's home has them. Mutex.Unlock (when the lock
+// leaves the node) and Barrier release by themselves.
+func (r *Region) Release(ctx context.Context) error {
+	if err := r.call(ctx, ctl.Request{Op: ctl.OpRelease}, nil); err != nil {
+		return fmt.Errorf("dsm: release: %w", err)
+	}
+	return nil
+}
+
+// Acquire makes every release that any node finished before it visible to
+// this node's reads of release-consistent memory: after another node's
+// Release and a signal through sequentially consistent memory (an atomic
+// flag), Acquire and then read. Mutex.Lock and Barrier acquire by
+// themselves.
+func (r *Region) Acquire(ctx context.Context) error {
+	if err := r.call(ctx, ctl.Request{Op: ctl.OpAcquire}, nil); err != nil {
+		return fmt.Errorf("dsm: acquire: %w", err)
+	}
+	return nil
 }
 
 // Ptr returns a pointer to the byte at offset off of the region.
@@ -417,7 +447,7 @@ var (
 // than offsets. v is a struct, an array of structs (each element's fields
 // are named: Stats[1].Hits) or a pointer to either; align 0 means the
 // type's own alignment.
-func (r *Region) AllocStruct(name string, v any, align int) (int, error) {
+func (r *Region) AllocStruct(name string, v any, align int, opts ...AllocOption) (int, error) {
 	vars, err := layout.Vars(name, 0, v)
 	if err != nil {
 		return 0, fmt.Errorf("dsm: alloc %q: %w", name, err)
@@ -433,5 +463,5 @@ func (r *Region) AllocStruct(name string, v any, align int) (int, error) {
 	for i, v := range vars {
 		fields[i] = ctl.Field{Name: v.Name, Offset: v.Offset, Size: v.Size}
 	}
-	return r.alloc(context.Background(), name, int(t.Size()), align, fields)
+	return r.alloc(context.Background(), name, int(t.Size()), align, fields, opts)
 }

@@ -2,6 +2,7 @@ package dsm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"math/bits"
@@ -9,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unsafe"
+
+	"github.com/dsmrt/dsm/internal/heaplayout"
 )
 
 // The allocator keeps all of its state in the shared region itself, so
@@ -50,8 +53,8 @@ import (
 // allocations, so names a program allocates one after the other share a
 // page as they would in a struct (the false-sharing demo relies on it).
 const (
-	chunkSize  = 64 << 10
-	slotBytes  = 128
+	chunkSize  = heaplayout.ChunkSize
+	slotBytes  = heaplayout.SlotBytes
 	maxNameLen = slotBytes - sfName
 	allocLock  = "dsm/alloc"
 
@@ -65,11 +68,11 @@ const (
 	sfName    = 48
 
 	// Offsets in the header page.
-	hdrMagic  = 0
-	hdrCursor = 8
-	hdrEnd    = 16
-
-	heapMagic = 0x4453_4d48_4541_5001 // "DSMHEAP" and a version
+	hdrMagic    = 0
+	hdrCursor   = 8 // named allocations, sequentially consistent
+	hdrEnd      = 16
+	hdrRCCursor = 24 // named allocations, release-consistent
+	hdrRCEnd    = 32
 
 	// Kinds of chunk table entries (the low byte).
 	chunkFree    = 0
@@ -78,6 +81,7 @@ const (
 	chunkLarge   = 3 // bits 16-31 owner node, 32-63 length in chunks
 	chunkCont    = 4 // bits 32-63 the head's index
 	chunkFreeing = 5 // a large object being freed
+	chunkRC      = 6 // release-consistent objects of one node: bits 16-31 owner node, 32-63 length in chunks
 
 	// largest size served from a small-object chunk
 	maxSmall = 16 << 10
@@ -93,33 +97,7 @@ var classes = [...]uint64{
 }
 
 // heapGeo is where the allocator's structures lie in a region.
-type heapGeo struct {
-	ps      uint64
-	nchunks uint64
-	slots   uint64 // a power of two
-	meta    uint64 // the header page
-	names   uint64 // the name table
-	table   uint64 // the chunk table
-	magic   uint64 // heapMagic mixed with the geometry
-}
-
-func newHeapGeo(size, ps uint64) (heapGeo, error) {
-	n0 := size / chunkSize
-	slots := uint64(1) << bits.Len64(max(n0, 1)-1)
-	slots = min(max(slots, 256), 16384)
-	meta := roundUp(ps+slots*slotBytes+roundUp(8*n0, ps), chunkSize)
-	if size < meta+chunkSize {
-		return heapGeo{}, fmt.Errorf("a region of %d bytes is too small for the allocator (it needs at least %d bytes)", size, meta+chunkSize)
-	}
-	g := heapGeo{ps: ps, nchunks: (size - meta) / chunkSize, slots: slots}
-	g.meta = size - meta
-	g.names = g.meta + ps
-	g.table = g.names + slots*slotBytes
-	g.magic = heapMagic ^ g.nchunks<<20 ^ slots<<48 ^ ps
-	return g, nil
-}
-
-func roundUp(n, to uint64) uint64 { return (n + to - 1) / to * to }
+type heapGeo = heaplayout.Layout
 
 // heapState is this program's view of the heap: the geometry, and the
 // chunks of this node's arena by class.
@@ -129,10 +107,13 @@ type heapState struct {
 	geo   heapGeo
 	names *Mutex
 
-	mu    sync.Mutex
-	found bool                   // the chunk table was searched for this node's chunks
-	mine  [len(classes)][]uint32 // this node's chunks, by class
-	cur   [len(classes)]int      // where the last allocation of a class succeeded
+	mu sync.Mutex
+	// This program's run of release-consistent chunks: the next free byte
+	// and the run's end.
+	rcCursor, rcEnd uint64
+	found           bool                   // the chunk table was searched for this node's chunks
+	mine            [len(classes)][]uint32 // this node's chunks, by class
+	cur             [len(classes)]int      // where the last allocation of a class succeeded
 }
 
 // word is the shared word at offset off of the region.
@@ -145,18 +126,18 @@ func (r *Region) word(off uint64) *uint64 {
 func (r *Region) heap() (*heapState, error) {
 	h := &r.hp
 	h.once.Do(func() {
-		h.geo, h.err = newHeapGeo(uint64(len(r.mem)), uint64(r.geo.PageSize))
+		h.geo, h.err = heaplayout.New(uint64(len(r.mem)), uint64(r.geo.PageSize), r.geo.RCSize)
 		if h.err != nil {
 			return
 		}
 		h.names = r.Mutex(allocLock)
-		p := r.word(h.geo.meta + hdrMagic)
-		if atomic.CompareAndSwapUint64(p, 0, h.geo.magic) {
+		p := r.word(h.geo.Meta + hdrMagic)
+		if atomic.CompareAndSwapUint64(p, 0, h.geo.Magic) {
 			return // an untouched region is an empty heap: all zeros
 		}
-		if v := atomic.LoadUint64(p); v != h.geo.magic {
+		if v := atomic.LoadUint64(p); v != h.geo.Magic {
 			h.err = fmt.Errorf("the allocator's header at offset %d holds %#x, not this version's %#x: a program wrote there directly (the last %d bytes of the region are the allocator's), or the region was used by another version; restart the cluster",
-				h.geo.meta, v, h.geo.magic, uint64(len(r.mem))-h.geo.meta)
+				h.geo.Meta, v, h.geo.Magic, uint64(len(r.mem))-h.geo.Meta)
 		}
 	})
 	if h.err != nil {
@@ -171,22 +152,22 @@ func (r *Region) heap() (*heapState, error) {
 	return h, nil
 }
 
-func (g *heapGeo) entry(r *Region, i uint64) *uint64 { return r.word(g.table + 8*i) }
+func (r *Region) entry(g *heapGeo, i uint64) *uint64 { return r.word(g.Table + 8*i) }
 
-// claimRun claims k consecutive free chunks, searching from chunk from
-// onwards and then from the start, and returns the first. The head entry
+// claimRun claims k consecutive free chunks of [lo, hi), searching from
+// chunk from onwards and then from lo, and returns the first. The head entry
 // gets value head; the others cont(head index). It claims entry by entry
 // with compare-and-swap and gives back what it took when another node took
 // a chunk of the run first.
-func (r *Region) claimRun(g *heapGeo, k, from uint64, head uint64, cont func(first uint64) uint64) (uint64, bool) {
-	if k == 0 || k > g.nchunks {
+func (r *Region) claimRun(g *heapGeo, lo, hi, k, from uint64, head uint64, cont func(first uint64) uint64) (uint64, bool) {
+	if k == 0 || k > hi-lo {
 		return 0, false
 	}
 	try := func(lo, hi uint64) (uint64, bool) {
 	next:
 		for s := lo; s+k <= hi; s++ {
 			for j := s; j < s+k; j++ {
-				if atomic.LoadUint64(g.entry(r, j)) != chunkFree {
+				if atomic.LoadUint64(r.entry(g, j)) != chunkFree {
 					s = j // the loop's s++ moves past it
 					continue next
 				}
@@ -196,9 +177,9 @@ func (r *Region) claimRun(g *heapGeo, k, from uint64, head uint64, cont func(fir
 				if j > s {
 					v = cont(s)
 				}
-				if !atomic.CompareAndSwapUint64(g.entry(r, j), chunkFree, v) {
+				if !atomic.CompareAndSwapUint64(r.entry(g, j), chunkFree, v) {
 					for u := s; u < j; u++ {
-						atomic.StoreUint64(g.entry(r, u), chunkFree)
+						atomic.StoreUint64(r.entry(g, u), chunkFree)
 					}
 					s = j
 					continue next
@@ -208,11 +189,11 @@ func (r *Region) claimRun(g *heapGeo, k, from uint64, head uint64, cont func(fir
 		}
 		return 0, false
 	}
-	from = min(from, g.nchunks)
-	if s, ok := try(from, g.nchunks); ok {
+	from = min(max(from, lo), hi)
+	if s, ok := try(from, hi); ok {
 		return s, true
 	}
-	return try(0, min(from+k-1, g.nchunks))
+	return try(lo, min(from+k-1, hi))
 }
 
 // classFor is the smallest class that holds size bytes at alignment align,
@@ -229,25 +210,29 @@ func classFor(size, align uint64) int {
 	return -1
 }
 
-func slotsIn(g *heapGeo, c int) uint64 { return (chunkSize - g.ps) / classes[c] }
+func slotsIn(g *heapGeo, c int) uint64 { return (chunkSize - g.PageSize) / classes[c] }
 
 // heapAlloc returns the offset of size zeroed bytes aligned to align (a
 // power of two, at most chunkSize) from this node's arena, or a run of
 // chunks when large.
-func (r *Region) heapAlloc(size, align uint64) (uint64, error) {
+func (r *Region) heapAlloc(size, align uint64, rc bool) (uint64, error) {
 	h, err := r.heap()
 	if err != nil {
 		return 0, err
 	}
 	g := &h.geo
 	me := uint64(r.geo.Node)
-	from := me * g.nchunks / uint64(max(r.geo.Nodes, 1))
+	if rc {
+		return r.rcAlloc(h, size, align)
+	}
+	lo, hi := uint64(0), g.RCFirst
+	from := me * hi / uint64(max(r.geo.Nodes, 1))
 	c := classFor(size, align)
 	if c < 0 {
 		k := (size + chunkSize - 1) / chunkSize
-		first, ok := r.claimRun(g, k, from, chunkLarge|me<<16|k<<32, func(s uint64) uint64 { return chunkCont | s<<32 })
+		first, ok := r.claimRun(g, lo, hi, k, from, chunkLarge|me<<16|k<<32, func(s uint64) uint64 { return chunkCont | s<<32 })
 		if !ok {
-			return 0, r.fullError(g, size)
+			return 0, r.fullError(g, size, false)
 		}
 		return first * chunkSize, nil
 	}
@@ -255,9 +240,9 @@ func (r *Region) heapAlloc(size, align uint64) (uint64, error) {
 	defer h.mu.Unlock()
 	if !h.found {
 		// Chunks this node's earlier programs claimed are still its arena.
-		for i := uint64(0); i < g.nchunks; i++ {
-			v := atomic.LoadUint64(g.entry(r, i))
-			if v&0xff == chunkSmall && v>>16&0xffff == me {
+		for i := uint64(0); i < g.Chunks; i++ {
+			v := atomic.LoadUint64(r.entry(g, i))
+			if i < g.RCFirst && v&0xff == chunkSmall && v>>16&0xffff == me {
 				cls := int(v >> 8 & 0xff)
 				if cls < len(classes) {
 					h.mine[cls] = append(h.mine[cls], uint32(i))
@@ -274,9 +259,9 @@ func (r *Region) heapAlloc(size, align uint64) (uint64, error) {
 			return off, nil
 		}
 	}
-	idx, ok := r.claimRun(g, 1, from, chunkSmall|uint64(c)<<8|me<<16, nil)
+	idx, ok := r.claimRun(g, lo, hi, 1, from, chunkSmall|uint64(c)<<8|me<<16, nil)
 	if !ok {
-		return 0, r.fullError(g, size)
+		return 0, r.fullError(g, size, false)
 	}
 	h.mine[c] = append(list, uint32(idx))
 	h.cur[c] = len(h.mine[c]) - 1
@@ -300,11 +285,38 @@ func (r *Region) takeSlot(g *heapGeo, idx uint64, c int) (uint64, bool) {
 				break
 			}
 			if atomic.CompareAndSwapUint64(p, v, v|1<<b) {
-				return base + g.ps + (w*64+b)*classes[c], true
+				return base + g.PageSize + (w*64+b)*classes[c], true
 			}
 		}
 	}
 	return 0, false
+}
+
+// rcAlloc places size bytes in this program's run of release-consistent
+// chunks, one after the other. The allocator's own state must stay
+// sequentially consistent, so release-consistent objects carry none: they
+// are not freed (Free refuses them), and a program's unused tail of its
+// last run stays unused.
+func (r *Region) rcAlloc(h *heapState, size, align uint64) (uint64, error) {
+	g := &h.geo
+	if g.RCFirst == g.Chunks {
+		return 0, errors.New("the cluster keeps no release-consistent area; start it with one (dsmnode run --rc-size BYTES, dsmnode serve --rc-size BYTES, rc_size in the config)")
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	off := roundUp(h.rcCursor, align)
+	if h.rcEnd == 0 || off+size > h.rcEnd {
+		me := uint64(r.geo.Node)
+		k := (size + chunkSize - 1) / chunkSize
+		from := g.RCFirst + me*(g.Chunks-g.RCFirst)/uint64(max(r.geo.Nodes, 1))
+		first, ok := r.claimRun(g, g.RCFirst, g.Chunks, k, from, chunkRC|me<<16|k<<32, func(s uint64) uint64 { return chunkCont | s<<32 })
+		if !ok {
+			return 0, r.fullError(g, size, true)
+		}
+		off, h.rcEnd = first*chunkSize, (first+k)*chunkSize
+	}
+	h.rcCursor = off + size
+	return off, nil
 }
 
 // heapFree frees the object at offset off.
@@ -314,11 +326,11 @@ func (r *Region) heapFree(off uint64) error {
 		return err
 	}
 	g := &h.geo
-	if off >= g.nchunks*chunkSize {
-		return fmt.Errorf("offset %d is not in the heap (it ends at %d)", off, g.nchunks*chunkSize)
+	if off >= g.Chunks*chunkSize {
+		return fmt.Errorf("offset %d is not in the heap (it ends at %d)", off, g.Chunks*chunkSize)
 	}
 	idx := off / chunkSize
-	e := g.entry(r, idx)
+	e := r.entry(g, idx)
 	v := atomic.LoadUint64(e)
 	switch v & 0xff {
 	case chunkSmall:
@@ -327,10 +339,10 @@ func (r *Region) heapFree(off uint64) error {
 			return fmt.Errorf("chunk %d has a bad entry %#x", idx, v)
 		}
 		rel := off - idx*chunkSize
-		if rel < g.ps || (rel-g.ps)%classes[c] != 0 {
+		if rel < g.PageSize || (rel-g.PageSize)%classes[c] != 0 {
 			return fmt.Errorf("offset %d is inside an object of %d bytes, not at its start", off, classes[c])
 		}
-		slot := (rel - g.ps) / classes[c]
+		slot := (rel - g.PageSize) / classes[c]
 		p := r.word(idx*chunkSize + 8*(slot/64))
 		bit := uint64(1) << (slot % 64)
 		if atomic.LoadUint64(p)&bit == 0 {
@@ -358,7 +370,7 @@ func (r *Region) heapFree(off uint64) error {
 		k := v >> 32
 		clear(r.mem[off : off+k*chunkSize])
 		for j := idx + k - 1; j > idx; j-- {
-			atomic.StoreUint64(g.entry(r, j), chunkFree)
+			atomic.StoreUint64(r.entry(g, j), chunkFree)
 		}
 		atomic.StoreUint64(e, chunkFree)
 		return nil
@@ -366,16 +378,22 @@ func (r *Region) heapFree(off uint64) error {
 		return fmt.Errorf("offset %d is inside an object, not at its start", off)
 	case chunkNamed:
 		return fmt.Errorf("offset %d is a named allocation (Region.Alloc); named allocations live as long as the cluster", off)
+	case chunkRC:
+		return fmt.Errorf("offset %d is release-consistent memory, which cannot be freed yet: it lives as long as the cluster", off)
 	default:
 		return fmt.Errorf("offset %d is not allocated (a double free?)", off)
 	}
 }
 
 // fullError says how much of the region is used and how to grow it.
-func (r *Region) fullError(g *heapGeo, asked uint64) error {
+func (r *Region) fullError(g *heapGeo, asked uint64, rc bool) error {
 	var named, heap, free, run, longest uint64
-	for i := uint64(0); i < g.nchunks; i++ {
-		switch atomic.LoadUint64(g.entry(r, i)) & 0xff {
+	lo, hi, area, flag := uint64(0), g.RCFirst, "sequentially consistent part of the region", "-size"
+	if rc {
+		lo, hi, area, flag = g.RCFirst, g.Chunks, "release-consistent area", "--rc-size"
+	}
+	for i := lo; i < hi; i++ {
+		switch atomic.LoadUint64(r.entry(g, i)) & 0xff {
 		case chunkFree:
 			free++
 			run++
@@ -388,8 +406,8 @@ func (r *Region) fullError(g *heapGeo, asked uint64) error {
 		}
 		run = 0
 	}
-	return fmt.Errorf("%w: %d bytes asked; of the region's %d bytes, %d are in use (named allocations %d, heap %d, allocator metadata %d) and the largest free run is %d bytes; start the cluster with a larger region (dsmnode run -size BYTES, dsmnode serve --size BYTES)",
-		ErrFull, asked, len(r.mem), (named+heap)*chunkSize, named*chunkSize, heap*chunkSize, uint64(len(r.mem))-g.meta, longest*chunkSize)
+	return fmt.Errorf("%w: %d bytes asked; of the %s's %d bytes, %d are in use (named allocations %d, heap %d; allocator metadata %d more) and the largest free run is %d bytes; start the cluster with a larger one (dsmnode run %s BYTES, dsmnode serve %s BYTES)",
+		ErrFull, asked, area, (hi-lo)*chunkSize, (named+heap)*chunkSize, named*chunkSize, heap*chunkSize, uint64(len(r.mem))-g.Meta, longest*chunkSize, flag, flag)
 }
 
 // ErrFull reports that the region has no room for an allocation.
@@ -397,7 +415,7 @@ var ErrFull = fmt.Errorf("dsm: the region is full")
 
 // allocNamed returns the offset of the named allocation, placing it if no
 // node did yet. It runs under the cluster-wide allocation lock.
-func (r *Region) allocNamed(ctx context.Context, name string, size, align uint64) (uint64, error) {
+func (r *Region) allocNamed(ctx context.Context, name string, size, align uint64, rc bool) (uint64, error) {
 	if len(name) > maxNameLen {
 		return 0, fmt.Errorf("the name is %d bytes long; names have at most %d", len(name), maxNameLen)
 	}
@@ -423,8 +441,8 @@ func (r *Region) allocNamed(ctx context.Context, name string, size, align uint64
 	sum := hf.Sum64()
 	var slot uint64
 	found := false
-	for i := uint64(0); i < g.slots; i++ {
-		s := g.names + ((sum+i)&(g.slots-1))*slotBytes
+	for i := uint64(0); i < g.Slots; i++ {
+		s := g.Names + ((sum+i)&(g.Slots-1))*slotBytes
 		if *r.word(s + sfState) == 0 {
 			slot, found = s, true
 			break
@@ -436,20 +454,31 @@ func (r *Region) allocNamed(ctx context.Context, name string, size, align uint64
 				if sz != size || al != align {
 					return 0, fmt.Errorf("asked for %d bytes aligned to %d, but the cluster has it as %d bytes aligned to %d at offset %d (the first node to allocate a name fixes it)", size, align, sz, al, off)
 				}
+				if st := *r.word(s + sfState); st != modeState(rc) {
+					return 0, fmt.Errorf("asked for it %s, but the cluster has it %s at offset %d (the first node to allocate a name fixes it)", modeName(modeState(rc)), modeName(st), off)
+				}
 				return off, nil
 			}
 		}
 	}
 	if !found {
-		return 0, fmt.Errorf("the name table is full (%d names)", g.slots)
+		return 0, fmt.Errorf("the name table is full (%d names)", g.Slots)
 	}
-	cursor, end := r.word(g.meta+hdrCursor), r.word(g.meta+hdrEnd)
+	cursor, end := r.word(g.Meta+hdrCursor), r.word(g.Meta+hdrEnd)
+	lo, hi := uint64(0), g.RCFirst
+	if rc {
+		if g.RCFirst == g.Chunks {
+			return 0, errors.New("the cluster keeps no release-consistent area; start it with one (dsmnode run --rc-size BYTES, dsmnode serve --rc-size BYTES, rc_size in the config)")
+		}
+		cursor, end = r.word(g.Meta+hdrRCCursor), r.word(g.Meta+hdrRCEnd)
+		lo, hi = g.RCFirst, g.Chunks
+	}
 	off := roundUp(*cursor, align)
 	if *end == 0 || off+size > *end {
 		k := (size + chunkSize - 1) / chunkSize
-		first, ok := r.claimRun(g, k, 0, chunkNamed, func(uint64) uint64 { return chunkNamed })
+		first, ok := r.claimRun(g, lo, hi, k, lo, chunkNamed, func(uint64) uint64 { return chunkNamed })
 		if !ok {
-			return 0, r.fullError(g, size)
+			return 0, r.fullError(g, size, rc)
 		}
 		off = first * chunkSize
 		*end = off + k*chunkSize
@@ -461,6 +490,23 @@ func (r *Region) allocNamed(ctx context.Context, name string, size, align uint64
 	*r.word(slot + sfAlign) = align
 	*r.word(slot + sfNameLen) = uint64(len(name))
 	copy(r.mem[slot+sfName:], name)
-	atomic.StoreUint64(r.word(slot+sfState), 1)
+	atomic.StoreUint64(r.word(slot+sfState), modeState(rc))
 	return off, nil
+}
+
+func roundUp(n, to uint64) uint64 { return (n + to - 1) / to * to }
+
+// The states of a used name slot: the allocation's consistency.
+func modeState(rc bool) uint64 {
+	if rc {
+		return 2
+	}
+	return 1
+}
+
+func modeName(st uint64) string {
+	if st == 2 {
+		return "release-consistent"
+	}
+	return "sequentially consistent"
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dsmrt/dsm/internal/ctl"
+	"github.com/dsmrt/dsm/internal/heaplayout"
 )
 
 // fakeRegion is a Region over ordinary memory, for the allocator's own
@@ -41,14 +42,14 @@ func TestHeapGeometry(t *testing.T) {
 		{1 << 30, 16384 - 35, 1<<30 - 35*64<<10},
 	}
 	for _, tc := range cases {
-		g, err := newHeapGeo(tc.size, 4096)
+		g, err := heaplayout.New(tc.size, 4096, 0)
 		require.NoError(t, err)
-		require.Equal(t, tc.nchunks, g.nchunks, "size %d", tc.size)
-		require.Equal(t, tc.meta, g.meta, "size %d", tc.size)
-		require.LessOrEqual(t, g.nchunks*chunkSize, g.meta, "chunks overlap the metadata")
-		require.LessOrEqual(t, g.table+8*g.nchunks, tc.size, "the chunk table fits")
+		require.Equal(t, tc.nchunks, g.Chunks, "size %d", tc.size)
+		require.Equal(t, tc.meta, g.Meta, "size %d", tc.size)
+		require.LessOrEqual(t, g.Chunks*chunkSize, g.Meta, "chunks overlap the metadata")
+		require.LessOrEqual(t, g.Table+8*g.Chunks, tc.size, "the chunk table fits")
 	}
-	_, err := newHeapGeo(64<<10, 4096)
+	_, err := heaplayout.New(64<<10, 4096, 0)
 	require.ErrorContains(t, err, "too small")
 }
 
@@ -62,7 +63,7 @@ func TestHeapAllocFree(t *testing.T) {
 	seen := map[uint64]bool{}
 	for _, sz := range []uint64{1, 8, 24, 100, 4096, 5000, 16384, 16385, 200 << 10} {
 		for _, al := range []uint64{1, 8, 64, 4096, 65536} {
-			off, err := r.heapAlloc(sz, al)
+			off, err := r.heapAlloc(sz, al, false)
 			require.NoError(t, err, "size %d align %d", sz, al)
 			require.Zero(t, off%al, "size %d align %d at %d", sz, al, off)
 			require.False(t, seen[off])
@@ -73,7 +74,7 @@ func TestHeapAllocFree(t *testing.T) {
 	// No two objects overlap, and none overlaps the allocator's metadata.
 	g := r.hp.geo
 	for i, a := range objs {
-		require.LessOrEqual(t, a.off+a.size, g.nchunks*chunkSize)
+		require.LessOrEqual(t, a.off+a.size, g.Chunks*chunkSize)
 		for _, b := range objs[i+1:] {
 			require.True(t, a.off+a.size <= b.off || b.off+b.size <= a.off, "%+v overlaps %+v", a, b)
 		}
@@ -91,16 +92,16 @@ func TestHeapAllocFree(t *testing.T) {
 			require.Zero(t, r.mem[o.off+i])
 		}
 	}
-	again, err := r.heapAlloc(24, 8)
+	again, err := r.heapAlloc(24, 8, false)
 	require.NoError(t, err)
 	require.True(t, seen[again], "freed memory is reused")
 }
 
 func TestHeapFreeErrors(t *testing.T) {
 	r := fakeRegion(t, 16<<20, 0, 1)
-	small, err := r.heapAlloc(24, 8)
+	small, err := r.heapAlloc(24, 8, false)
 	require.NoError(t, err)
-	large, err := r.heapAlloc(100<<10, 8)
+	large, err := r.heapAlloc(100<<10, 8, false)
 	require.NoError(t, err)
 	g := r.hp.geo
 	cases := []struct {
@@ -112,8 +113,8 @@ func TestHeapFreeErrors(t *testing.T) {
 		{"inside a large object", large + 8, "not at its start"},
 		{"in a large object's second chunk", large + chunkSize, "not at its start"},
 		{"a slot never allocated", small + 32, "not allocated"},
-		{"a chunk never claimed", (g.nchunks - 1) * chunkSize, "not allocated"},
-		{"the metadata", g.meta, "not in the heap"},
+		{"a chunk never claimed", (g.Chunks - 1) * chunkSize, "not allocated"},
+		{"the metadata", g.Meta, "not in the heap"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -133,10 +134,10 @@ func TestHeapTwoNodes(t *testing.T) {
 	r1 := share(r0, 1)
 	var a0, a1 []uint64
 	for range 5000 {
-		o, err := r0.heapAlloc(32, 8)
+		o, err := r0.heapAlloc(32, 8, false)
 		require.NoError(t, err)
 		a0 = append(a0, o)
-		o, err = r1.heapAlloc(32, 8)
+		o, err = r1.heapAlloc(32, 8, false)
 		require.NoError(t, err)
 		a1 = append(a1, o)
 	}
@@ -151,7 +152,7 @@ func TestHeapTwoNodes(t *testing.T) {
 	c0, c1 := chunks(a0), chunks(a1)
 	for c := range c0 {
 		require.False(t, c1[c], "chunk %d is in both nodes' arenas", c)
-		v := *r0.word(g.table + 8*c)
+		v := *r0.word(g.Table + 8*c)
 		require.EqualValues(t, 0, v>>16&0xffff, "owner of chunk %d", c)
 	}
 	for _, o := range a0 {
@@ -163,7 +164,7 @@ func TestHeapTwoNodes(t *testing.T) {
 	// A third program on node 0 finds node 0's chunks (now empty) and
 	// uses them before claiming any.
 	r0b := share(r0, 0)
-	o, err := r0b.heapAlloc(32, 8)
+	o, err := r0b.heapAlloc(32, 8, false)
 	require.NoError(t, err)
 	require.True(t, c0[o/chunkSize], "a later program reuses its node's arena")
 }
@@ -182,7 +183,7 @@ func TestHeapConcurrent(t *testing.T) {
 			r := regions[g%len(regions)]
 			var mine []uint64
 			for i := range 3000 {
-				off, err := r.heapAlloc(uint64(8+i%200), 8)
+				off, err := r.heapAlloc(uint64(8+i%200), 8, false)
 				if err != nil {
 					errs <- err
 					return
@@ -219,12 +220,12 @@ func TestHeapConcurrent(t *testing.T) {
 
 func TestHeapFull(t *testing.T) {
 	r := fakeRegion(t, 1<<20, 0, 1)
-	_, err := r.heapAlloc(2<<20, 8)
+	_, err := r.heapAlloc(2<<20, 8, false)
 	require.ErrorIs(t, err, ErrFull)
 	require.ErrorContains(t, err, "2097152 bytes asked")
 	require.ErrorContains(t, err, "-size")
 	for {
-		if _, err = r.heapAlloc(4096, 4096); err != nil {
+		if _, err = r.heapAlloc(4096, 4096, false); err != nil {
 			break
 		}
 	}
@@ -251,7 +252,7 @@ func TestClassFor(t *testing.T) {
 func BenchmarkHeapAllocFree(b *testing.B) {
 	r := fakeRegion(b, 64<<20, 0, 1)
 	for b.Loop() {
-		off, err := r.heapAlloc(48, 8)
+		off, err := r.heapAlloc(48, 8, false)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -19,11 +19,15 @@ type Geometry struct {
 	PageSize   uint32 // bytes per page, a power of two
 	RegionSize uint64 // bytes in the region, a multiple of PageSize
 	Base       uint64 // virtual address of the region on every node, page aligned
+	// RCSize is the bytes of the region kept for release-consistent
+	// allocations: a page there follows the protocol of package
+	// coherence/rc on every node, or on none.
+	RCSize uint64
 }
 
 // String formats g for error messages.
 func (g Geometry) String() string {
-	return fmt.Sprintf("{Nodes:%d PageSize:%d RegionSize:%d Base:%#x}", g.Nodes, g.PageSize, g.RegionSize, g.Base)
+	return fmt.Sprintf("{Nodes:%d PageSize:%d RegionSize:%d Base:%#x RCSize:%d}", g.Nodes, g.PageSize, g.RegionSize, g.Base, g.RCSize)
 }
 
 // Validate reports whether g is self-consistent.
@@ -37,6 +41,8 @@ func (g Geometry) Validate() error {
 		return fmt.Errorf("net: geometry %v: RegionSize must be a multiple of PageSize", g)
 	case g.Base%uint64(g.PageSize) != 0:
 		return fmt.Errorf("net: geometry %v: Base must be aligned to PageSize", g)
+	case g.RCSize > g.RegionSize || g.RCSize%uint64(g.PageSize) != 0:
+		return fmt.Errorf("net: geometry %v: RCSize must be a multiple of PageSize within the region", g)
 	}
 	return nil
 }

@@ -8,7 +8,7 @@ import (
 // ProtocolVersion is the version byte of every datagram and frame this
 // package sends. A receiver rejects other versions. Version 2 added the
 // ephemeral key to the hello and changed how session keys are derived.
-const ProtocolVersion = 2
+const ProtocolVersion = 3
 
 // Datagram header: version | kind | from | to | nonce[12].
 const (
@@ -169,7 +169,7 @@ type hello struct {
 }
 
 const (
-	helloLen       = 2 + 4 + 8 + 8 + 16 + 32 + 16 + 1
+	helloLen       = 2 + 4 + 8 + 8 + 8 + 16 + 32 + 16 + 1
 	helloEchoValid = 1 << 0 // echo holds the receiver's nonce
 	// helloUp: the sender is up in the session of nonce and echo.
 	helloUp = 1 << 1
@@ -183,6 +183,7 @@ func (m *hello) append(dst []byte) []byte {
 	dst = binary.BigEndian.AppendUint32(dst, m.geometry.PageSize)
 	dst = binary.BigEndian.AppendUint64(dst, m.geometry.RegionSize)
 	dst = binary.BigEndian.AppendUint64(dst, m.geometry.Base)
+	dst = binary.BigEndian.AppendUint64(dst, m.geometry.RCSize)
 	dst = append(dst, m.nonce[:]...)
 	dst = append(dst, m.pub[:]...)
 	dst = append(dst, m.echo[:]...)
@@ -198,10 +199,11 @@ func decodeHello(b []byte) (hello, error) {
 	m.geometry.PageSize = binary.BigEndian.Uint32(b[2:])
 	m.geometry.RegionSize = binary.BigEndian.Uint64(b[6:])
 	m.geometry.Base = binary.BigEndian.Uint64(b[14:])
-	copy(m.nonce[:], b[22:38])
-	copy(m.pub[:], b[38:70])
-	copy(m.echo[:], b[70:86])
-	m.flags = b[86]
+	m.geometry.RCSize = binary.BigEndian.Uint64(b[22:])
+	copy(m.nonce[:], b[30:46])
+	copy(m.pub[:], b[46:78])
+	copy(m.echo[:], b[78:94])
+	m.flags = b[94]
 	if m.flags&^(helloEchoValid|helloUp|helloLive) != 0 {
 		return m, fmt.Errorf("%w: hello has unknown flags %#x", ErrMalformed, m.flags)
 	}

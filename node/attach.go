@@ -205,7 +205,7 @@ func (n *Node) serveProgram(ctx context.Context, c *net.UnixConn, req ctl.Reques
 		reply(c, req.ID, nil, fmt.Errorf("node %d cannot reach its cluster: %w", n.cfg.ID, err))
 		return
 	}
-	geo := &ctl.Geometry{Node: n.cfg.ID, Nodes: n.cfg.Nodes, Base: n.cfg.Base, Size: n.cfg.Size, PageSize: n.ps}
+	geo := &ctl.Geometry{Node: n.cfg.ID, Nodes: n.cfg.Nodes, Base: n.cfg.Base, Size: n.cfg.Size, PageSize: n.ps, RCSize: n.cfg.RCSize}
 	if err := ctl.Write(c, ctl.Reply{ID: req.ID, Geometry: geo}, n.memfd); err != nil {
 		n.log.Warn("attach: send memfd", "err", err)
 		return
@@ -300,6 +300,8 @@ func (n *Node) serveRequests(ctx context.Context, c *net.UnixConn, p *prog, buf 
 			n.lockRequest(ctx, c, p, r)
 		case ctl.OpBinary:
 			n.lockBinary(ctx, c, p, r.Bin)
+		case ctl.OpRelease, ctl.OpAcquire:
+			reply(c, r.ID, nil, n.rcRequest(ctx, r.Op == ctl.OpAcquire))
 		case ctl.OpStatus:
 			var st Status
 			err := n.do(ctx, func() { st = n.status() })

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dsmrt/dsm/coherence"
+	"github.com/dsmrt/dsm/coherence/rc"
 	"github.com/dsmrt/dsm/dht"
 	"github.com/dsmrt/dsm/internal/ctl"
 	"github.com/dsmrt/dsm/lockmgr"
@@ -163,23 +164,59 @@ func (n *Node) serveLock(ctx context.Context, c *net.UnixConn, p *prog, a ctl.Lo
 		wait := func() {
 			n.locks.pending[lockKey{client, a.Req}] = pendingLock{conn: c, id: a.ID, bin: bin, at: time.Now()}
 		}
+		// With a release-consistent area, a request waits for the
+		// releases queued before it (rcAfter).
+		after := func(fn func()) { fn() }
+		if n.rcs != nil {
+			after = n.rcAfter
+		}
 		switch a.Op {
 		case ctl.LockOpLock:
 			wait()
-			e.Lock(a.Text, lockmgr.Exclusive, client, a.Req)
+			name, req := a.Text, a.Req
+			after(func() { e.Lock(name, lockmgr.Exclusive, client, req) })
 		case ctl.LockOpLockCached:
 			wait()
-			e.LockCached(a.Text, client, a.Req)
+			name, req := a.Text, a.Req
+			after(func() { e.LockCached(name, client, req) })
 		case ctl.LockOpRLock:
 			wait()
-			e.Lock(a.Text, lockmgr.SharedMode, client, a.Req)
+			name, req := a.Text, a.Req
+			after(func() { e.Lock(name, lockmgr.SharedMode, client, req) })
 		case ctl.LockOpCampaign:
 			wait()
 			e.Campaign(a.Text, client, a.Req)
 		case ctl.LockOpBarrier:
 			wait()
+			if n.rcs != nil {
+				// The arrival waits until this node's
+				// release-consistent writes are at their homes, and
+				// carries the clock that says so.
+				name, count, req := a.Text, int(a.Count), a.Req
+				n.rcSync(false, false, rc.Payload{}, func(pl *rc.Payload) {
+					e.BarrierWithPayload(name, count, client, req, pl.MarshalPayload())
+				})
+				break
+			}
 			e.Barrier(a.Text, int(a.Count), client, a.Req)
 		case ctl.LockOpUnlock:
+			if n.rcs != nil {
+				// The lock leaves this program: first its
+				// release-consistent writes go home, then the lock
+				// goes, carrying the clock the next holder acquires.
+				// The program does not wait for it (an Unlock that
+				// gives a cached lock back never did); an error is
+				// logged.
+				name, last := a.Text, a.Token
+				now = &ctl.LockMsg{}
+				n.rcSync(false, false, rc.Payload{}, func(pl *rc.Payload) {
+					if err := e.UnlockWithPayload(name, client, last, pl.MarshalPayload()); err != nil {
+						n.log.Warn("unlock after the release-consistent release", "lock", name, "err", err)
+					}
+					n.dropGrant(name, client)
+				})
+				break
+			}
 			now, nowErr = &ctl.LockMsg{}, e.UnlockCached(a.Text, client, a.Token)
 			n.dropGrant(a.Text, client)
 		case ctl.LockOpResign:
@@ -296,6 +333,14 @@ func (n *Node) flushLocks() bool {
 			rep := ctl.LockMsg{Token: ev.Token, Limit: ev.Limit, Gen: ev.Generation}
 			if ev.Recall {
 				rep.Flags = ctl.LockRecall
+			}
+			if n.rcs != nil && err == nil && (ev.Kind == lockmgr.BarrierDone || ev.Space == lockmgr.SpaceLock) {
+				// The program goes on once this node has acquired
+				// what the releases before the grant (or the other
+				// arrivals) wrote.
+				p, all := n.acquirePayload(ev)
+				n.rcSync(true, all, p, func(*rc.Payload) { lockAnswer(pl.conn, pl.bin, pl.id, rep, nil) })
+				continue
 			}
 			lockAnswer(pl.conn, pl.bin, pl.id, rep, err)
 		case lockmgr.Recalled, lockmgr.Lost:

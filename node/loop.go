@@ -173,6 +173,9 @@ func (n *Node) runLoop(ctx context.Context) error {
 		if !now.Before(nextTick) {
 			n.forgetHolds(now)
 			n.eng.Tick()
+			if n.rcs != nil {
+				n.rcs.eng.Tick()
+			}
 			n.tickLocks(now)
 			if now.Sub(n.lastStuckCheck) >= time.Second {
 				n.lastStuckCheck = now

@@ -33,6 +33,7 @@ import (
 	"github.com/dsmrt/dsm/analyzer"
 	"github.com/dsmrt/dsm/coherence"
 	"github.com/dsmrt/dsm/dht"
+	"github.com/dsmrt/dsm/internal/heaplayout"
 	dsmnet "github.com/dsmrt/dsm/net"
 	"github.com/dsmrt/dsm/uffd"
 )
@@ -57,11 +58,16 @@ type Config struct {
 	// SocketGroup, when set (a group name or number), lets that group's
 	// members use the socket too: it is created 0660 and owned by the
 	// group. Otherwise it is 0600: only the daemon's user (and root).
-	SocketGroup string   `json:"socket_group,omitempty"`
-	Base        uint64   `json:"base"` // region base address (same on every node)
-	Size        uint64   `json:"size"` // region size in bytes
-	PageSize    int      `json:"page_size"`
-	Tick        Duration `json:"tick"` // coherence engine tick (retries)
+	SocketGroup string `json:"socket_group,omitempty"`
+	Base        uint64 `json:"base"` // region base address (same on every node)
+	Size        uint64 `json:"size"` // region size in bytes
+	PageSize    int    `json:"page_size"`
+	// RCSize is the bytes of the region kept for release-consistent
+	// allocations (dsm.ReleaseConsistent), a multiple of 64 KiB, the same
+	// on every node; 0 keeps none. The area lies below the allocator's
+	// metadata at the region's end (package heaplayout).
+	RCSize uint64   `json:"rc_size,omitempty"`
+	Tick   Duration `json:"tick"` // coherence engine tick (retries)
 
 	// FaultTimeout is how long a fault may wait while a peer is down
 	// before the program that faulted is told to stop (it cannot go on
@@ -146,6 +152,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Size%uint64(c.PageSize) != 0 || c.Base%uint64(c.PageSize) != 0 {
 		return fmt.Errorf("region base 0x%x and size %d must be multiples of the page size %d", c.Base, c.Size, c.PageSize)
+	}
+	if c.RCSize > 0 {
+		if _, err := heaplayout.New(c.Size, uint64(c.PageSize), c.RCSize); err != nil {
+			return fmt.Errorf("rc_size %d: %w", c.RCSize, err)
+		}
 	}
 	if c.Size/uint64(c.PageSize) > 1<<31 {
 		return fmt.Errorf("region of %d bytes has too many pages", c.Size)
@@ -240,6 +251,7 @@ type Node struct {
 	buf            []byte // one page, scratch
 	locks          lockState
 	metrics        *metricsServer // nil unless Config.Metrics is set
+	rcs            *rcState       // nil unless Config.RCSize is set
 
 	wg sync.WaitGroup
 }
@@ -296,6 +308,9 @@ func New(cfg Config) (*Node, error) {
 	if err := n.initLocks(cfg.FreshLocks); err != nil {
 		return nil, err
 	}
+	if err := n.initRC(); err != nil {
+		return nil, err
+	}
 	fd, err := uffd.Memfd(fmt.Sprintf("dsm-node-%d", cfg.ID), int64(cfg.Size))
 	if err != nil {
 		return nil, fmt.Errorf("create the region's memfd (%d bytes): %w", cfg.Size, err)
@@ -336,7 +351,7 @@ func New(cfg Config) (*Node, error) {
 		Key:   []byte(cfg.Key),
 		Geometry: dsmnet.Geometry{
 			Nodes: uint16(cfg.Nodes), PageSize: uint32(cfg.PageSize),
-			RegionSize: cfg.Size, Base: cfg.Base,
+			RegionSize: cfg.Size, Base: cfg.Base, RCSize: cfg.RCSize,
 		},
 		Handler:  n.onMessage,
 		OnPeer:   n.onPeer,
@@ -574,6 +589,10 @@ func (n *Node) onFault(pr *prog, p coherence.PageID, write, wp bool, at time.Tim
 	if pr.gone {
 		return
 	}
+	if n.isRC(p) {
+		n.rcFault(pr, p, write, wp, waiter{p: pr, wp: wp, at: at})
+		return
+	}
 	n.waiting[p] = append(n.waiting[p], waiter{p: pr, wp: wp, at: at})
 	n.traceFault(p, at)
 	a := coherence.Read
@@ -594,6 +613,7 @@ const (
 	protoCoherence   = 1
 	protoLock        = 2
 	protoIncarnation = 3 // a node's incarnation, sent to each peer when it comes up
+	// protoRC = 4: the release-consistent protocol (rc.go)
 )
 
 func (n *Node) onPeerMessage(from uint16, b []byte) {
@@ -623,6 +643,8 @@ func (n *Node) onPeerMessage(from uint16, b []byte) {
 		n.onLockMessage(from, b[1:])
 	case protoIncarnation:
 		n.onIncarnation(from, b[1:])
+	case protoRC:
+		n.onRCMessage(from, b[1:])
 	default:
 		n.log.Warn("message of unknown protocol dropped", "peer", from, "proto", b[0])
 	}
@@ -642,6 +664,9 @@ func (n *Node) flush() {
 			continue
 		}
 		if n.flushLocks() {
+			continue
+		}
+		if n.flushRC() {
 			continue
 		}
 		return

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/dsmrt/dsm/coherence"
+	"github.com/dsmrt/dsm/coherence/rc"
 	dsmnet "github.com/dsmrt/dsm/net"
 )
 
@@ -90,6 +91,20 @@ type Status struct {
 	Engine     coherence.Stats     `json:"engine"`
 	Peers      []dsmnet.PeerStatus `json:"peers"`
 	Locks      []LockInfo          `json:"locks,omitempty"`
+	// RC is the release-consistent area's activity, when the cluster
+	// keeps one.
+	RC *RCStatus `json:"rc,omitempty"`
+}
+
+// RCStatus is what the release-consistent engine did on this node.
+type RCStatus struct {
+	Pages      uint64   `json:"pages"`    // pages in the area
+	Written    int      `json:"written"`  // pages written since the last release or acquire
+	Releases   uint64   `json:"releases"` // releases and acquires the engine ran
+	Acquires   uint64   `json:"acquires"`
+	Queued     int      `json:"queued"` // operations waiting for the engine
+	Engine     rc.Stats `json:"engine"`
+	RacesFound int      `json:"races_found"` // data races this node, as a home, found
 }
 
 func (n *Node) status() Status {
@@ -112,6 +127,10 @@ func (n *Node) status() Status {
 		Engine:    n.eng.Stats(),
 		Peers:     n.tr.Peers(),
 		Locks:     n.lockInfo(),
+	}
+	if rs := n.rcs; rs != nil {
+		st.RC = &RCStatus{Pages: uint64(rs.hi - rs.lo), Written: len(rs.dirty), Releases: rs.releases, Acquires: rs.acquires,
+			Queued: len(rs.queue), Engine: rs.eng.Stats(), RacesFound: rs.races}
 	}
 	for i, s := range n.phys {
 		switch s {

@@ -31,6 +31,7 @@ type daemonFlags struct {
 	compress           bool
 	fecData, fecParity int
 	loss               float64
+	rcSize             uint64
 }
 
 // nodeDefaults returns the defaults a node fills in, so that the flags show
@@ -57,6 +58,7 @@ func (d *daemonFlags) register(fs *flag.FlagSet, compress bool) {
 	fs.IntVar(&d.fecData, "fec-data", 0, fmt.Sprintf("forward error correction: datagrams per group, 1 to %d, with --fec-parity (0: off)", maxFECData))
 	fs.IntVar(&d.fecParity, "fec-parity", 0, fmt.Sprintf("forward error correction: parity datagrams per group, 1 to %d, with --fec-data (0: off)", maxFECParity))
 	fs.Float64Var(&d.loss, "loss", 0, "drop this fraction of the datagrams sent, from 0 up to 1: injected packet loss, for tests")
+	fs.Uint64Var(&d.rcSize, "rc-size", 0, "bytes of the region kept for release-consistent allocations (dsm.ReleaseConsistent), a multiple of 65536, the same on every node (0: none)")
 }
 
 // check refuses values the daemon would refuse or misread, naming the
@@ -84,6 +86,9 @@ func (d *daemonFlags) check(set map[string]bool) error {
 		case d.fecData < 0 || d.fecData > maxFECData || d.fecParity < 0 || d.fecParity > maxFECParity:
 			bad("--fec-data %d and --fec-parity %d: give 1 to %d data and 1 to %d parity datagrams", d.fecData, d.fecParity, maxFECData, maxFECParity)
 		}
+	}
+	if given("rc-size") && d.rcSize%(64<<10) != 0 {
+		bad("--rc-size %d: give a multiple of 65536 (64 KiB), such as 16777216", d.rcSize)
 	}
 	if given("loss") && !(d.loss >= 0 && d.loss < 1) {
 		bad("--loss %v: give a fraction from 0 up to, not including, 1, such as 0.05", d.loss)
@@ -137,6 +142,9 @@ func (d *daemonFlags) apply(cfg *node.Config, set map[string]bool) {
 	}
 	if given("loss") {
 		cfg.Loss = d.loss
+	}
+	if given("rc-size") {
+		cfg.RCSize = d.rcSize
 	}
 }
 

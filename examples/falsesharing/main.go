@@ -4,7 +4,11 @@
 // Flags: -nodes, -iters, -json (one JSON object with the figures and the
 // findings), -out DIR (the analyzer's pictures), -hold=false (no pipelined
 // hand-off, to compare), -yield=false (workers never yield the CPU; on a
-// machine with fewer cores than nodes x 2 the scheduler then sets the pace).
+// machine with fewer cores than nodes x 2 the scheduler then sets the pace),
+// -mode sc|rc|both: the packed layout under sequential consistency (sc,
+// beside padded), under release consistency (rc: the counters allocated
+// with dsm.ReleaseConsistent, so that both nodes write the page at once),
+// or both beside padded (the default).
 //
 // It starts its own local cluster (2 nodes by default); each node increments
 // its own counter. It runs the same program with two layouts: the counters
@@ -69,11 +73,15 @@ type Layout struct {
 
 // Result is what -json prints.
 type Result struct {
-	Packed   Layout             `json:"packed"`
-	Padded   Layout             `json:"padded"`
-	Slowdown float64            `json:"slowdown"`
-	Findings []analyzer.Finding `json:"findings"`
-	Plots    []string           `json:"plots,omitempty"`
+	Packed   Layout  `json:"packed"`
+	Padded   Layout  `json:"padded"`
+	Slowdown float64 `json:"slowdown"`
+	// PackedRC is the packed layout in release-consistent memory, and
+	// SlowdownRC its time per increment over the padded layout's.
+	PackedRC   *Layout            `json:"packed_rc,omitempty"`
+	SlowdownRC float64            `json:"slowdown_rc,omitempty"`
+	Findings   []analyzer.Finding `json:"findings"`
+	Plots      []string           `json:"plots,omitempty"`
 }
 
 func main() {
@@ -91,7 +99,12 @@ func main() {
 	out := flag.String("out", "", "directory for the analyzer's pictures (heat map, migrations per variable)")
 	hold := flag.Bool("hold", true, "pipelined hand-off with a minimum hold (false: one transaction per page at a time, to compare)")
 	yield := flag.Bool("yield", true, "workers yield the CPU every 64 increments (the local cluster's nodes share this machine's cores)")
+	mode := flag.String("mode", "both", "sc: packed and padded under sequential consistency; rc: packed under release consistency; both: all three")
 	flag.Parse()
+	layouts := map[string][]string{"sc": {"packed", "padded"}, "rc": {"packed-rc"}, "both": {"packed", "packed-rc", "padded"}}[*mode]
+	if layouts == nil {
+		fatal(fmt.Errorf("-mode %q: give sc, rc or both", *mode))
+	}
 	if *nodes < 2 || *nodes > 26 {
 		fatal(errors.New("-nodes must be 2..26 (false sharing needs two writers; counters are named counter_A..counter_Z)"))
 	}
@@ -102,18 +115,29 @@ func main() {
 	defer stop()
 	var res Result
 	var report cluster.Report
-	for _, name := range []string{"packed", "padded"} {
+	for _, name := range layouts {
 		l, rep, err := runLayout(ctx, name, *nodes, *iters, *out, *hold, *yield, !*asJSON)
 		if err != nil {
 			fatal(fmt.Errorf("%s layout: %w", name, err))
 		}
-		if name == "packed" {
+		switch name {
+		case "packed":
 			res.Packed, report = l, rep
-		} else {
+		case "packed-rc":
+			res.PackedRC = &l
+			if *mode == "rc" {
+				report = rep
+			}
+		default:
 			res.Padded = l
 		}
 	}
-	res.Slowdown = res.Packed.NsPerIncrement / res.Padded.NsPerIncrement
+	if res.Padded.NsPerIncrement > 0 {
+		res.Slowdown = res.Packed.NsPerIncrement / res.Padded.NsPerIncrement
+		if res.PackedRC != nil {
+			res.SlowdownRC = res.PackedRC.NsPerIncrement / res.Padded.NsPerIncrement
+		}
+	}
 	res.Findings = report.Findings
 	res.Plots = report.Plots
 	if *asJSON {
@@ -122,18 +146,35 @@ func main() {
 		enc.Encode(res)
 		return
 	}
-	for _, l := range []Layout{res.Packed, res.Padded} {
-		fmt.Printf("%-7s %d nodes x %d increments: %.0f increments/s, %.1f ns per increment, %d page migrations (%.4f per increment), %d bytes moved; faults: %d, p50 %v, p99 %v, %v waiting in all\n",
+	for _, l := range []Layout{res.Packed, deref(res.PackedRC), res.Padded} {
+		if l.Name == "" {
+			continue
+		}
+		fmt.Printf("%-9s %d nodes x %d increments: %.0f increments/s, %.1f ns per increment, %d page migrations (%.4f per increment), %d bytes moved; faults: %d, p50 %v, p99 %v, %v waiting in all\n",
 			l.Name, l.Nodes, l.ItersPerNode, l.IncrementsPerSec, l.NsPerIncrement, l.Migrations, l.MigrationsPerInc, l.BytesMoved, l.Faults, l.FaultP50, l.FaultP99, l.FaultTime.Round(time.Millisecond))
 	}
-	p := res.Packed
-	fmt.Printf("packed fault path on node 0 (p50): %v to send the request, %v until the page came (network, home, owner and its hold), %v to install it and wake the thread\n",
-		p.StageSend, p.StageRemote, p.StageInstall)
-	fmt.Printf("slowdown of the packed layout: %.1fx\n\n", res.Slowdown)
+	if p := res.Packed; p.Name != "" {
+		fmt.Printf("packed fault path on node 0 (p50): %v to send the request, %v until the page came (network, home, owner and its hold), %v to install it and wake the thread\n",
+			p.StageSend, p.StageRemote, p.StageInstall)
+	}
+	if res.Slowdown > 0 {
+		fmt.Printf("slowdown of the packed layout: %.1fx\n", res.Slowdown)
+	}
+	if res.SlowdownRC > 0 {
+		fmt.Printf("slowdown of the packed layout under release consistency: %.2fx\n", res.SlowdownRC)
+	}
+	fmt.Println()
 	fmt.Print(report.Text())
 	for _, p := range report.Plots {
 		fmt.Println("wrote", p)
 	}
+}
+
+func deref(l *Layout) Layout {
+	if l == nil {
+		return Layout{}
+	}
+	return *l
 }
 
 func fatal(err error) {
@@ -145,7 +186,10 @@ func fatal(err error) {
 // node 0's analyzer report.
 func runLayout(ctx context.Context, name string, nodes, iters int, out string, hold, yield, progress bool) (Layout, cluster.Report, error) {
 	l := Layout{Name: name, Nodes: nodes, ItersPerNode: iters}
-	c, err := cluster.Start(ctx, cluster.Options{Nodes: nodes, Size: 16 << 20, Tune: func(c *node.Config) { c.NoHold = !hold }})
+	c, err := cluster.Start(ctx, cluster.Options{Nodes: nodes, Size: 16 << 20, Tune: func(c *node.Config) {
+		c.NoHold = !hold
+		c.RCSize = 1 << 20 // the release-consistent layout's counters live there
+	}})
 	if err != nil {
 		return l, cluster.Report{}, err
 	}
@@ -191,6 +235,8 @@ func runLayout(ctx context.Context, name string, nodes, iters int, out string, h
 		return l, cluster.Report{}, fmt.Errorf("%w\n%s", err, strings.Join(lines, "\n"))
 	}
 	outMu.Lock()
+	var sum uint64
+	var totals []uint64
 	for _, line := range lines {
 		_, js, ok := strings.Cut(line, "RESULT ")
 		if !ok {
@@ -202,8 +248,15 @@ func runLayout(ctx context.Context, name string, nodes, iters int, out string, h
 			return l, cluster.Report{}, fmt.Errorf("bad worker result %q: %w", line, err)
 		}
 		l.Seconds = max(l.Seconds, w.Seconds)
+		sum += w.Value
+		totals = append(totals, w.Total)
 	}
 	outMu.Unlock()
+	for _, t := range totals {
+		if t != sum {
+			return l, cluster.Report{}, fmt.Errorf("a node read %d increments in all at the end, the nodes made %d: %v", t, sum, totals)
+		}
+	}
 	if l.Seconds == 0 {
 		return l, cluster.Report{}, fmt.Errorf("workers printed no result:\n%s", strings.Join(lines, "\n"))
 	}
@@ -227,7 +280,7 @@ func runLayout(ctx context.Context, name string, nodes, iters int, out string, h
 		}
 	}
 	l.MigrationsPerInc = float64(l.Migrations) / total
-	if name != "packed" {
+	if name == "padded" {
 		out = ""
 	}
 	rep, err := c.Report(0, out)
@@ -259,7 +312,8 @@ func showProgress(c *cluster.Cluster, name string, stop <-chan struct{}) {
 type workerResult struct {
 	Node    int     `json:"node"`
 	Seconds float64 `json:"seconds"`
-	Value   uint64  `json:"value"`
+	Value   uint64  `json:"value"` // this node's counter
+	Total   uint64  `json:"total"` // every counter, as this node reads them at the end
 }
 
 // worker is one node's program: allocate the counters in the layout, wait
@@ -285,13 +339,19 @@ func worker(layout string) error {
 	if layout == "padded" {
 		align = ps
 	}
+	var opts []dsm.AllocOption
+	if layout == "packed-rc" {
+		// Both nodes write the counters' page at once; each node's
+		// writes reach the others at its next release.
+		opts = append(opts, dsm.ReleaseConsistent)
+	}
 	var counters []int
 	// The first counter starts a page of its own, away from the barrier.
 	if _, err := r.Alloc("pad", 8, ps); err != nil {
 		return err
 	}
 	for i := 0; i < r.Nodes(); i++ {
-		off, err := r.Alloc("counter_"+string(rune('A'+i)), 8, align)
+		off, err := r.Alloc("counter_"+string(rune('A'+i)), 8, align, opts...)
 		if err != nil {
 			return err
 		}
@@ -345,7 +405,16 @@ func worker(layout string) error {
 	if v != uint64(iters+extra) {
 		return fmt.Errorf("counter %d = %d after %d increments", r.NodeID(), v, iters+extra)
 	}
-	b, _ := json.Marshal(workerResult{Node: r.NodeID(), Seconds: secs, Value: v})
+	// Every node reads every counter after a barrier: under release
+	// consistency the barrier is what brings the others' counts here.
+	if err := r.Barrier(ctx, "fs_end", r.Nodes()); err != nil {
+		return err
+	}
+	var total uint64
+	for _, off := range counters {
+		total += atomic.LoadUint64((*uint64)(r.Ptr(off)))
+	}
+	b, _ := json.Marshal(workerResult{Node: r.NodeID(), Seconds: secs, Value: v, Total: total})
 	fmt.Printf("RESULT %s\n", b)
 	// Wait until every node has checked its counter before detaching.
 	atomic.AddUint64(bar, 1)

@@ -36,6 +36,11 @@ const (
 	OpStatus = "status" // tool -> daemon: node status
 	OpReport = "report" // tool -> daemon: false-sharing findings
 	OpLock   = "lock"   // program -> daemon: lock manager request
+	// program -> daemon: make this node's release-consistent writes
+	// visible (Region.Release), or see every release finished before
+	// (Region.Acquire)
+	OpRelease = "release"
+	OpAcquire = "acquire"
 )
 
 // Request is a message to the daemon.
@@ -70,6 +75,9 @@ type Geometry struct {
 	Base     uint64 `json:"base"`
 	Size     uint64 `json:"size"`
 	PageSize int    `json:"page_size"`
+	// RCSize is the bytes of the region, below the allocator's metadata,
+	// kept for release-consistent allocations (see package heaplayout).
+	RCSize uint64 `json:"rc_size,omitempty"`
 }
 
 // Reply is a message from the daemon.

@@ -1,0 +1,408 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dsmrt/dsm/analyzer"
+	"github.com/dsmrt/dsm/coherence"
+	"github.com/dsmrt/dsm/coherence/rc"
+	"github.com/dsmrt/dsm/internal/heaplayout"
+	"github.com/dsmrt/dsm/lockmgr"
+	"github.com/dsmrt/dsm/uffd"
+)
+
+// The release-consistent area (Config.RCSize) is served by the engine of
+// package coherence/rc instead of the directory protocol: a page there is
+// copied, not owned. The daemon's part:
+//
+//   - A missing page is fetched from its home and installed; a read gets it
+//     write-protected, a write writable.
+//   - The first write to a write-protected copy faults: the page joins the
+//     node's written set and is made writable in every program (this is
+//     write-fault tracking: one fault per page and interval).
+//   - A release (a program's Unlock giving a lock back, a barrier arrival,
+//     Region.Release) write-protects the written pages in every program
+//     before it reads them, so that no write slips between the read and the
+//     protection, and hands them to the engine, which sends the diffs home.
+//     The lock or barrier goes on when the homes have them, carrying the
+//     engine's payload.
+//   - An acquire (a grant, a barrier departure, Region.Acquire) flushes the
+//     written pages the same way, then the engine invalidates the copies
+//     the writers' notices outdate (a punched hole: the next access faults
+//     and fetches). Write-protect faults that come while an acquire runs
+//     wait for its end, since the page they would make writable may be one
+//     it invalidates.
+//
+// The engine runs one release or acquire at a time; the others queue.
+type rcState struct {
+	eng                *rc.Engine
+	lo, hi             coherence.PageID             // the area's pages
+	dirty              map[coherence.PageID]bool    // written since the last release or acquire
+	wantWrite          map[coherence.PageID]bool    // missing faults that were writes
+	deferred           []coherence.PageID           // write-protect faults held during an acquire
+	queue              []*rcOp                      // operations waiting for the engine
+	cur                *rcOp                        // the operation the engine runs
+	done               map[uint64]func(*rc.Payload) // by operation id
+	nextOp             uint64
+	races              int
+	releases, acquires uint64
+}
+
+// rcOp is a release or acquire a program's synchronisation needs.
+type rcOp struct {
+	id      uint64
+	noop    bool // no engine operation: then runs when the ones before are done
+	acquire bool
+	all     bool // AcquireAll
+	payload rc.Payload
+	then    func(*rc.Payload) // run under n.mu when the engine is done
+}
+
+// protoRC starts the transport messages of the release-consistent protocol.
+const protoRC = 4
+
+// initRC starts the release-consistent engine when the cluster keeps an
+// area for it.
+func (n *Node) initRC() error {
+	if n.cfg.RCSize == 0 {
+		return nil
+	}
+	l, err := heaplayout.New(n.cfg.Size, uint64(n.cfg.PageSize), n.cfg.RCSize)
+	if err != nil {
+		return fmt.Errorf("rc_size: %w", err)
+	}
+	lo, hi := l.RCPages()
+	eng, err := rc.New(rc.Config{ID: rc.NodeID(n.cfg.ID), Nodes: n.cfg.Nodes, PageSize: n.ps,
+		Home: func(p rc.PageID) rc.NodeID { return rc.NodeID(n.Home(coherence.PageID(p))) }})
+	if err != nil {
+		return err
+	}
+	n.rcs = &rcState{eng: eng, lo: coherence.PageID(lo), hi: coherence.PageID(hi),
+		dirty: map[coherence.PageID]bool{}, wantWrite: map[coherence.PageID]bool{}, done: map[uint64]func(*rc.Payload){}}
+	return nil
+}
+
+// isRC reports whether page p is release-consistent.
+func (n *Node) isRC(p coherence.PageID) bool {
+	return n.rcs != nil && p >= n.rcs.lo && p < n.rcs.hi
+}
+
+// rcFault serves a fault on a release-consistent page.
+func (n *Node) rcFault(pr *prog, p coherence.PageID, write, wp bool, at waiter) {
+	rs := n.rcs
+	n.waiting[p] = append(n.waiting[p], at)
+	a := coherence.Read
+	if write || wp {
+		a = coherence.Write
+	}
+	n.stats.countFault(a, wp)
+	if wp {
+		if rs.cur != nil && rs.cur.acquire {
+			rs.deferred = append(rs.deferred, p)
+			return
+		}
+		n.rcWritable(p)
+		return
+	}
+	if write {
+		rs.wantWrite[p] = true
+	}
+	if err := rs.eng.Fault(rc.PageID(p)); err != nil {
+		n.log.Error("fault refused by the release-consistent engine", "page", p, "err", err)
+	}
+}
+
+// rcWritable makes a present copy writable: the page is written in this
+// interval.
+func (n *Node) rcWritable(p coherence.PageID) {
+	if n.phys[p] == coherence.Invalid {
+		// Invalidated meanwhile: the waiting threads retry and fault
+		// again, as a missing page.
+		n.resolved(p, true)
+		return
+	}
+	n.rcs.dirty[p] = true
+	n.phys[p] = coherence.Exclusive
+	n.protectAll(p, false)
+	n.resolved(p, false)
+}
+
+// rcSync queues a release (acquire false) or an acquire for the engine;
+// then runs when it is done, with the release's payload.
+func (n *Node) rcSync(acquire, all bool, pl rc.Payload, then func(*rc.Payload)) {
+	rs := n.rcs
+	rs.nextOp++
+	rs.queue = append(rs.queue, &rcOp{id: rs.nextOp, acquire: acquire, all: all, payload: pl, then: then})
+	n.rcStart()
+}
+
+// rcAfter runs fn once the operations queued before it are done: a lock
+// request must not overtake the release of the same lock (the lock
+// manager would find the lock still held by the program).
+func (n *Node) rcAfter(fn func()) {
+	rs := n.rcs
+	if rs.cur == nil && len(rs.queue) == 0 {
+		fn()
+		return
+	}
+	rs.queue = append(rs.queue, &rcOp{noop: true, then: func(*rc.Payload) { fn() }})
+}
+
+// rcStart hands the next queued operation to the engine when it is free.
+func (n *Node) rcStart() {
+	rs := n.rcs
+	for rs.cur == nil && len(rs.queue) > 0 {
+		op := rs.queue[0]
+		rs.queue = rs.queue[1:]
+		if op.noop {
+			op.then(nil)
+			continue
+		}
+		rs.cur = op
+		if op.acquire {
+			rs.acquires++
+		} else {
+			rs.releases++
+		}
+		dirty := n.rcWritten()
+		var err error
+		switch {
+		case !op.acquire:
+			err = rs.eng.Release(op.id, dirty)
+		case op.all:
+			err = rs.eng.AcquireAll(op.id, dirty)
+		default:
+			err = rs.eng.Acquire(op.id, dirty, op.payload)
+		}
+		if err != nil {
+			// A bug: the engine refused pages the daemon says are
+			// present. Stop rather than lose writes.
+			n.fail(fmt.Errorf("release-consistent %s: %w", opWord(op), err))
+			return
+		}
+		n.flushRC()
+	}
+}
+
+func opWord(op *rcOp) string {
+	if op.acquire {
+		return "acquire"
+	}
+	return "release"
+}
+
+// rcWritten write-protects the written pages in every program, then reads
+// them: the engine diffs them against their twins.
+func (n *Node) rcWritten() []rc.PageData {
+	rs := n.rcs
+	pages := make([]coherence.PageID, 0, len(rs.dirty))
+	for p := range rs.dirty {
+		pages = append(pages, p)
+	}
+	slices.Sort(pages)
+	out := make([]rc.PageData, 0, len(pages))
+	for _, p := range pages {
+		n.protectAll(p, true)
+		n.phys[p] = coherence.Shared
+		if err := n.readPage(p); err != nil {
+			n.fail(fmt.Errorf("read written page %d: %w", p, err))
+			return nil
+		}
+		out = append(out, rc.PageData{Page: rc.PageID(p), Data: slices.Clone(n.buf)})
+	}
+	clear(rs.dirty)
+	return out
+}
+
+// flushRC applies what the release-consistent engine produced.
+func (n *Node) flushRC() bool {
+	rs := n.rcs
+	if rs == nil {
+		return false
+	}
+	rd := rs.eng.Ready()
+	if len(rd.Messages)+len(rd.Installs)+len(rd.Invalidates)+len(rd.Done)+len(rd.Races) == 0 {
+		return false
+	}
+	for i := range rd.Messages {
+		m := &rd.Messages[i]
+		n.flushBox(coherence.NodeID(m.To))
+		if err := n.tr.Send(uint16(m.To), m.Marshal([]byte{protoRC})); err != nil {
+			n.log.Debug("rc send failed", "to", m.To, "err", err)
+		}
+	}
+	for _, in := range rd.Installs {
+		n.rcInstall(coherence.PageID(in.Page), in.Data)
+	}
+	for _, p := range rd.Invalidates {
+		n.rcInvalidate(coherence.PageID(p))
+	}
+	for _, r := range rd.Races {
+		rs.races++
+		n.an.RecordRace(raceOf(r))
+	}
+	for _, d := range rd.Done {
+		op := rs.cur
+		if op == nil || op.id != d.Op {
+			n.fail(fmt.Errorf("release-consistent engine finished operation %d, not the one it runs", d.Op))
+			return true
+		}
+		rs.cur = nil
+		if op.acquire {
+			held := rs.deferred
+			rs.deferred = nil
+			for _, p := range held {
+				if len(n.waiting[p]) > 0 {
+					n.rcWritable(p)
+				}
+			}
+		}
+		op.then(d.Payload)
+	}
+	n.rcStart()
+	return true
+}
+
+func raceOf(r rc.Race) analyzer.Race {
+	w := func(x rc.Write) analyzer.RaceWrite {
+		return analyzer.RaceWrite{Node: uint16(x.Node), Interval: x.Interval, Clock: x.Clock}
+	}
+	return analyzer.Race{Page: uint32(r.Page), Off: r.Off, Len: r.Len, A: w(r.A), B: w(r.B)}
+}
+
+// rcInstall installs a copy the engine fetched.
+func (n *Node) rcInstall(p coherence.PageID, data []byte) {
+	rs := n.rcs
+	writable := rs.wantWrite[p]
+	delete(rs.wantWrite, p)
+	if n.phys[p] != coherence.Invalid {
+		n.log.Error("rc engine installs a page that is present", "page", p)
+		return
+	}
+	via := n.installVia(p)
+	if !writable {
+		for _, pr := range n.progs {
+			if pr != via && !pr.gone {
+				if err := pr.u.WriteProtect(n.pageAddr(p), uintptr(n.ps), true, false); err != nil {
+					n.progErr(pr, "write-protect", p, err)
+				}
+			}
+		}
+	}
+	installed := false
+	if via != nil {
+		err := via.u.Copy(n.pageAddr(p), data, !writable)
+		switch {
+		case err == nil:
+			installed = true
+		case errors.Is(err, uffd.ErrExist):
+			n.log.Error("page already present in the memfd at install", "page", p)
+			installed = true
+		default:
+			n.progErr(via, "UFFDIO_COPY (writing the page through the memfd instead)", p, err)
+		}
+	}
+	if !installed {
+		if _, err := unix.Pwrite(n.memfd, data, n.pageOff(p)); err != nil {
+			n.fail(fmt.Errorf("pwrite page %d: %w", p, err))
+			return
+		}
+	}
+	n.stats.installs++
+	if writable {
+		n.phys[p] = coherence.Exclusive
+		rs.dirty[p] = true
+	} else {
+		n.phys[p] = coherence.Shared
+	}
+	n.resolved(p, via == nil || !installed)
+}
+
+// rcInvalidate drops a copy the notices outdate.
+func (n *Node) rcInvalidate(p coherence.PageID) {
+	if n.rcs.dirty[p] {
+		n.fail(fmt.Errorf("release-consistent page %d invalidated with unreleased writes", p))
+		return
+	}
+	if err := uffd.PunchHole(n.memfd, n.pageOff(p), int64(n.ps)); err != nil {
+		n.log.Error("punch hole", "page", p, "err", err)
+	}
+	n.phys[p] = coherence.Invalid
+	n.stats.drops++
+	// Threads held in a write-protect fault on it retry, and fault again.
+	n.resolved(p, true)
+}
+
+// onRCMessage takes a message of the release-consistent protocol.
+func (n *Node) onRCMessage(from uint16, b []byte) {
+	if n.rcs == nil {
+		n.log.Warn("release-consistent message, but this node keeps no area for it (rc_size differs?)", "peer", from)
+		return
+	}
+	m, err := rc.UnmarshalMessage(b)
+	if err != nil {
+		n.log.Warn("malformed release-consistent message dropped", "peer", from, "err", err)
+		return
+	}
+	if int(m.From) != int(from) {
+		n.log.Warn("release-consistent message claims another sender; dropped", "peer", from, "claims", m.From)
+		return
+	}
+	if err := n.rcs.eng.Step(m); err != nil {
+		n.log.Warn("release-consistent message refused", "peer", from, "err", err)
+	}
+}
+
+// rcRequest serves a program's Region.Release (acquire false) or
+// Region.Acquire, and returns when the engine is done.
+func (n *Node) rcRequest(ctx context.Context, acquire bool) error {
+	done := make(chan struct{})
+	var refused error
+	err := n.do(ctx, func() {
+		if n.rcs == nil {
+			refused = errNoRC
+			close(done)
+			return
+		}
+		n.rcSync(acquire, acquire, rc.Payload{}, func(*rc.Payload) { close(done) })
+	})
+	if err != nil {
+		return err
+	}
+	select {
+	case <-done:
+		return refused
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// acquirePayload returns what a grant or a barrier's end hands the
+// release-consistent engine: the releasers' clock, or all (AcquireAll)
+// when the lock's home may have forgotten the latest one (it restarted) or
+// a payload does not decode (a bug; acquiring everything is always safe).
+func (n *Node) acquirePayload(ev lockmgr.Event) (p rc.Payload, all bool) {
+	raw := [][]byte{ev.Payload}
+	if ev.Kind == lockmgr.BarrierDone {
+		raw = ev.Payloads
+	}
+	var ps []rc.Payload
+	for _, b := range raw {
+		x, err := rc.UnmarshalPayload(b)
+		if err != nil {
+			n.log.Warn("release-consistent payload does not decode; acquiring every release", "lock", ev.Name, "err", err)
+			return rc.Payload{}, true
+		}
+		ps = append(ps, x)
+	}
+	return rc.Merge(ps...), ev.PayloadLost
+}
+
+// errNoRC is the answer to a release or acquire on a cluster without a
+// release-consistent area.
+var errNoRC = errors.New("the cluster keeps no release-consistent area (start it with --rc-size)")
