@@ -224,7 +224,10 @@ type pageState struct {
 	// (granted to the giver when it took the page, given up when the page
 	// left), for at most maxLockNames locks.
 	lockPeriods int
-	moves       []lockMove
+	// lockedPeriods counts those in which the giver held some lock
+	// (whichever): the writers synchronise through locks.
+	lockedPeriods int
+	moves         []lockMove
 
 	// events is a ring of the most recent transfers: once it is full and
 	// may not grow, head is the oldest and wrapped is set.
@@ -505,6 +508,9 @@ type lockMove struct {
 // Migration.Locks and Kept) and returns the bytes the page's state grew by.
 func (st *pageState) addLocks(locks, kept []string) int {
 	st.lockPeriods++
+	if len(locks) > 0 {
+		st.lockedPeriods++
+	}
 	grew := 0
 	for i, l := range locks {
 		if slices.Contains(kept, l) || slices.Index(locks, l) < i {

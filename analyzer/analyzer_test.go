@@ -922,6 +922,7 @@ func TestLockProtected(t *testing.T) {
 		decorate  func(i int, m *Migration)
 		want      Class
 		wantLocks []string
+		rcAdvice  bool // the fix offers release consistency
 	}{
 		{name: "no locks known", ops: shared, decorate: func(int, *Migration) {}, want: TrueSharing},
 		{name: "every period under one lock", ops: shared, decorate: always("acct"), want: LockProtected, wantLocks: []string{"acct"}},
@@ -1016,8 +1017,19 @@ func TestLockProtected(t *testing.T) {
 		{
 			// Apart, each counter would stay with its writer: the layout
 			// fix still holds.
-			name: "false sharing under a lock", ops: packed, decorate: always("acct"), want: FalseSharing,
+			name: "false sharing under a lock", ops: packed, decorate: always("acct"), want: FalseSharing, rcAdvice: true,
 		},
+		{
+			// Each writer's data under its own lock: padding, or release
+			// consistency, which lets both write the page at once.
+			name: "false sharing under each node's lock", ops: packed,
+			decorate: func(_ int, m *Migration) {
+				own := []string{fmt.Sprint("lock-", m.From)}
+				m.Locks = own
+			},
+			want: FalseSharing, rcAdvice: true,
+		},
+		{name: "false sharing without locks", ops: packed, decorate: always(), want: FalseSharing},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -1044,6 +1056,9 @@ func TestLockProtected(t *testing.T) {
 			f := fs[0]
 			if !slices.Equal(f.Locks, tt.wantLocks) {
 				t.Errorf("locks = %q, want %q", f.Locks, tt.wantLocks)
+			}
+			if got := strings.Contains(f.Fix, "dsm.ReleaseConsistent"); got != tt.rcAdvice {
+				t.Errorf("the fix offers release consistency: %v, want %v: %s", got, tt.rcAdvice, f.Fix)
 			}
 			if tt.want != LockProtected {
 				return

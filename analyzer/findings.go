@@ -363,6 +363,12 @@ func (a *Analyzer) analyzePage(p uint32, st *pageState) pageView {
 	case FalseSharing:
 		f.Summary = fmt.Sprintf("page %d: %s share a page: %s", p, itemList(items), stats)
 		f.Fix = a.falseSharingFix(items, base)
+		if st.lockPeriods >= MinLockPeriods && 2*st.lockedPeriods > st.lockPeriods {
+			// The writers already order their writes through locks:
+			// release consistency lets them write the page at once.
+			f.Fix += fmt.Sprintf("; or, since the writers hold locks when they write here (in %s of %s periods), keep the layout and allocate these variables release-consistent (dsm.ReleaseConsistent): several nodes then write the page at once, and each node's writes reach the next holder of its lock at Unlock",
+				commas(st.lockedPeriods), commas(st.lockPeriods))
+		}
 	case LockProtected:
 		locks, moved := st.orderingLocks()
 		f.Locks = locks
