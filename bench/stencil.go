@@ -12,6 +12,7 @@ import (
 	"github.com/dsmrt/dsm/cluster"
 	"github.com/dsmrt/dsm/dsm"
 	"github.com/dsmrt/dsm/examples/stencil/jacobi"
+	"github.com/dsmrt/dsm/node"
 )
 
 // The stencil part runs a whole program rather than one kind of fault: the
@@ -35,6 +36,10 @@ var stencilNodes = []int{1, 2, 3}
 // keyStencil is the key of the figure of a cluster of nodes.
 func keyStencil(nodes int) string { return fmt.Sprintf("stencil/nodes=%d", nodes) }
 
+// keyStencilRC is the key of the figure of a cluster of nodes whose grids
+// are release-consistent.
+func keyStencilRC(nodes int) string { return fmt.Sprintf("stencil/rc/nodes=%d", nodes) }
+
 // nodesName is "1 node", "2 nodes", ...
 func nodesName(n int) string {
 	if n == 1 {
@@ -47,6 +52,7 @@ func nodesName(n int) string {
 type stencilSpec struct {
 	N       int           `json:"n"`
 	Iters   int           `json:"iters"`
+	RC      bool          `json:"rc,omitempty"` // release-consistent grids
 	Timeout time.Duration `json:"timeout"`
 }
 
@@ -84,12 +90,26 @@ func (s *suite) stencil(ctx context.Context) error {
 	if uint64(need) > s.cfg.RegionSize {
 		return fmt.Errorf("the two %d×%d grids need %d bytes, the region has %d: enlarge the region", n, n, need, s.cfg.RegionSize)
 	}
-	for _, nodes := range stencilNodes {
-		err := s.withCluster(ctx, nodesName(nodes), nodes, nil, func(c *cluster.Cluster, logs *tailBuffer) error {
-			return s.stencilRun(ctx, c, logs, n, iters)
-		})
-		if err != nil {
-			return err
+	for _, rc := range []bool{false, true} {
+		var tune func(*node.Config)
+		if rc {
+			rcSize := uint64(roundUp(need, 64<<10))
+			if rcSize+(1<<20) > s.cfg.RegionSize {
+				return fmt.Errorf("the two %d×%d grids need %d release-consistent bytes, the region has %d: enlarge the region", n, n, rcSize, s.cfg.RegionSize)
+			}
+			tune = func(c *node.Config) { c.RCSize = rcSize }
+		}
+		for _, nodes := range stencilNodes {
+			label := nodesName(nodes)
+			if rc {
+				label += ", release-consistent grids"
+			}
+			err := s.withCluster(ctx, label, nodes, tune, func(c *cluster.Cluster, logs *tailBuffer) error {
+				return s.stencilRun(ctx, c, logs, n, iters, rc)
+			})
+			if err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -98,9 +118,9 @@ func (s *suite) stencil(ctx context.Context) error {
 // stencilRun runs the stencil worker on every node of c and records the
 // figure of the cluster's size. A failed check is recorded too, then
 // returned as the error.
-func (s *suite) stencilRun(ctx context.Context, c *cluster.Cluster, logs *tailBuffer, n, iters int) error {
+func (s *suite) stencilRun(ctx context.Context, c *cluster.Cluster, logs *tailBuffer, n, iters int, rc bool) error {
 	nodes := len(c.Daemons)
-	js, err := json.Marshal(stencilSpec{N: n, Iters: iters, Timeout: s.cfg.RunTimeout})
+	js, err := json.Marshal(stencilSpec{N: n, Iters: iters, RC: rc, Timeout: s.cfg.RunTimeout})
 	if err != nil {
 		return err
 	}
@@ -156,13 +176,13 @@ func (s *suite) stencilRun(ctx context.Context, c *cluster.Cluster, logs *tailBu
 			return fmt.Errorf("no result from node(s) %s\n%s", strings.Join(missing, ", "), logs.String())
 		}
 	}
-	s.addStencilFigure(n, iters, byNode, mismatches)
+	s.addStencilFigure(n, iters, byNode, mismatches, rc)
 	return checkErr
 }
 
 // addStencilFigure records the figure of a run on len(byNode) nodes: node
 // 0's time per iteration; mismatches are the nodes' failed checks.
-func (s *suite) addStencilFigure(n, iters int, byNode []*jacobi.Result, mismatches []string) {
+func (s *suite) addStencilFigure(n, iters int, byNode []*jacobi.Result, mismatches []string, rc bool) {
 	nodes := len(byNode)
 	r0 := byNode[0]
 	st := summarize(r0.IterNs)
@@ -185,10 +205,12 @@ func (s *suite) addStencilFigure(n, iters int, byNode []*jacobi.Result, mismatch
 	}
 	note := fmt.Sprintf("%s; median sweep of a band (its halo faults included): %s; mean %s per iteration",
 		strings.Join(bands, ", "), strings.Join(sweeps, ", "), fmtNs(st.Mean))
-	// The markdown table has no column for the floor ratio (results.go
-	// only shows it for the locks): say it in the note.
+	key, one, name := keyStencil(nodes), keyStencil(1), ""
+	if rc {
+		key, one, name = keyStencilRC(nodes), keyStencilRC(1), ", release-consistent grids"
+	}
 	if nodes > 1 {
-		if fl, ok := s.res.figure(keyStencil(1)); ok && fl.Latency.Median > 0 {
+		if fl, ok := s.res.figure(one); ok && fl.Latency.Median > 0 {
 			note += fmt.Sprintf("; %s× the 1-node time", trimFloat(st.Median/fl.Latency.Median, 2))
 		}
 	}
@@ -198,9 +220,9 @@ func (s *suite) addStencilFigure(n, iters int, byNode []*jacobi.Result, mismatch
 	} else {
 		note += fmt.Sprintf("; every node's final grid equals the private computation of %d iterations, bit for bit", iters)
 	}
-	s.addLatency(Figure{Key: keyStencil(nodes), Part: "stencil", Nodes: nodes,
-		Name:    fmt.Sprintf("Jacobi stencil %d×%d, %d iterations, %s: one iteration on node 0 (barrier to barrier)", n, n, iters, nodesName(nodes)),
-		Compare: cmpFloor, Floor: keyStencil(1),
+	s.addLatency(Figure{Key: key, Part: "stencil", Nodes: nodes,
+		Name:    fmt.Sprintf("Jacobi stencil %d×%d, %d iterations, %s%s: one iteration on node 0 (barrier to barrier)", n, n, iters, nodesName(nodes), name),
+		Compare: cmpFloor, Floor: one,
 		Params: params, Note: note}, r0.IterNs)
 }
 
@@ -227,7 +249,11 @@ func stencilWorker(js string) error {
 		return err
 	}
 	defer r.Close()
-	res, err := jacobi.Run(ctx, r, sp.N, sp.Iters)
+	var opts []dsm.AllocOption
+	if sp.RC {
+		opts = append(opts, dsm.ReleaseConsistent)
+	}
+	res, err := jacobi.Run(ctx, r, sp.N, sp.Iters, opts...)
 	if err != nil && !errors.Is(err, jacobi.ErrMismatch) {
 		return err
 	}

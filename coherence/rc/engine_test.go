@@ -49,6 +49,16 @@ func diffsFor(rng *rand.Rand) []Message {
 			}
 			runs = append(runs, Run{Off: uint32(off), Data: data})
 		}
+		// A diff's runs are sorted and disjoint, as diffRuns makes them.
+		slices.SortFunc(runs, func(a, b Run) int { return int(a.Off) - int(b.Off) })
+		kept := runs[:1]
+		for _, r := range runs[1:] {
+			last := kept[len(kept)-1]
+			if r.Off >= last.Off+uint32(len(last.Data)) {
+				kept = append(kept, r)
+			}
+		}
+		runs = kept
 		seqs++
 		out = append(out, Message{Kind: MsgDiff, From: NodeID(n), To: 0, Page: 0, Seq: seqs, Interval: clock[n], Clock: clock, Runs: runs})
 	}

@@ -77,60 +77,93 @@ func (e *Engine) applyDiff(d *Message) (lost bool, err error) {
 	for _, x := range d.Clock {
 		w.sum += x
 	}
-	for _, r := range d.Runs {
+	prev := uint32(0)
+	for i, r := range d.Runs {
 		lo, hi := r.Off, r.Off+uint32(len(r.Data))
-		if hi > uint32(len(m.data)) || hi < lo {
-			return lost, fmt.Errorf("rc: diff of page %d from %d: bytes [%d, %d) outside a page of %d", d.Page, d.From, lo, hi, len(m.data))
+		if hi > uint32(len(m.data)) || hi < lo || (i > 0 && lo < prev) {
+			return lost, fmt.Errorf("rc: diff of page %d from %d: bytes [%d, %d) outside a page of %d or out of order", d.Page, d.From, lo, hi, len(m.data))
 		}
-		if e.applyRun(d.Page, m, w, lo, r.Data) {
-			lost = true
-		}
+		prev = hi
 	}
+	lost = e.applyRuns(d.Page, m, w, d.Runs)
 	m.lastLost[d.From] = lost
 	return lost, nil
 }
 
-// applyRun writes data at lo unless bytes there were put by a write of
-// higher priority, reports the races it overlaps, and reports whether
-// bytes were kept from such a write.
-func (e *Engine) applyRun(p PageID, m *master, w *writeRec, lo uint32, data []byte) (lost bool) {
-	hi := lo + uint32(len(data))
-	put := func(a, b uint32) { copy(m.data[a:b], data[a-lo:b-lo]) }
-	out := make([]seg, 0, len(m.segs)+2)
-	at := lo // bytes of [lo, hi) before at are decided
-	for _, s := range m.segs {
-		if s.hi <= lo || s.lo >= hi {
-			out = append(out, s)
-			continue
+// applyRuns writes the runs (sorted, disjoint) into the master, except
+// the bytes put by a write of higher priority, reports the races they
+// overlap, and reports whether bytes were kept from such a write. One pass
+// over the page's segments serves all the runs.
+func (e *Engine) applyRuns(p PageID, m *master, w *writeRec, runs []Run) (lost bool) {
+	out := make([]seg, 0, len(m.segs)+2*len(runs))
+	segs := m.segs
+	i := 0
+	var back seg // a remainder of a segment put back for the next run
+	have := false
+	next := func() (seg, bool) {
+		if have {
+			have = false
+			return back, true
 		}
-		if s.lo < lo {
-			out = append(out, seg{s.lo, lo, s.w})
+		if i < len(segs) {
+			i++
+			return segs[i-1], true
 		}
-		a, b := max(s.lo, lo), min(s.hi, hi)
-		if at < a { // a gap nobody wrote before
-			put(at, a)
-			out = append(out, seg{at, a, w})
-		}
-		if s.w.Node != w.Node && s.w.Clock.Compare(w.Clock) == clocks.Concurrent && !e.cfg.bugs.noRaces {
-			e.race(p, a, b, s.w, w)
-		}
-		if s.w.before(w) || e.cfg.bugs.arrival {
-			put(a, b)
-			out = append(out, seg{a, b, w})
-		} else {
-			out = append(out, seg{a, b, s.w})
-			lost = true
-		}
-		if s.hi > hi {
-			out = append(out, seg{hi, s.hi, s.w})
-		}
-		at = b
+		return seg{}, false
 	}
-	if at < hi {
-		put(at, hi)
-		out = append(out, seg{at, hi, w})
+	for _, r := range runs {
+		lo, hi := r.Off, r.Off+uint32(len(r.Data))
+		put := func(a, b uint32) { copy(m.data[a:b], r.Data[a-lo:b-lo]) }
+		at := lo // bytes of [lo, hi) before at are decided
+		for {
+			s, ok := next()
+			if !ok {
+				break
+			}
+			if s.hi <= lo {
+				out = append(out, s)
+				continue
+			}
+			if s.lo >= hi {
+				back, have = s, true
+				break
+			}
+			if s.lo < lo {
+				out = append(out, seg{s.lo, lo, s.w})
+			}
+			a, b := max(s.lo, lo), min(s.hi, hi)
+			if at < a { // a gap nobody wrote before
+				put(at, a)
+				out = append(out, seg{at, a, w})
+			}
+			if s.w.Node != w.Node && s.w.Clock.Compare(w.Clock) == clocks.Concurrent && !e.cfg.bugs.noRaces {
+				e.race(p, a, b, s.w, w)
+			}
+			if s.w.before(w) || e.cfg.bugs.arrival {
+				put(a, b)
+				out = append(out, seg{a, b, w})
+			} else {
+				out = append(out, seg{a, b, s.w})
+				lost = true
+			}
+			at = b
+			if s.hi > hi {
+				back, have = seg{hi, s.hi, s.w}, true
+				break
+			}
+		}
+		if at < hi {
+			put(at, hi)
+			out = append(out, seg{at, hi, w})
+		}
 	}
-	slices.SortFunc(out, func(x, y seg) int { return int(x.lo) - int(y.lo) })
+	for {
+		s, ok := next()
+		if !ok {
+			break
+		}
+		out = append(out, s)
+	}
 	// Coalesce neighbours put by the same write.
 	m.segs = out[:0]
 	for _, s := range out {

@@ -47,9 +47,12 @@ const (
 // and meets the other nodes at a barrier before the grids swap. At the end
 // it checks the whole final grid, as this node sees it, against Reference.
 //
-// Every node must call Run with the same n and iters. The error wraps
-// ErrMismatch when the check failed; the Result is complete then too.
-func Run(ctx context.Context, r *dsm.Region, n, iters int) (Result, error) {
+// Every node must call Run with the same n, iters and opts. opts are given
+// to the grids' allocation: dsm.ReleaseConsistent puts them in
+// release-consistent memory, where the barrier is what carries each band's
+// rows to the nodes that read them. The error wraps ErrMismatch when the
+// check failed; the Result is complete then too.
+func Run(ctx context.Context, r *dsm.Region, n, iters int, opts ...dsm.AllocOption) (Result, error) {
 	id, nodes, ps := r.NodeID(), r.Nodes(), r.PageSize()
 	res := Result{Node: id, Nodes: nodes, N: n, Iters: iters}
 	if n < 3 || nodes > n || iters < 1 {
@@ -57,7 +60,7 @@ func Run(ctx context.Context, r *dsm.Region, n, iters int) (Result, error) {
 	}
 	var grids [2][]float64
 	for i := range grids {
-		off, err := r.Alloc(fmt.Sprintf("stencil_grid_%d", i), GridBytes(n), ps)
+		off, err := r.Alloc(fmt.Sprintf("stencil_grid_%d", i), GridBytes(n), ps, opts...)
 		if err != nil {
 			return res, fmt.Errorf("jacobi: %w", err)
 		}
