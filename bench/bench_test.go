@@ -97,8 +97,15 @@ var requiredFigures = []string{
 	"heap/floor/go_new",
 	"heap/new",
 	"heap/free",
+	"falsesharing/floor/padded",
+	"falsesharing/packed",
+	"falsesharing/rc",
+	"rc/release/dirty=1",
+	"rc/acquire/notices=1",
 	"stencil/nodes=1",
 	"stencil/nodes=2",
+	"stencil/rc/nodes=1",
+	"stencil/rc/nodes=2",
 }
 
 // costFigures are the figures that must carry what a fault costs.
@@ -194,6 +201,7 @@ func TestSuiteQuick(t *testing.T) {
 	assert.Positive(t, scan.MBPerSec)
 	assert.Positive(t, figs["pingpong/turns/handover"].MigrationsPerSec)
 	assert.Positive(t, figs["pingpong/hammer"].MigrationsPerSec)
+	assert.InDelta(t, 8, figs["rc/diff_bytes"].Bytes, 0.01, "a one-word release diffs 8 bytes")
 	for _, k := range []string{"locks/uncontended/home=local", "locks/uncontended/home=remote", "locks/reacquire", "locks/handoff"} {
 		assert.Equal(t, cmpFloor, figs[k].Compare, k)
 	}
@@ -404,7 +412,7 @@ func TestSelectParts(t *testing.T) {
 		want []string
 		err  string
 	}{
-		{"", []string{"limits", "readfault", "ownerwrite", "invalidate", "scan", "pingpong", "size", "content", "loss", "locks", "heap", "memory", "stencil"}, ""},
+		{"", []string{"limits", "readfault", "ownerwrite", "invalidate", "scan", "pingpong", "size", "content", "loss", "locks", "heap", "falsesharing", "rc", "memory", "stencil"}, ""},
 		{"locks", []string{"limits", "locks"}, ""},
 		{"readfault", []string{"limits", "readfault"}, ""},
 		{"scan, readfault", []string{"limits", "readfault", "scan"}, ""},

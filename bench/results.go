@@ -136,6 +136,8 @@ type Figure struct {
 	// messages of all nodes, before FEC and retransmission) per measured
 	// page fault.
 	BytesPerPage float64 `json:"bytes_sent_per_fault,omitempty"`
+	// Bytes is a figure counted in bytes rather than timed (rc/diff_bytes).
+	Bytes float64 `json:"bytes,omitempty"`
 	// Daemon is the fault latency the faulting node's daemon measured
 	// itself (from reading the fault message to waking the thread) over
 	// its most recent faults: the rest of the program's time is the
@@ -285,19 +287,21 @@ func fmtRate(v float64, unit string) string {
 
 // partTitles head the sections of results.md.
 var partTitles = map[string]string{
-	"limits":     "Limits of the machine (measured in this run)",
-	"readfault":  "Remote read fault (2 nodes)",
-	"ownerwrite": "Write fault taking ownership (2 nodes)",
-	"invalidate": "Write fault invalidating k readers",
-	"scan":       "Sequential scan of a remote region",
-	"pingpong":   "Page ping-pong between two nodes",
-	"size":       "Against cluster size",
-	"content":    "By page content, with and without compression (2 nodes)",
-	"loss":       "Under injected packet loss, KCP with and without FEC (2 nodes)",
-	"locks":      "Distributed locks",
-	"heap":       "Shared heap: dsm.New and dsm.Free beside Go's new",
-	"memory":     "Daemon memory beyond the memfd",
-	"stencil":    "Jacobi heat stencil (examples/stencil), by cluster size",
+	"limits":       "Limits of the machine (measured in this run)",
+	"readfault":    "Remote read fault (2 nodes)",
+	"ownerwrite":   "Write fault taking ownership (2 nodes)",
+	"invalidate":   "Write fault invalidating k readers",
+	"scan":         "Sequential scan of a remote region",
+	"pingpong":     "Page ping-pong between two nodes",
+	"size":         "Against cluster size",
+	"content":      "By page content, with and without compression (2 nodes)",
+	"loss":         "Under injected packet loss, KCP with and without FEC (2 nodes)",
+	"locks":        "Distributed locks",
+	"heap":         "Shared heap: dsm.New and dsm.Free beside Go's new",
+	"rc":           "Release-consistent memory (write-fault tracking)",
+	"falsesharing": "The false-sharing demo's counters, by layout",
+	"memory":       "Daemon memory beyond the memfd",
+	"stencil":      "Jacobi heat stencil (examples/stencil), by cluster size",
 }
 
 // markdown renders results.md.
@@ -388,6 +392,9 @@ func (r *Results) markdown() string {
 			}
 			if f.BytesPerPage > 0 {
 				rate = append(rate, trimFloat(f.BytesPerPage, 0)+" B/fault")
+			}
+			if f.Bytes > 0 {
+				rate = append(rate, trimFloat(f.Bytes, 1)+" B")
 			}
 			nodes := ""
 			if f.Nodes > 0 {

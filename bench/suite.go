@@ -143,6 +143,8 @@ var parts = []part{
 	{"loss", "read fault under injected packet loss, KCP with and without FEC", (*suite).loss},
 	{"locks", "distributed mutex: uncontended (local and remote home), reacquired by its last holder, and hand-off under contention, beside sync.Mutex", (*suite).locks},
 	{"heap", "shared heap: dsm.New and dsm.Free of a 64-byte struct, beside Go's new", (*suite).heap},
+	{"falsesharing", "the false-sharing demo's counters on 2 nodes: padded, packed, and packed in release-consistent memory", (*suite).falseSharing},
+	{"rc", "release-consistent memory: Release with k written pages, Acquire of k notices, bytes per one-word release", (*suite).rc},
 	{"memory", "daemon memory beyond the memfd once every node of 3 wrote every page of the region", (*suite).memory},
 	{"stencil", "Jacobi heat stencil of examples/stencil on 1, 2 and 3 nodes: time per iteration, result checked", (*suite).stencil},
 }

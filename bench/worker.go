@@ -48,6 +48,10 @@ const (
 	modeLockContend = "lock-contend"
 	// node 0 allocates and frees batches in the shared heap (timed)
 	modeHeap = "heap"
+	// release and acquire of release-consistent pages (rc.go)
+	modeRC = "rc"
+	// the false-sharing demo's counters (falsesharing.go)
+	modeCounters = "counters"
 )
 
 // Page contents the writers store.
@@ -187,6 +191,10 @@ func workerMain(js string) error {
 		err = w.lockContend(&res)
 	case modeHeap:
 		err = w.heapWork(&res)
+	case modeRC:
+		err = w.rcWork(&res)
+	case modeCounters:
+		err = w.countersWork(&res)
 	default:
 		err = fmt.Errorf("unknown mode %q", sp.Mode)
 	}

@@ -151,6 +151,9 @@ type PageData struct {
 // Stats count what an engine did.
 type Stats struct {
 	Fetches, Stale, Diffs, DiffBytes, Retransmits, Duplicates, Invalidations, Races int
+	// DiffMsgBytes counts the diff messages' encoded bytes (DiffBytes only
+	// their changed bytes).
+	DiffMsgBytes int
 }
 
 // Engine is one node's side of the protocol, and the home side for the
@@ -532,6 +535,7 @@ func (e *Engine) start(op *syncOp, dirty []PageData) error {
 		for _, r := range runs {
 			e.stats.DiffBytes += len(r.Data)
 		}
+		e.stats.DiffMsgBytes += m.size()
 		op.pages = append(op.pages, d.Page)
 		if m.To == e.me() {
 			local = append(local, m)

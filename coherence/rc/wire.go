@@ -52,6 +52,18 @@ func (m *Message) Marshal(b []byte) []byte {
 	return b
 }
 
+// size is the length of m's wire form (Marshal), without building it.
+func (m *Message) size() int {
+	n := 1 + 2 + 2 + 4 + 8 + 8 + 8 + 2 + 8*len(m.Clock) + 4 + len(m.Data) + 4 + 4
+	for _, r := range m.Runs {
+		n += 8 + len(r.Data)
+	}
+	for _, x := range m.Notices {
+		n += 2 + 8 + 4 + 4*len(x.Pages)
+	}
+	return n
+}
+
 func appendClock(b []byte, c clocks.Vector) []byte {
 	b = binary.LittleEndian.AppendUint16(b, uint16(len(c)))
 	for _, x := range c {

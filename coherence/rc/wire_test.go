@@ -25,6 +25,9 @@ func TestMessageRoundTrip(t *testing.T) {
 		if !reflect.DeepEqual(*got, m) {
 			t.Fatalf("round trip of %+v gave %+v", m, *got)
 		}
+		if n := len(m.Marshal(nil)); m.size() != n {
+			t.Fatalf("%v: size says %d bytes, the wire form has %d", m.Kind, m.size(), n)
+		}
 	}
 	pl := Payload{Clock: clocks.Vector{3, 0, 9}}
 	got, err := UnmarshalPayload(pl.MarshalPayload())

@@ -34,13 +34,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/dsmrt/dsm/analyzer"
 	"github.com/dsmrt/dsm/cluster"
 	"github.com/dsmrt/dsm/dsm"
+	"github.com/dsmrt/dsm/examples/falsesharing/counters"
 	"github.com/dsmrt/dsm/node"
 )
 
@@ -242,7 +242,7 @@ func runLayout(ctx context.Context, name string, nodes, iters int, out string, h
 		if !ok {
 			continue
 		}
-		var w workerResult
+		var w counters.Result
 		if err := json.Unmarshal([]byte(js), &w); err != nil {
 			outMu.Unlock()
 			return l, cluster.Report{}, fmt.Errorf("bad worker result %q: %w", line, err)
@@ -309,15 +309,8 @@ func showProgress(c *cluster.Cluster, name string, stop <-chan struct{}) {
 	}
 }
 
-type workerResult struct {
-	Node    int     `json:"node"`
-	Seconds float64 `json:"seconds"`
-	Value   uint64  `json:"value"` // this node's counter
-	Total   uint64  `json:"total"` // every counter, as this node reads them at the end
-}
-
-// worker is one node's program: allocate the counters in the layout, wait
-// for every node, increment this node's counter, check it.
+// worker is one node's program (package counters), its result printed
+// as one RESULT line.
 func worker(layout string) error {
 	iters, err := strconv.Atoi(os.Getenv(envIters))
 	if err != nil {
@@ -330,96 +323,11 @@ func worker(layout string) error {
 		return err
 	}
 	defer r.Close()
-	ps := r.PageSize()
-	start, err := r.Alloc("start_barrier", 24, ps)
+	res, err := counters.Run(ctx, r, layout, iters, os.Getenv(envYield) != "")
 	if err != nil {
 		return err
 	}
-	align := 8
-	if layout == "padded" {
-		align = ps
-	}
-	var opts []dsm.AllocOption
-	if layout == "packed-rc" {
-		// Both nodes write the counters' page at once; each node's
-		// writes reach the others at its next release.
-		opts = append(opts, dsm.ReleaseConsistent)
-	}
-	var counters []int
-	// The first counter starts a page of its own, away from the barrier.
-	if _, err := r.Alloc("pad", 8, ps); err != nil {
-		return err
-	}
-	for i := 0; i < r.Nodes(); i++ {
-		off, err := r.Alloc("counter_"+string(rune('A'+i)), 8, align, opts...)
-		if err != nil {
-			return err
-		}
-		counters = append(counters, off)
-	}
-	mine := (*uint64)(r.Ptr(counters[r.NodeID()]))
-	// Start together: the last node to arrive sets a start time a little
-	// ahead; everyone waits for it. (The nodes share one clock here: the
-	// demo's cluster is local.) Without it the first node would finish its
-	// increments before the others got going, and nothing would be shared.
-	bar := (*uint64)(r.Ptr(start))
-	startAt := (*int64)(r.Ptr(start + 8))
-	if atomic.AddUint64(bar, 1) == uint64(r.Nodes()) {
-		atomic.StoreInt64(startAt, time.Now().Add(50*time.Millisecond).UnixNano())
-	}
-	var at int64
-	for at = atomic.LoadInt64(startAt); at == 0; at = atomic.LoadInt64(startAt) {
-		time.Sleep(20 * time.Microsecond)
-	}
-	time.Sleep(time.Until(time.Unix(0, at)))
-	yield := os.Getenv(envYield) != ""
-	t0 := time.Now()
-	inc := func(i int) {
-		atomic.AddUint64(mine, 1)
-		// The demo's nodes share this machine's cores. The node that holds
-		// the page would keep a core busy while its daemon waits for CPU
-		// time to hand the page on, and the scheduler, not the protocol,
-		// would set the pace; on a cluster every node has cores of its own.
-		// Both layouts run the same loop.
-		if yield && i&63 == 0 {
-			syscall.Syscall(syscall.SYS_SCHED_YIELD, 0, 0, 0)
-		}
-	}
-	for i := 0; i < iters; i++ {
-		inc(i)
-	}
-	secs := time.Since(t0).Seconds()
-	// Keep writing until every node is done, so that the last node to
-	// finish contends as long as it runs, as it would in a program where
-	// the nodes work side by side.
-	done := (*uint64)(r.Ptr(start + 16))
-	atomic.AddUint64(done, 1)
-	extra := 0
-	for atomic.LoadUint64(done) < uint64(r.Nodes()) {
-		for k := 0; k < 4096; k++ {
-			inc(extra)
-			extra++
-		}
-	}
-	v := atomic.LoadUint64(mine)
-	if v != uint64(iters+extra) {
-		return fmt.Errorf("counter %d = %d after %d increments", r.NodeID(), v, iters+extra)
-	}
-	// Every node reads every counter after a barrier: under release
-	// consistency the barrier is what brings the others' counts here.
-	if err := r.Barrier(ctx, "fs_end", r.Nodes()); err != nil {
-		return err
-	}
-	var total uint64
-	for _, off := range counters {
-		total += atomic.LoadUint64((*uint64)(r.Ptr(off)))
-	}
-	b, _ := json.Marshal(workerResult{Node: r.NodeID(), Seconds: secs, Value: v, Total: total})
+	b, _ := json.Marshal(res)
 	fmt.Printf("RESULT %s\n", b)
-	// Wait until every node has checked its counter before detaching.
-	atomic.AddUint64(bar, 1)
-	for atomic.LoadUint64(bar) < 2*uint64(r.Nodes()) {
-		time.Sleep(100 * time.Microsecond)
-	}
 	return nil
 }
