@@ -226,10 +226,25 @@ func startCluster(t *testing.T, nodes int) *cluster.Cluster {
 	return startClusterTuned(t, nodes, nil)
 }
 
+// envRCArea, set to 1, gives every test cluster a release-consistent area,
+// so that the tests of sequentially consistent memory run beside the
+// release-consistent machinery (locks and barriers then release and
+// acquire through it): scripts/test.sh runs this package both ways.
+const envRCArea = "DSM_TEST_RC_AREA"
+
 func startClusterTuned(t *testing.T, nodes int, tune func(*node.Config)) *cluster.Cluster {
 	t.Helper()
 	uffdtest.Require(t)
 	log := &syncWriter{w: &bytes.Buffer{}}
+	if os.Getenv(envRCArea) == "1" {
+		inner := tune
+		tune = func(c *node.Config) {
+			c.RCSize = 4 << 20
+			if inner != nil {
+				inner(c)
+			}
+		}
+	}
 	c, err := cluster.Start(context.Background(), cluster.Options{Nodes: nodes, Size: 16 << 20, Log: log, Tune: tune})
 	require.NoError(t, err, "daemon log:\n%s", log.String())
 	t.Cleanup(func() {
