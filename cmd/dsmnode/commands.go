@@ -134,6 +134,11 @@ func printStatus(out io.Writer, st node.Status) error {
 		fmt.Fprintf(w, "remote faults\tp50 %v to send the request, %v until the page or grant came, %v to install and wake (%d faults)\n",
 			sg.Send.P50, sg.Remote.P50, sg.Install.P50, sg.Remote.Count)
 	}
+	if rc := st.RC; rc != nil {
+		e := rc.Engine
+		fmt.Fprintf(w, "release-consistent\t%d pages; %d releases, %d acquires (%d queued); %d fetches (%d stale), %d diffs of %d bytes, %d invalidations; %d data races found here as a home\n",
+			rc.Pages, rc.Releases, rc.Acquires, rc.Queued, e.Fetches, e.Stale, e.Diffs, e.DiffBytes, e.Invalidations, rc.RacesFound)
+	}
 	for _, p := range st.Peers {
 		state := "down"
 		if p.Up {
