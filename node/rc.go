@@ -339,7 +339,11 @@ func raceOf(r rc.Race) analyzer.Race {
 // rcInstall installs a copy the engine fetched.
 func (n *Node) rcInstall(p coherence.PageID, data []byte) {
 	rs := n.rcs
-	writable := rs.wantWrite[p]
+	// While an acquire runs, a copy is installed write-protected even for
+	// a write: the write then faults again and waits for the acquire's
+	// end, since the acquire may yet invalidate the copy, which must not
+	// hold writes then.
+	writable := rs.wantWrite[p] && (rs.cur == nil || !rs.cur.acquire)
 	delete(rs.wantWrite, p)
 	if n.phys[p] != coherence.Invalid {
 		n.log.Error("rc engine installs a page that is present", "page", p)

@@ -24,6 +24,11 @@ type Config struct {
 	// Retry is how many ticks a fetch or a diff waits for its answer
 	// before it is sent again (default 3).
 	Retry int
+	// MaxNotices bounds the notices a node keeps of its own intervals
+	// (default 4096). An acquirer that asks for older ones than it keeps
+	// gets an answer marked truncated and drops every copy it has: the
+	// price of bounded memory for a node that lagged far behind.
+	MaxNotices int
 
 	bugs bugs // deliberate mistakes, for the simulator's own tests
 }
@@ -37,6 +42,7 @@ type bugs struct {
 	arrival      bool // the home applies diffs in arrival order, ignoring priorities
 	noRaces      bool // the home reports no race
 	noRefresh    bool // a copy whose writes lost a race is not refreshed
+	noTruncate   bool // an answer that lacks forgotten notices does not say so
 }
 
 // Kind is a message type.
@@ -58,9 +64,17 @@ type Run struct {
 	Data []byte
 }
 
+// Message flags.
+const (
+	// FlagTruncated (MsgNotices): the writer no longer keeps some of the
+	// notices asked for.
+	FlagTruncated uint8 = 1 << iota
+)
+
 // Message is what engines send each other.
 type Message struct {
 	Kind     Kind
+	Flags    uint8
 	From, To NodeID
 	Page     PageID
 	// Seq is the fetch's request number (MsgFetch, MsgPage) or the
@@ -151,6 +165,9 @@ type PageData struct {
 // Stats count what an engine did.
 type Stats struct {
 	Fetches, Stale, Diffs, DiffBytes, Retransmits, Duplicates, Invalidations, Races int
+	// Truncated counts acquires that dropped every copy because a writer
+	// no longer kept the notices they needed.
+	Truncated int
 	// DiffMsgBytes counts the diff messages' encoded bytes (DiffBytes only
 	// their changed bytes).
 	DiffMsgBytes int
@@ -162,6 +179,9 @@ type Engine struct {
 	cfg   Config
 	clock clocks.Vector // the intervals of every node known closed; own entry: own closed intervals
 	own   []Notice      // this node's closed intervals that wrote pages, in order
+	// ownFloor is the last own interval whose notice was forgotten
+	// (Config.MaxNotices).
+	ownFloor uint64
 	// need holds, per page, the latest interval of each node a notice
 	// says wrote it: a copy must contain these.
 	need   map[PageID]clocks.Vector
@@ -181,8 +201,11 @@ type copyState struct {
 	fetching bool
 	seq      uint64 // the fetch in flight
 	sentAt   uint64
-	clock    clocks.Vector // what the copy contains
-	twin     []byte
+	// refetch: the fetch in flight was asked before an acquire that could
+	// not learn what the copy must contain: ask again when it answers.
+	refetch bool
+	clock   clocks.Vector // what the copy contains
+	twin    []byte
 	// lost: bytes this node wrote lost a race at the home, so the copy
 	// differs from the master; the next acquire refreshes it.
 	lost bool
@@ -220,6 +243,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.Retry <= 0 {
 		cfg.Retry = 3
+	}
+	if cfg.MaxNotices <= 0 {
+		cfg.MaxNotices = 4096
 	}
 	return &Engine{
 		cfg:    cfg,
@@ -344,7 +370,8 @@ func (e *Engine) Step(m *Message) error {
 		if len(m.Data) != e.cfg.PageSize {
 			return fmt.Errorf("rc: page %d from %d has %d bytes, want %d", m.Page, m.From, len(m.Data), e.cfg.PageSize)
 		}
-		if !covers(m.Clock, e.need[m.Page]) {
+		if !covers(m.Clock, e.need[m.Page]) || c.refetch {
+			c.refetch = false
 			// The home answered before a diff a notice speaks of
 			// reached it: ask again.
 			e.stats.Stale++
@@ -394,7 +421,11 @@ func (e *Engine) Step(m *Message) error {
 				ns = append(ns, n)
 			}
 		}
-		e.send(Message{Kind: MsgNotices, To: m.From, Seq: m.Seq, Interval: m.Interval, Upto: upto, Notices: ns})
+		reply := Message{Kind: MsgNotices, To: m.From, Seq: m.Seq, Interval: m.Interval, Upto: upto, Notices: ns}
+		if m.Interval < e.ownFloor && !e.cfg.bugs.noTruncate {
+			reply.Flags |= FlagTruncated
+		}
+		e.send(reply)
 	case MsgNotices:
 		op := e.op
 		if op == nil || op.asks == nil {
@@ -412,6 +443,9 @@ func (e *Engine) Step(m *Message) error {
 			}
 		}
 		a.done = true
+		if m.Flags&FlagTruncated != 0 {
+			e.dropAll()
+		}
 		e.takeNotices(m.Notices)
 		if op.all {
 			op.payload.Clock[m.From] = max(op.payload.Clock[m.From], m.Upto)
@@ -575,6 +609,10 @@ func (e *Engine) flushed() {
 	if op.interval > 0 {
 		e.clock[e.me()] = op.interval
 		e.own = append(e.own, Notice{Node: e.me(), Interval: op.interval, Pages: op.pages})
+		if len(e.own) > e.cfg.MaxNotices {
+			e.ownFloor = e.own[0].Interval
+			e.own = slices.Delete(e.own, 0, 1)
+		}
 	}
 	if !op.acquire {
 		e.op = nil
@@ -598,6 +636,30 @@ func (e *Engine) flushed() {
 	}
 	if op.pending == 0 {
 		e.finish()
+	}
+}
+
+// dropAll invalidates every copy: a writer could not say which pages its
+// intervals wrote. Copies being fetched are fetched again when they come,
+// since their request may have left before those intervals reached the
+// homes.
+func (e *Engine) dropAll() {
+	e.stats.Truncated++
+	var ps []PageID
+	for p, c := range e.copies {
+		switch {
+		case c.valid:
+			ps = append(ps, p)
+		case c.fetching:
+			c.refetch = true
+		}
+	}
+	slices.Sort(ps)
+	for _, p := range ps {
+		c := e.copies[p]
+		c.valid, c.twin, c.lost = false, nil, false
+		e.stats.Invalidations++
+		e.rd.Invalidates = append(e.rd.Invalidates, p)
 	}
 }
 

@@ -36,6 +36,8 @@ type SimConfig struct {
 	Loss     float64 // probability a message is lost
 	Dup      float64 // probability a message is duplicated
 	MaxDelay int     // steps a message may wait before it can be delivered
+	// MaxNotices is the engines' Config.MaxNotices (0: the default).
+	MaxNotices int
 	// Trace, when set, gets a line per event.
 	Trace io.Writer
 
@@ -61,6 +63,9 @@ func SimConfigFor(seed uint64) SimConfig {
 	}
 	if rng.IntN(2) == 0 {
 		c.Dup = 0.15 * rng.Float64()
+	}
+	if rng.IntN(3) == 0 {
+		c.MaxNotices = 1 + rng.IntN(3) // nodes forget their old notices
 	}
 	return c
 }
@@ -203,7 +208,7 @@ func Simulate(cfg SimConfig) (SimResult, error) {
 	s.racy = make([][]racyWrite, s.words())
 	home := func(p PageID) NodeID { return NodeID(int(p) % cfg.Nodes) }
 	for i := 0; i < cfg.Nodes; i++ {
-		eng, err := New(Config{ID: NodeID(i), Nodes: cfg.Nodes, PageSize: cfg.PageSize, Home: home, Retry: 2 + cfg.MaxDelay, bugs: cfg.bugs})
+		eng, err := New(Config{ID: NodeID(i), Nodes: cfg.Nodes, PageSize: cfg.PageSize, Home: home, Retry: 2 + cfg.MaxDelay, MaxNotices: cfg.MaxNotices, bugs: cfg.bugs})
 		if err != nil {
 			return s.res, err
 		}

@@ -24,7 +24,7 @@ var ErrMalformed = errors.New("rc: malformed message")
 
 // Marshal appends the wire form of m to b.
 func (m *Message) Marshal(b []byte) []byte {
-	b = append(b, byte(m.Kind))
+	b = append(b, byte(m.Kind), m.Flags)
 	b = binary.LittleEndian.AppendUint16(b, uint16(m.From))
 	b = binary.LittleEndian.AppendUint16(b, uint16(m.To))
 	b = binary.LittleEndian.AppendUint32(b, uint32(m.Page))
@@ -54,7 +54,7 @@ func (m *Message) Marshal(b []byte) []byte {
 
 // size is the length of m's wire form (Marshal), without building it.
 func (m *Message) size() int {
-	n := 1 + 2 + 2 + 4 + 8 + 8 + 8 + 2 + 8*len(m.Clock) + 4 + len(m.Data) + 4 + 4
+	n := 1 + 1 + 2 + 2 + 4 + 8 + 8 + 8 + 2 + 8*len(m.Clock) + 4 + len(m.Data) + 4 + 4
 	for _, r := range m.Runs {
 		n += 8 + len(r.Data)
 	}
@@ -148,6 +148,9 @@ func UnmarshalMessage(b []byte) (*Message, error) {
 		return nil, r.err
 	}
 	m := &Message{Kind: Kind(k[0])}
+	if f := r.take(1); r.err == nil {
+		m.Flags = f[0]
+	}
 	m.From, m.To = NodeID(r.u16()), NodeID(r.u16())
 	m.Page = PageID(r.u32())
 	m.Seq, m.Interval, m.Upto = r.u64(), r.u64(), r.u64()
@@ -188,6 +191,9 @@ func UnmarshalMessage(b []byte) (*Message, error) {
 	}
 	if m.Kind < MsgFetch || m.Kind > MsgNotices {
 		return nil, fmt.Errorf("%w: kind %d", ErrMalformed, m.Kind)
+	}
+	if m.Flags&^FlagTruncated != 0 {
+		return nil, fmt.Errorf("%w: flags %#x", ErrMalformed, m.Flags)
 	}
 	return m, nil
 }
