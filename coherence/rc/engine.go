@@ -1,6 +1,7 @@
 package rc
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -506,7 +507,9 @@ func (e *Engine) Tick() {
 var ErrBusy = errors.New("rc: a release or acquire is already in progress")
 
 // Release makes the node's writes visible: dirty holds the current contents
-// of every page the program wrote since the last Release or Acquire. When
+// of every page the program wrote since the last Release or Acquire. The
+// engine keeps the Data slices (its diffs are slices of them): the caller
+// must not change them afterwards. When
 // every home has them, Ready reports Done{Op: op} with the payload to hand
 // the next acquirer.
 func (e *Engine) Release(op uint64, dirty []PageData) error {
@@ -709,31 +712,91 @@ func (e *Engine) finish() {
 }
 
 // diffRuns returns the bytes of cur that differ from twin, as runs of
-// consecutive changed bytes. (With the wideRuns bug, runs also take the
-// unchanged bytes between changes at most 8 bytes apart: the mistake of
-// diffing in blocks larger than what the program wrote.)
+// consecutive changed bytes. The runs' Data are slices of cur, which the
+// caller hands over. Equal words are skipped eight bytes at a time, and a
+// word whose eight bytes all changed extends or starts a run at once; only
+// words that changed in part are looked at byte by byte. (With the
+// wideRuns bug, runs also take the unchanged bytes between changes at most
+// 8 bytes apart: the mistake of diffing in blocks larger than what the
+// program wrote.)
 func diffRuns(twin, cur []byte, wide bool) []Run {
-	var runs []Run
-	for i := 0; i < len(cur); {
-		if cur[i] == twin[i] {
-			i++
-			continue
+	// Two passes: count the runs, then fill exactly that many, so that a
+	// page changed in hundreds of places (a float64 array: the bytes that
+	// stay equal split the runs) costs one allocation.
+	var d differ
+	d.scan(twin, cur, false)
+	if d.count == 0 {
+		return nil
+	}
+	d = differ{runs: make([]Run, 0, d.count), wide: wide}
+	d.scan(twin, cur, true)
+	return d.runs
+}
+
+// differ finds the runs of changed bytes; with fill unset it only counts
+// them.
+type differ struct {
+	runs  []Run
+	count int
+	start int // the run being built starts here; -1 when none
+	wide  bool
+}
+
+func (d *differ) end(cur []byte, i int, fill bool) {
+	if d.start < 0 {
+		return
+	}
+	s := d.start
+	d.start = -1
+	if !fill {
+		d.count++
+		return
+	}
+	if d.wide && len(d.runs) > 0 {
+		last := &d.runs[len(d.runs)-1]
+		if int(last.Off)+len(last.Data)+8 >= s {
+			last.Data = cur[last.Off:i:i]
+			return
 		}
-		j := i
-		for j < len(cur) && cur[j] != twin[j] {
-			j++
-		}
-		if wide && len(runs) > 0 {
-			last := &runs[len(runs)-1]
-			end := int(last.Off) + len(last.Data)
-			if i-end <= 8 {
-				last.Data = slices.Clone(cur[last.Off:j])
-				i = j
-				continue
+	}
+	d.runs = append(d.runs, Run{Off: uint32(s), Data: cur[s:i:i]})
+}
+
+func (d *differ) scan(twin, cur []byte, fill bool) {
+	d.start = -1
+	n := len(cur)
+	i := 0
+	for ; i+8 <= n; i += 8 {
+		x := binary.LittleEndian.Uint64(cur[i:]) ^ binary.LittleEndian.Uint64(twin[i:])
+		switch {
+		case x == 0:
+			if d.start >= 0 {
+				d.end(cur, i, fill)
+			}
+		case (x-0x0101010101010101)&^x&0x8080808080808080 == 0: // no byte equal
+			if d.start < 0 {
+				d.start = i
+			}
+		default:
+			for b := 0; b < 8; b++ {
+				if byte(x>>(8*b)) != 0 {
+					if d.start < 0 {
+						d.start = i + b
+					}
+				} else if d.start >= 0 {
+					d.end(cur, i+b, fill)
+				}
 			}
 		}
-		runs = append(runs, Run{Off: uint32(i), Data: slices.Clone(cur[i:j])})
-		i = j
 	}
-	return runs
+	for ; i < n; i++ {
+		if cur[i] != twin[i] {
+			if d.start < 0 {
+				d.start = i
+			}
+		} else {
+			d.end(cur, i, fill)
+		}
+	}
+	d.end(cur, n, fill)
 }

@@ -203,3 +203,69 @@ func TestOneWordDiff(t *testing.T) {
 		t.Fatalf("a diff of %d bytes for one changed word", n)
 	}
 }
+
+// naiveRuns is diffRuns written the obvious way, byte by byte.
+func naiveRuns(twin, cur []byte) []Run {
+	var runs []Run
+	for i := 0; i < len(cur); {
+		if cur[i] == twin[i] {
+			i++
+			continue
+		}
+		j := i
+		for j < len(cur) && cur[j] != twin[j] {
+			j++
+		}
+		runs = append(runs, Run{Off: uint32(i), Data: cur[i:j]})
+		i = j
+	}
+	return runs
+}
+
+// diffRuns' word-at-a-time scan finds exactly the runs of the byte-by-byte
+// one, on pages changed sparsely, densely, in words and in odd bytes.
+func TestDiffRunsMatchesByteByByte(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for trial := range 2000 {
+		size := 8*(1+rng.IntN(64)) + rng.IntN(8) // not always a multiple of 8
+		twin := make([]byte, size)
+		for i := range twin {
+			twin[i] = byte(rng.IntN(3))
+		}
+		cur := slices.Clone(twin)
+		changes := rng.IntN(size + 1)
+		for range changes {
+			cur[rng.IntN(size)] = byte(rng.IntN(3))
+		}
+		got, want := diffRuns(twin, cur, false), naiveRuns(twin, cur)
+		if len(got) != len(want) {
+			t.Fatalf("trial %d: %d runs, want %d", trial, len(got), len(want))
+		}
+		for i := range got {
+			if got[i].Off != want[i].Off || !bytes.Equal(got[i].Data, want[i].Data) {
+				t.Fatalf("trial %d run %d: %+v, want %+v", trial, i, got[i], want[i])
+			}
+		}
+	}
+}
+
+func BenchmarkDiffRuns(b *testing.B) {
+	twin := make([]byte, 4096)
+	for _, tc := range []struct {
+		name  string
+		every int // change one byte in every
+	}{{"one word", 4096}, {"every float64's low bytes", 8}, {"every byte", 1}} {
+		cur := slices.Clone(twin)
+		for i := 0; i < len(cur); i += tc.every {
+			cur[i] = 1
+			if tc.every == 4096 {
+				copy(cur[i:i+8], "changed!")
+			}
+		}
+		b.Run(tc.name, func(b *testing.B) {
+			for b.Loop() {
+				diffRuns(twin, cur, false)
+			}
+		})
+	}
+}
