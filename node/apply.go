@@ -113,36 +113,9 @@ func (n *Node) install(a *coherence.Action) {
 	} else {
 		n.twins.drop(p)
 	}
-	via := n.installVia(p)
-	if !a.Writable {
-		// Every other program must see the page write-protected from the
-		// moment it is present: protect their (empty) entries first.
-		for _, pr := range n.progs {
-			if pr != via && !pr.gone {
-				if err := pr.u.WriteProtect(n.pageAddr(p), uintptr(n.ps), true, false); err != nil {
-					n.progErr(pr, "write-protect", p, err)
-				}
-			}
-		}
-	}
-	installed := false
-	if via != nil {
-		err := via.u.Copy(n.pageAddr(p), data, !a.Writable)
-		switch {
-		case err == nil:
-			installed = true
-		case errors.Is(err, uffd.ErrExist):
-			n.log.Error("page already present in the memfd at install", "page", p)
-			installed = true
-		default:
-			n.progErr(via, "UFFDIO_COPY (writing the page through the memfd instead)", p, err)
-		}
-	}
-	if !installed {
-		if _, err := unix.Pwrite(n.memfd, data, n.pageOff(p)); err != nil {
-			n.log.Error("pwrite page", "page", p, "err", err)
-			return
-		}
+	via, installed, ok := n.placePage(p, data, a.Writable)
+	if !ok {
+		return
 	}
 	if a.Writable {
 		n.phys[p] = coherence.Exclusive
@@ -172,6 +145,45 @@ func (n *Node) install(a *coherence.Action) {
 		})
 	}
 	n.resolved(p, via == nil || !installed)
+}
+
+// placePage puts data in the memfd as page p: through the userfaultfd of
+// a program that waits on it (UFFDIO_COPY, which also maps it there and
+// wakes that program's threads), or, when none can, with pwrite. A page
+// that is not writable is write-protected in every other program first,
+// so that none sees it writable for a moment. It returns the program used
+// and whether UFFDIO_COPY installed the page; ok is false when the page
+// could not be written at all.
+func (n *Node) placePage(p coherence.PageID, data []byte, writable bool) (via *prog, installed, ok bool) {
+	via = n.installVia(p)
+	if !writable {
+		for _, pr := range n.progs {
+			if pr != via && !pr.gone {
+				if err := pr.u.WriteProtect(n.pageAddr(p), uintptr(n.ps), true, false); err != nil {
+					n.progErr(pr, "write-protect", p, err)
+				}
+			}
+		}
+	}
+	if via != nil {
+		err := via.u.Copy(n.pageAddr(p), data, !writable)
+		switch {
+		case err == nil:
+			installed = true
+		case errors.Is(err, uffd.ErrExist):
+			n.log.Error("page already present in the memfd at install", "page", p)
+			installed = true
+		default:
+			n.progErr(via, "UFFDIO_COPY (writing the page through the memfd instead)", p, err)
+		}
+	}
+	if !installed {
+		if _, err := unix.Pwrite(n.memfd, data, n.pageOff(p)); err != nil {
+			n.log.Error("pwrite page", "page", p, "err", err)
+			return via, false, false
+		}
+	}
+	return via, installed, true
 }
 
 // installVia picks the program whose userfaultfd installs page p: one that

@@ -349,34 +349,10 @@ func (n *Node) rcInstall(p coherence.PageID, data []byte) {
 		n.log.Error("rc engine installs a page that is present", "page", p)
 		return
 	}
-	via := n.installVia(p)
-	if !writable {
-		for _, pr := range n.progs {
-			if pr != via && !pr.gone {
-				if err := pr.u.WriteProtect(n.pageAddr(p), uintptr(n.ps), true, false); err != nil {
-					n.progErr(pr, "write-protect", p, err)
-				}
-			}
-		}
-	}
-	installed := false
-	if via != nil {
-		err := via.u.Copy(n.pageAddr(p), data, !writable)
-		switch {
-		case err == nil:
-			installed = true
-		case errors.Is(err, uffd.ErrExist):
-			n.log.Error("page already present in the memfd at install", "page", p)
-			installed = true
-		default:
-			n.progErr(via, "UFFDIO_COPY (writing the page through the memfd instead)", p, err)
-		}
-	}
-	if !installed {
-		if _, err := unix.Pwrite(n.memfd, data, n.pageOff(p)); err != nil {
-			n.fail(fmt.Errorf("pwrite page %d: %w", p, err))
-			return
-		}
+	via, installed, ok := n.placePage(p, data, writable)
+	if !ok {
+		n.fail(fmt.Errorf("release-consistent page %d could not be installed", p))
+		return
 	}
 	n.stats.installs++
 	if writable {
