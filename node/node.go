@@ -590,7 +590,7 @@ func (n *Node) onFault(pr *prog, p coherence.PageID, write, wp bool, at time.Tim
 		return
 	}
 	if n.isRC(p) {
-		n.rcFault(pr, p, write, wp, waiter{p: pr, wp: wp, at: at})
+		n.rcFault(p, write, wp, waiter{p: pr, wp: wp, at: at})
 		return
 	}
 	n.waiting[p] = append(n.waiting[p], waiter{p: pr, wp: wp, at: at})

@@ -24,7 +24,8 @@ import (
 //     write-protected, a write writable.
 //   - The first write to a write-protected copy faults: the page joins the
 //     node's written set and is made writable in every program (this is
-//     write-fault tracking: one fault per page and interval).
+//     write-fault tracking: one fault per page and interval, or fewer for
+//     a program that writes pages in order, see rcWritable).
 //   - A release (a program's Unlock giving a lock back, a barrier arrival,
 //     Region.Release) write-protects the written pages in every program
 //     before it reads them, so that no write slips between the read and the
@@ -104,9 +105,9 @@ func (n *Node) isRC(p coherence.PageID) bool {
 }
 
 // rcFault serves a fault on a release-consistent page.
-func (n *Node) rcFault(pr *prog, p coherence.PageID, write, wp bool, at waiter) {
+func (n *Node) rcFault(p coherence.PageID, write, wp bool, w waiter) {
 	rs := n.rcs
-	n.waiting[p] = append(n.waiting[p], at)
+	n.waiting[p] = append(n.waiting[p], w)
 	a := coherence.Read
 	if write || wp {
 		a = coherence.Write
