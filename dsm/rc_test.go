@@ -103,6 +103,7 @@ const (
 	bankShards   = 4
 	bankStart    = 1000
 	bankRounds   = 150
+	bankThreads  = 2 // goroutines per node
 )
 
 // bankState is the bank in release-consistent memory: every shard's
@@ -143,24 +144,41 @@ func workRCBank(r *dsm.Region) error {
 	if err := r.Barrier(ctx, "bank_open", r.Nodes()); err != nil {
 		return err
 	}
-	var made [bankShards]uint64
-	rng := uint64(r.NodeID())*7919 + 1
-	next := func(n uint64) uint64 { rng = rng*6364136223846793005 + 1442695040888963407; return (rng >> 33) % n }
-	for range bankRounds {
-		s := int(next(bankShards))
-		from := s + bankShards*int(next(bankAccounts/bankShards))
-		to := s + bankShards*int(next(bankAccounts/bankShards))
-		if err := locks[s].Lock(ctx); err != nil {
-			return err
-		}
-		// The amount depends on the balance: a stale read shows up as
-		// money made or lost, and a lost transfer in the counter.
-		amount := b.Accounts[from] / 3
-		b.Accounts[from] -= amount
-		b.Accounts[to] += amount
-		b.Transfers[s]++
-		made[s]++
-		if err := locks[s].Unlock(); err != nil {
+	// Two goroutines per node make transfers at once: one thread's
+	// writes to a shard's accounts meet the other's acquires of another
+	// shard's lock on the same page.
+	var made [bankShards]atomic.Uint64
+	errs := make(chan error, bankThreads)
+	for g := range bankThreads {
+		go func() {
+			rng := uint64(r.NodeID()*bankThreads+g)*7919 + 1
+			next := func(n uint64) uint64 { rng = rng*6364136223846793005 + 1442695040888963407; return (rng >> 33) % n }
+			for range bankRounds / bankThreads {
+				s := int(next(bankShards))
+				from := s + bankShards*int(next(bankAccounts/bankShards))
+				to := s + bankShards*int(next(bankAccounts/bankShards))
+				if err := locks[s].Lock(ctx); err != nil {
+					errs <- err
+					return
+				}
+				// The amount depends on the balance: a stale read shows
+				// up as money made or lost, and a lost transfer in the
+				// counter.
+				amount := b.Accounts[from] / 3
+				b.Accounts[from] -= amount
+				b.Accounts[to] += amount
+				b.Transfers[s]++
+				made[s].Add(1)
+				if err := locks[s].Unlock(); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range bankThreads {
+		if err := <-errs; err != nil {
 			return err
 		}
 	}
@@ -174,7 +192,11 @@ func workRCBank(r *dsm.Region) error {
 	if total != bankAccounts*bankStart {
 		return fmt.Errorf("node %d: the bank holds %d, want %d: %v", r.NodeID(), total, bankAccounts*bankStart, b.Accounts)
 	}
-	fmt.Printf("node %d made %v; counters %v; total %d\n", r.NodeID(), made, b.Transfers, total)
+	var counts [bankShards]uint64
+	for i := range made {
+		counts[i] = made[i].Load()
+	}
+	fmt.Printf("node %d made %v; counters %v; total %d\n", r.NodeID(), counts, b.Transfers, total)
 	return r.Barrier(ctx, "bank_checked", r.Nodes())
 }
 
