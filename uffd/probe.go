@@ -69,6 +69,19 @@ func (r ProbeResult) OK() bool {
 	return true
 }
 
+// RCTracking says how the daemon finds the pages a program wrote in
+// release-consistent memory on this machine. It always uses write-protect
+// faults: asynchronous write protection (WP_ASYNC with PAGEMAP_SCAN, Linux
+// 6.7) cannot hold a write, so a thread writing a page while another
+// thread's acquire invalidates it would lose its write.
+func (r ProbeResult) RCTracking() string {
+	s := "written pages found by write-protect faults (one per page and interval; fewer for pages written in order)"
+	if r.Features&FeatureWPAsync != 0 {
+		return s + "; this kernel offers asynchronous write protection (WP_ASYNC), not used: it cannot hold a write while an acquire invalidates the page"
+	}
+	return s + "; this kernel lacks asynchronous write protection (WP_ASYNC)"
+}
+
 // String formats the result as a report for people, one check per line.
 func (r ProbeResult) String() string {
 	var b strings.Builder
@@ -90,6 +103,7 @@ func (r ProbeResult) String() string {
 	for _, c := range r.Checks() {
 		b.WriteString("  " + strings.ReplaceAll(c.String(), "\n", "\n  ") + "\n")
 	}
+	b.WriteString("release-consistent memory: " + r.RCTracking() + "\n")
 	if r.OK() {
 		b.WriteString("result: OK\n")
 	} else {

@@ -32,6 +32,15 @@ func TestProbe(t *testing.T) {
 	if !r.Features.Has(uffd.RequiredFeatures) {
 		t.Errorf("features %v", r.Features)
 	}
+	// The report says how release-consistent writes are tracked, and
+	// whether the kernel could do it asynchronously.
+	wantAsync := "lacks asynchronous write protection"
+	if r.Features.Has(uffd.FeatureWPAsync) {
+		wantAsync = "offers asynchronous write protection (WP_ASYNC), not used"
+	}
+	if !strings.Contains(report, "release-consistent memory: written pages found by write-protect faults") || !strings.Contains(report, wantAsync) {
+		t.Errorf("the report does not say how release-consistent writes are tracked (want %q):\n%s", wantAsync, report)
+	}
 	if len(r.Methods) != len(uffd.Methods) || r.Best == 0 {
 		t.Errorf("methods %v, best %v", r.Methods, r.Best)
 	}
