@@ -693,14 +693,23 @@ func overlappingWriters(items []item) []uint16 {
 
 // itemList renders "a (node 0) and b (node 1)", at most six names.
 func itemList(items []item) string {
+	vs := make([]VarUse, len(items))
+	for i, it := range items {
+		vs[i] = it.VarUse
+	}
+	return varList(vs)
+}
+
+// varList renders "a (node 0) and b (node 1)", at most six names.
+func varList(vs []VarUse) string {
 	const maxNames = 6
 	var names []string
-	for i, it := range items {
+	for i, v := range vs {
 		if i == maxNames {
-			names = append(names, fmt.Sprintf("%d more", len(items)-maxNames))
+			names = append(names, fmt.Sprintf("%d more", len(vs)-maxNames))
 			break
 		}
-		names = append(names, fmt.Sprintf("%s (%s)", it.Name, nodesWord(it.WrittenBy)))
+		names = append(names, fmt.Sprintf("%s (%s)", v.Name, nodesWord(v.WrittenBy)))
 	}
 	if len(names) == 0 {
 		return "unknown bytes"

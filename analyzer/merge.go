@@ -419,21 +419,7 @@ func mergedSummary(f Finding) string {
 	if f.Cost > 0 {
 		stats += ", " + fmtDur(f.Cost)
 	}
-	list := func(vs []VarUse) string {
-		const maxNames = 6
-		var names []string
-		for i, v := range vs {
-			if i == maxNames {
-				names = append(names, fmt.Sprintf("%d more", len(vs)-maxNames))
-				break
-			}
-			names = append(names, fmt.Sprintf("%s (%s)", v.Name, nodesWord(v.WrittenBy)))
-		}
-		if len(names) == 0 {
-			return "unknown bytes"
-		}
-		return andList(names)
-	}
+	list := varList
 	switch f.Class {
 	case FalseSharing:
 		return fmt.Sprintf("page %d: %s share a page: %s", f.Page, list(f.Vars), stats)
