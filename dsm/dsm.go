@@ -5,13 +5,16 @@
 // every node of the cluster maps at the same virtual address. It reads and
 // writes the region with ordinary loads, stores and sync/atomic operations;
 // the node daemon traps its page faults with userfaultfd and keeps every page
-// sequentially consistent across the cluster.
+// sequentially consistent across the cluster, except the pages of
+// allocations made ReleaseConsistent, which several nodes may write at once
+// and which meet at Unlock, Lock and Barrier.
 //
 //	r, err := dsm.Attach(ctx, dsm.Options{}) // Options.Socket; empty means $DSM_SOCKET
 //	if err != nil { ... }
 //	defer r.Close()
-//	mem := r.Bytes()
-//	atomic.AddUint64((*uint64)(unsafe.Pointer(&mem[0])), 1)
+//	off, err := r.Alloc("hits", 8, 8)      // the same offset on every node
+//	atomic.AddUint64((*uint64)(r.Ptr(off)), 1)
+//	n, err := dsm.New[Node](r)              // the shared heap; dsm.Free(r, n)
 //
 // The fault server runs in the daemon, never in the program: a Go program
 // that served its own faults could deadlock its own runtime (see DESIGN.md).
