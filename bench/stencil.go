@@ -207,7 +207,7 @@ func (s *suite) addStencilFigure(n, iters int, byNode []*jacobi.Result, mismatch
 		strings.Join(bands, ", "), strings.Join(sweeps, ", "), fmtNs(st.Mean))
 	key, one, name := keyStencil(nodes), keyStencil(1), ""
 	if rc {
-		key, one, name = keyStencilRC(nodes), keyStencilRC(1), ", release-consistent grids"
+		key, one, name = keyStencilRC(nodes), keyStencilRC(1), ", release-consistent grids homed in blocks"
 	}
 	if nodes > 1 {
 		if fl, ok := s.res.figure(one); ok && fl.Latency.Median > 0 {
@@ -251,7 +251,8 @@ func stencilWorker(js string) error {
 	defer r.Close()
 	var opts []dsm.AllocOption
 	if sp.RC {
-		opts = append(opts, dsm.ReleaseConsistent)
+		// Each band's pages at home on the node that writes it.
+		opts = append(opts, dsm.ReleaseConsistent, dsm.BlockHomes)
 	}
 	res, err := jacobi.Run(ctx, r, sp.N, sp.Iters, opts...)
 	if err != nil && !errors.Is(err, jacobi.ErrMismatch) {

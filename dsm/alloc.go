@@ -16,9 +16,10 @@ import (
 type AllocOption interface{ applyAlloc(*allocConfig) }
 
 type allocConfig struct {
-	align uint64
-	name  string
-	rc    bool
+	align  uint64
+	name   string
+	rc     bool
+	blocks bool
 }
 
 type consistency bool
@@ -43,6 +44,20 @@ func (c consistency) applyAlloc(cfg *allocConfig) { cfg.rc = bool(c) }
 // The cluster must keep a release-consistent area (dsmnode run --rc-size,
 // serve --rc-size); release-consistent memory cannot be freed yet.
 const ReleaseConsistent consistency = true
+
+type blockHomes struct{}
+
+func (blockHomes) applyAlloc(cfg *allocConfig) { cfg.blocks = true }
+
+// BlockHomes homes a release-consistent allocation's pages in contiguous
+// blocks, one per node in node order (node i is the home of the i-th
+// N-th of the pages), instead of spreading them over the nodes by hash: a
+// program that splits an array into bands, one per node, then finds each
+// band's pages at home on the node that writes them, so that its releases
+// send nothing for them. It applies with ReleaseConsistent only; every
+// daemon of the cluster learns the distribution before the allocation
+// returns.
+var BlockHomes AllocOption = blockHomes{}
 
 // Align places the object at a multiple of the given number of bytes (a
 // power of two up to 64 KiB). Align(r.PageSize()) gives the object pages of
@@ -138,9 +153,17 @@ func (r *Region) newObject(t reflect.Type, n int, opts []AllocOption) (unsafe.Po
 		return nil, fmt.Errorf("dsm: allocate %d × %v: %w: %d bytes asked, the region has %d; start the cluster with a larger region (dsmnode run -size BYTES, dsmnode serve --size BYTES)", n, t, ErrFull, uint64(n)*size, len(r.mem))
 	}
 	size *= uint64(n)
+	if cfg.blocks && !cfg.rc {
+		return nil, fmt.Errorf("dsm: allocate %v: BlockHomes applies to release-consistent memory only (add dsm.ReleaseConsistent)", t)
+	}
 	off, err := r.heapAlloc(size, cfg.align, cfg.rc)
 	if err != nil {
 		return nil, fmt.Errorf("dsm: allocate %v: %w", t, err)
+	}
+	if cfg.blocks {
+		if err := r.homeBlocks(context.Background(), off, size); err != nil {
+			return nil, fmt.Errorf("dsm: allocate %v: %w", t, err)
+		}
 	}
 	if cfg.name != "" {
 		name := fmt.Sprintf("%s@%#x", cfg.name, off)
@@ -198,6 +221,15 @@ func shareableErr(t reflect.Type, path string, depth int) error {
 			return nil // a linked structure; its type is checked where it is allocated
 		}
 		return shareableErr(t.Elem(), path+"[*]", depth+1)
+	}
+	return nil
+}
+
+// homeBlocks asks the daemon to home [off, off+size) in blocks, and
+// returns once every daemon of the cluster knows.
+func (r *Region) homeBlocks(ctx context.Context, off, size uint64) error {
+	if err := r.call(ctx, ctl.Request{Op: ctl.OpHomeBlocks, Offset: off, Size: size}, nil); err != nil {
+		return fmt.Errorf("home the pages in blocks: %w", err)
 	}
 	return nil
 }

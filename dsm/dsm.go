@@ -342,8 +342,8 @@ func (r *Region) Nodes() int { return r.geo.Nodes }
 // again on the same cluster finds its names, and their contents, where it
 // left them. For memory that is freed, see New, MakeSlice and Free.
 //
-// Of the options, only ReleaseConsistent applies (alignment is an argument;
-// the name is the name).
+// Of the options, ReleaseConsistent and BlockHomes apply (alignment is an
+// argument; the name is the name).
 func (r *Region) Alloc(name string, size, align int, opts ...AllocOption) (int, error) {
 	return r.alloc(context.Background(), name, size, align, nil, opts)
 }
@@ -362,9 +362,19 @@ func (r *Region) alloc(ctx context.Context, name string, size, align int, fields
 	if name == "" {
 		return 0, errors.New("dsm: alloc needs a name (the analyzer reports variables by name)")
 	}
-	off, err := r.allocNamed(ctx, name, uint64(size), uint64(align), cfg.rc)
+	if cfg.blocks && !cfg.rc {
+		return 0, fmt.Errorf("dsm: alloc %q: BlockHomes applies to release-consistent memory only (add dsm.ReleaseConsistent)", name)
+	}
+	off, err := r.allocNamed(ctx, name, uint64(size), uint64(align), cfg.rc, cfg.blocks)
 	if err != nil {
 		return 0, fmt.Errorf("dsm: alloc %q: %w", name, err)
+	}
+	if cfg.blocks {
+		// Every node that allocates the name asks: the daemons must all
+		// know before any of this node's program touches the pages.
+		if err := r.homeBlocks(ctx, off, uint64(size)); err != nil {
+			return 0, fmt.Errorf("dsm: alloc %q: %w", name, err)
+		}
 	}
 	if err := r.register(ctx, name, off, uint64(size), fields); err != nil {
 		return 0, fmt.Errorf("dsm: alloc %q: %w", name, err)

@@ -415,7 +415,7 @@ var ErrFull = fmt.Errorf("dsm: the region is full")
 
 // allocNamed returns the offset of the named allocation, placing it if no
 // node did yet. It runs under the cluster-wide allocation lock.
-func (r *Region) allocNamed(ctx context.Context, name string, size, align uint64, rc bool) (uint64, error) {
+func (r *Region) allocNamed(ctx context.Context, name string, size, align uint64, rc, blocks bool) (uint64, error) {
 	if len(name) > maxNameLen {
 		return 0, fmt.Errorf("the name is %d bytes long; names have at most %d", len(name), maxNameLen)
 	}
@@ -454,8 +454,8 @@ func (r *Region) allocNamed(ctx context.Context, name string, size, align uint64
 				if sz != size || al != align {
 					return 0, fmt.Errorf("asked for %d bytes aligned to %d, but the cluster has it as %d bytes aligned to %d at offset %d (the first node to allocate a name fixes it)", size, align, sz, al, off)
 				}
-				if st := *r.word(s + sfState); st != modeState(rc) {
-					return 0, fmt.Errorf("asked for it %s, but the cluster has it %s at offset %d (the first node to allocate a name fixes it)", modeName(modeState(rc)), modeName(st), off)
+				if st := *r.word(s + sfState); st != modeState(rc, blocks) {
+					return 0, fmt.Errorf("asked for it %s, but the cluster has it %s at offset %d (the first node to allocate a name fixes it)", modeName(modeState(rc, blocks)), modeName(st), off)
 				}
 				return off, nil
 			}
@@ -490,22 +490,29 @@ func (r *Region) allocNamed(ctx context.Context, name string, size, align uint64
 	*r.word(slot + sfAlign) = align
 	*r.word(slot + sfNameLen) = uint64(len(name))
 	copy(r.mem[slot+sfName:], name)
-	atomic.StoreUint64(r.word(slot+sfState), modeState(rc))
+	atomic.StoreUint64(r.word(slot+sfState), modeState(rc, blocks))
 	return off, nil
 }
 
 func roundUp(n, to uint64) uint64 { return (n + to - 1) / to * to }
 
-// The states of a used name slot: the allocation's consistency.
-func modeState(rc bool) uint64 {
-	if rc {
+// The states of a used name slot: the allocation's consistency, and for
+// release-consistent memory, whether its pages are homed in blocks.
+func modeState(rc, blocks bool) uint64 {
+	switch {
+	case rc && blocks:
+		return 3
+	case rc:
 		return 2
 	}
 	return 1
 }
 
 func modeName(st uint64) string {
-	if st == 2 {
+	switch st {
+	case 3:
+		return "release-consistent with pages homed in blocks (BlockHomes)"
+	case 2:
 		return "release-consistent"
 	}
 	return "sequentially consistent"

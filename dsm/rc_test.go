@@ -3,8 +3,10 @@ package dsm_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -292,4 +294,100 @@ func TestReleaseConsistentDataRace(t *testing.T) {
 	require.Contains(t, f.Summary, "Racy.Hits", rep.Text())
 	require.NotContains(t, f.Summary, "Racy.Misses", rep.Text())
 	t.Logf("%s\n%s", f.Summary, f.Fix)
+}
+
+func init() {
+	workers["rcbands"] = workRCBands
+}
+
+const bandPages = 8 // per node
+
+// workRCBands: every node writes its own band of a release-consistent
+// array, rounds apart, and reads every band after each barrier. With
+// DSM_TEST_BLOCKS=1 the array's pages are homed in blocks (BlockHomes).
+func workRCBands(r *dsm.Region) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ps, nodes, id := r.PageSize(), r.Nodes(), r.NodeID()
+	opts := []dsm.AllocOption{dsm.ReleaseConsistent}
+	if os.Getenv("DSM_TEST_BLOCKS") == "1" {
+		opts = append(opts, dsm.BlockHomes)
+	}
+	off, err := r.Alloc("rc_bands", nodes*bandPages*ps, ps, opts...)
+	if err != nil {
+		return err
+	}
+	words := unsafe.Slice((*uint64)(r.Ptr(off)), nodes*bandPages*ps/8)
+	per := bandPages * ps / 8
+	for round := uint64(1); round <= 3; round++ {
+		for i := id * per; i < (id+1)*per; i++ {
+			words[i] = round<<32 | uint64(i)
+		}
+		if err := r.Barrier(ctx, fmt.Sprintf("bands_%d", round), nodes); err != nil {
+			return err
+		}
+		for i, v := range words {
+			if v != round<<32|uint64(i) {
+				return fmt.Errorf("round %d: node %d read word %d = %#x", round, id, i, v)
+			}
+		}
+		if err := r.Barrier(ctx, fmt.Sprintf("bands_read_%d", round), nodes); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("node %d read every band of 3 rounds\n", id)
+	return nil
+}
+
+// Bands of a release-consistent array, one per node: with BlockHomes each
+// band's pages are at home on the node that writes them, and its releases
+// send no diff; with the DHT's homes they do. Every node reads every band
+// either way.
+func TestBlockHomesKeepBandsHome(t *testing.T) {
+	for _, blocks := range []bool{false, true} {
+		t.Run(fmt.Sprint("blocks=", blocks), func(t *testing.T) {
+			c := startClusterTuned(t, 3, rcCluster(t, 3))
+			env := "DSM_TEST_BLOCKS=0"
+			if blocks {
+				env = "DSM_TEST_BLOCKS=1"
+			}
+			out := runWorkers(t, c, "rcbands", env)
+			require.Equal(t, 3, strings.Count(out, "read every band of 3 rounds"), out)
+			remote := 0
+			for i := range 3 {
+				st, err := c.Status(i)
+				require.NoError(t, err)
+				remote += st.RC.Engine.RemoteDiffs
+				require.NotZero(t, st.RC.Engine.Diffs)
+			}
+			if blocks {
+				require.Zero(t, remote, "with BlockHomes a node's band is at home where it is written")
+			} else {
+				require.NotZero(t, remote, "with the DHT's homes some pages of a band are elsewhere")
+			}
+		})
+	}
+}
+
+// BlockHomes is part of a name's definition, and needs release
+// consistency.
+func TestBlockHomesMisuse(t *testing.T) {
+	c := startClusterTuned(t, 1, rcCluster(t, 1))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := dsm.Attach(ctx, dsm.Options{Socket: c.Daemons[0].Socket, OnLost: func(error) {}})
+	require.NoError(t, err)
+	defer r.Close()
+	_, err = r.Alloc("blocks", 1<<16, 4096, dsm.ReleaseConsistent, dsm.BlockHomes)
+	require.NoError(t, err)
+	_, err = r.Alloc("blocks", 1<<16, 4096, dsm.ReleaseConsistent)
+	require.ErrorContains(t, err, "homed in blocks")
+	_, err = r.Alloc("sc", 64, 8, dsm.BlockHomes)
+	require.ErrorContains(t, err, "release-consistent memory only")
+	_, err = dsm.MakeSlice[uint64](r, 10, dsm.BlockHomes)
+	require.ErrorContains(t, err, "release-consistent memory only")
+	s, err := dsm.MakeSlice[uint64](r, 4096, dsm.ReleaseConsistent, dsm.BlockHomes)
+	require.NoError(t, err)
+	s[0] = 1
+	require.NoError(t, r.Release(ctx))
 }

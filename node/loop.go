@@ -175,6 +175,7 @@ func (n *Node) runLoop(ctx context.Context) error {
 			n.eng.Tick()
 			if n.rcs != nil {
 				n.rcs.eng.Tick()
+				n.tickHomes(now)
 			}
 			n.tickLocks(now)
 			if now.Sub(n.lastStuckCheck) >= time.Second {

@@ -614,6 +614,7 @@ const (
 	protoLock        = 2
 	protoIncarnation = 3 // a node's incarnation, sent to each peer when it comes up
 	// protoRC = 4: the release-consistent protocol (rc.go)
+	// protoRCHomes = 5: release-consistent home ranges (rchomes.go)
 )
 
 func (n *Node) onPeerMessage(from uint16, b []byte) {
@@ -645,6 +646,8 @@ func (n *Node) onPeerMessage(from uint16, b []byte) {
 		n.onIncarnation(from, b[1:])
 	case protoRC:
 		n.onRCMessage(from, b[1:])
+	case protoRCHomes:
+		n.onHomesMessage(from, b[1:])
 	default:
 		n.log.Warn("message of unknown protocol dropped", "peer", from, "proto", b[0])
 	}

@@ -56,6 +56,11 @@ type rcState struct {
 	// writable, ahead how many more pages the next such fault takes.
 	lastWP coherence.PageID
 	ahead  int
+	// homes are the page ranges homed in blocks (rchomes.go), sorted;
+	// announcing the announcements waiting for peers' answers.
+	homes        []homeRange
+	announcing   map[uint64]*announcement
+	nextAnnounce uint64
 }
 
 // maxDirtyAhead bounds how many pages a write-protect fault makes writable
@@ -89,13 +94,14 @@ func (n *Node) initRC() error {
 		return fmt.Errorf("rc_size: %w", err)
 	}
 	lo, hi := l.RCPages()
+	n.rcs = &rcState{lo: coherence.PageID(lo), hi: coherence.PageID(hi),
+		dirty: map[coherence.PageID]bool{}, wantWrite: map[coherence.PageID]bool{}, announcing: map[uint64]*announcement{}}
 	eng, err := rc.New(rc.Config{ID: rc.NodeID(n.cfg.ID), Nodes: n.cfg.Nodes, PageSize: n.ps,
-		Home: func(p rc.PageID) rc.NodeID { return rc.NodeID(n.Home(coherence.PageID(p))) }})
+		Home: func(p rc.PageID) rc.NodeID { return rc.NodeID(n.rcHome(coherence.PageID(p))) }})
 	if err != nil {
 		return err
 	}
-	n.rcs = &rcState{eng: eng, lo: coherence.PageID(lo), hi: coherence.PageID(hi),
-		dirty: map[coherence.PageID]bool{}, wantWrite: map[coherence.PageID]bool{}}
+	n.rcs.eng = eng
 	return nil
 }
 

@@ -172,6 +172,9 @@ type Stats struct {
 	// DiffMsgBytes counts the diff messages' encoded bytes (DiffBytes only
 	// their changed bytes).
 	DiffMsgBytes int
+	// RemoteDiffs counts the diffs sent to another node (the others were
+	// applied here, at their home).
+	RemoteDiffs int
 }
 
 // Engine is one node's side of the protocol, and the home side for the
@@ -594,6 +597,7 @@ func (e *Engine) start(op *syncOp, dirty []PageData) error {
 			e.copies[local[i].Page].lost = true
 		}
 	}
+	e.stats.RemoteDiffs += len(remote)
 	for _, m := range remote {
 		e.diffs[m.Seq] = &pendingDiff{msg: m, sentAt: e.now}
 		op.waiting++

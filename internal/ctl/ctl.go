@@ -41,6 +41,10 @@ const (
 	// (Region.Acquire)
 	OpRelease = "release"
 	OpAcquire = "acquire"
+	// program -> daemon: home the release-consistent pages of [Offset,
+	// Offset+Size) in blocks, one per node (dsm.BlockHomes); answered once
+	// every daemon knows
+	OpHomeBlocks = "homeblocks"
 )
 
 // Request is a message to the daemon.
