@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"slices"
 
 	"github.com/dsmrt/dsm/clocks"
@@ -772,24 +773,28 @@ func (d *differ) scan(twin, cur []byte, fill bool) {
 	i := 0
 	for ; i+8 <= n; i += 8 {
 		x := binary.LittleEndian.Uint64(cur[i:]) ^ binary.LittleEndian.Uint64(twin[i:])
-		switch {
-		case x == 0:
+		if x == 0 {
 			if d.start >= 0 {
 				d.end(cur, i, fill)
 			}
-		case (x-0x0101010101010101)&^x&0x8080808080808080 == 0: // no byte equal
-			if d.start < 0 {
-				d.start = i
-			}
-		default:
-			for b := 0; b < 8; b++ {
-				if byte(x>>(8*b)) != 0 {
-					if d.start < 0 {
-						d.start = i + b
-					}
-				} else if d.start >= 0 {
-					d.end(cur, i+b, fill)
-				}
+			continue
+		}
+		// m: bit b set when byte b changed.
+		hi := ((x & 0x7f7f7f7f7f7f7f7f) + 0x7f7f7f7f7f7f7f7f | x) & 0x8080808080808080
+		m := uint8((hi >> 7) * 0x0102040810204080 >> 56)
+		// Bits where a run starts (changed after unchanged) and ends
+		// (unchanged after changed), the byte before the word included.
+		var before uint8
+		if d.start >= 0 {
+			before = 1
+		}
+		prev := m<<1 | before
+		for ev := m&^prev | ^m&prev; ev != 0; ev &= ev - 1 {
+			b := bits.TrailingZeros8(ev)
+			if m&(1<<b) != 0 {
+				d.start = i + b
+			} else {
+				d.end(cur, i+b, fill)
 			}
 		}
 	}
@@ -798,7 +803,7 @@ func (d *differ) scan(twin, cur []byte, fill bool) {
 			if d.start < 0 {
 				d.start = i
 			}
-		} else {
+		} else if d.start >= 0 {
 			d.end(cur, i, fill)
 		}
 	}
