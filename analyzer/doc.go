@@ -52,8 +52,12 @@
 //     ranges, or nodes took write ownership without changing a byte);
 //   - [Quiet] otherwise.
 //
-// Only false sharing has a layout fix. True sharing is a property of the
-// algorithm, not of the layout: the fix is to synchronise through a lock or to
+// Only false sharing has a layout fix; when the writers of a falsely shared
+// page hold locks while they write it (in most holding periods with known
+// locks), the fix also offers release-consistent memory
+// (dsm.ReleaseConsistent), where several nodes write the page at once and
+// merge at the locks. True sharing is a property of the algorithm, not of
+// the layout: the fix is to synchronise through a lock or to
 // partition the data. Read-mostly pages need no change: read copies stay valid
 // until the next write, so they cost one transfer per reader and write.
 //
