@@ -7,7 +7,9 @@
 //
 // # The protocol (home-based lazy release consistency)
 //
-// Every page has a home (the same DHT home as in package coherence), which
+// Every page has a home (Config.Home: the daemon uses the DHT home, as
+// package coherence does, or, for an allocation the program asked to be
+// homed in blocks, the node whose block holds the page), which
 // keeps the page's master copy. A node that touches a page it has no copy of
 // fetches one from the home (MsgFetch, MsgPage) and keeps a twin of it; the
 // node's program may then read and write its copy freely, and several nodes
