@@ -128,9 +128,16 @@ type Engine struct {
 	timed map[PageID]struct{} // pages with a request, a confirmation, a kept hand-over or a message waiting
 	tbuf  []PageID
 
-	out   []Output
-	loop  []*Message // messages to this node itself, handled before returning
-	stats Stats
+	out []Output
+	// The Outputs and Actions of the batch being produced, and of the one
+	// Ready handed out last, which the daemon may still be applying: each
+	// Ready hands out one pair and takes the other for the next batch, so
+	// that a batch costs no allocation once the buffers are grown.
+	spareOut  []Output
+	acts      []Action
+	spareActs []Action
+	loop      []*Message // messages to this node itself, handled before returning
+	stats     Stats
 
 	bugs bugs // deliberate protocol bugs; set only by tests to prove the simulator's checks
 }
@@ -362,10 +369,15 @@ func (e *Engine) Tick() {
 }
 
 // Ready returns the outputs produced since the last call, in the order the
-// daemon must apply them, and forgets them.
+// daemon must apply them, and forgets them. The outputs, and the Actions
+// they point to, are the engine's and stay valid until the next call of
+// Ready: the daemon applies them before it asks again. (Messages and the
+// clocks of Actions are not reused: the engine never changes them once
+// out, and may keep a message to send it again.)
 func (e *Engine) Ready() []Output {
 	out := e.out
-	e.out = nil
+	e.out, e.spareOut = e.spareOut[:0], out
+	e.acts, e.spareActs = e.spareActs[:0], e.acts
 	return out
 }
 
@@ -450,9 +462,11 @@ func (e *Engine) page(p PageID) *localPage {
 	return lp
 }
 
+// act queues a page action. Its Clock is shared, not copied: a page's clock
+// is replaced, never changed in place, whenever its version changes.
 func (e *Engine) act(a Action) {
-	a.Clock = a.Clock.Clone()
-	e.out = append(e.out, Output{Act: &a})
+	e.acts = append(e.acts, a)
+	e.out = append(e.out, Output{Act: &e.acts[len(e.acts)-1]})
 }
 
 // send stamps m with this node's identity and clock and queues it: as an
