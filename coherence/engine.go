@@ -119,9 +119,13 @@ type Engine struct {
 	hold  bool // Config.Hold
 	pipe  bool // Config.Hold && !Config.NoPipeline: the home pipelines
 
-	clock   clocks.Vector // this node's vector clock
-	now     uint64        // ticks so far
-	lastReq uint64        // the last request id used
+	clock clocks.Vector // this node's vector clock
+	// snap is a copy of clock, made when first needed after clock last
+	// changed: the messages and page versions of one input share it.
+	// Clocks handed out are never changed in place by anybody.
+	snap    clocks.Vector
+	now     uint64 // ticks so far
+	lastReq uint64 // the last request id used
 
 	local map[PageID]*localPage
 	dirs  map[PageID]*dirEntry
@@ -244,7 +248,7 @@ func (e *Engine) Fault(p PageID, a Access) error {
 	if _, err := e.checkHome(p); err != nil {
 		return err
 	}
-	e.clock.Tick(int(e.id))
+	e.tick()
 	lp := e.page(p)
 	switch {
 	case a == Read:
@@ -282,7 +286,7 @@ func (e *Engine) Step(m *Message) error {
 		return err
 	}
 	e.clock.Merge(m.Clock)
-	e.clock.Tick(int(e.id))
+	e.tick()
 	e.dispatch(m)
 	e.drain()
 	return nil
@@ -441,7 +445,7 @@ func (e *Engine) EndHold(p PageID) {
 	if lp == nil || !lp.asked {
 		return
 	}
-	e.clock.Tick(int(e.id))
+	e.tick()
 	lp.hold, lp.asked = false, false
 	e.settle(p, lp)
 	e.drain()
@@ -449,6 +453,20 @@ func (e *Engine) EndHold(p PageID) {
 
 // Clock returns a copy of the node's vector clock.
 func (e *Engine) Clock() clocks.Vector { return e.clock.Clone() }
+
+// tick records an input event in the node's clock.
+func (e *Engine) tick() {
+	e.clock.Tick(int(e.id))
+	e.snap = nil
+}
+
+// clockNow returns the node's clock as a vector nobody changes.
+func (e *Engine) clockNow() clocks.Vector {
+	if e.snap == nil {
+		e.snap = e.clock.Clone()
+	}
+	return e.snap
+}
 
 // Stats returns the engine's counters.
 func (e *Engine) Stats() Stats { return e.stats }
@@ -473,7 +491,7 @@ func (e *Engine) act(a Action) {
 // Output for another node, internally for this node.
 func (e *Engine) send(m *Message) {
 	m.From = e.id
-	m.Clock = e.clock.Clone()
+	m.Clock = e.clockNow()
 	if m.To == e.id {
 		if m.NeedData {
 			// The protocol never sends a page to the node that holds it.
@@ -553,7 +571,7 @@ func (e *Engine) sendRequest(p PageID, lp *localPage, r *request) {
 
 func (e *Engine) sendConfirm(p PageID, lp *localPage, r *request) {
 	e.send(&Message{Type: MsgConfirm, To: e.home(p), Page: p, Req: r.id, Requester: e.id,
-		Version: lp.version, PageClock: lp.clock.Clone()})
+		Version: lp.version, PageClock: lp.clock})
 }
 
 // inFlight returns the page's request if m answers it.
@@ -606,7 +624,7 @@ func (e *Engine) install(p PageID, lp *localPage, r *request, m *Message) {
 	var c clocks.Vector
 	switch {
 	case m.Writable:
-		c = e.clock.Clone() // a new version starts here
+		c = e.clockNow() // a new version starts here
 	case m.PageClock != nil:
 		c = m.PageClock.Clone()
 	default:
@@ -636,7 +654,7 @@ func (e *Engine) onGrant(m *Message) {
 	}
 	switch {
 	case m.Writable && r.access == Write && lp.state == Shared && lp.version+1 == m.Version && m.Version >= lp.floor:
-		lp.state, lp.version, lp.clock = Exclusive, m.Version, e.clock.Clone()
+		lp.state, lp.version, lp.clock = Exclusive, m.Version, e.clockNow()
 		e.stats.Upgrades++
 		e.act(Action{Kind: ActUnprotect, Page: m.Page, Writable: true, Version: lp.version, Clock: lp.clock})
 		lp.hold, lp.asked = e.hold, false
@@ -714,7 +732,7 @@ func (e *Engine) seal(p PageID, lp *localPage) {
 		return
 	}
 	lp.state = Shared
-	lp.clock = e.clock.Clone()
+	lp.clock = e.clockNow()
 	e.stats.Downgrades++
 	if e.bugs.noProtect {
 		return
@@ -808,11 +826,11 @@ func (e *Engine) serve(p PageID, lp *localPage, m *Message) {
 	if m.Type == MsgFwdRead {
 		e.stats.CopiesOut++
 		e.send(&Message{Type: MsgData, To: m.Requester, Page: p, Req: m.Req, Requester: m.Requester,
-			Version: lp.version, PageClock: lp.clock.Clone(), NeedData: true})
+			Version: lp.version, PageClock: lp.clock, NeedData: true})
 		return
 	}
 	d := &Message{Type: MsgData, To: m.Requester, Page: p, Req: m.Req, Requester: m.Requester,
-		Version: m.Version, PageClock: lp.clock.Clone(), NeedData: true, Writable: true}
+		Version: m.Version, PageClock: lp.clock, NeedData: true, Writable: true}
 	e.send(d)
 	lp.state = Invalid
 	lp.floor = max(lp.floor, m.Version)
