@@ -395,14 +395,9 @@ func (a *Analyzer) Record(m Migration) {
 	// count of invalid ones does not depend on the budget.
 	set := a.scratch[:0]
 	for _, r := range m.Written {
-		lo, hi := uint64(r.Off), uint64(r.Off)+uint64(r.Len)
-		if r.Len == 0 || lo >= a.pageSize {
-			a.invalid++
+		lo, hi, ok := a.clip(r.Off, r.Len)
+		if !ok {
 			continue
-		}
-		if hi > a.pageSize {
-			a.invalid++
-			hi = a.pageSize
 		}
 		set = set.add(lo, hi)
 	}
@@ -653,4 +648,20 @@ func (st *pageState) ordered() []event {
 		return x.seq < y.seq
 	})
 	return evs
+}
+
+// clip returns the bytes [off, off+n) of a page, cut at its end, and counts
+// a range that is empty, starts past the end or crosses it as invalid. The
+// caller holds a.mu.
+func (a *Analyzer) clip(off, n uint32) (lo, hi uint64, ok bool) {
+	lo, hi = uint64(off), uint64(off)+uint64(n)
+	if n == 0 || lo >= a.pageSize {
+		a.invalid++
+		return 0, 0, false
+	}
+	if hi > a.pageSize {
+		a.invalid++
+		hi = a.pageSize
+	}
+	return lo, hi, true
 }

@@ -114,14 +114,9 @@ func (a *Analyzer) RecordRace(r Race) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	lo, hi := uint64(r.Off), uint64(r.Off)+uint64(r.Len)
-	if r.Len == 0 || lo >= a.pageSize {
-		a.invalid++
+	lo, hi, ok := a.clip(r.Off, r.Len)
+	if !ok {
 		return
-	}
-	if hi > a.pageSize {
-		a.invalid++
-		hi = a.pageSize
 	}
 	a.dataRaces++
 	k := raceKey{page: r.Page, off: uint32(lo), len: uint32(hi - lo), n0: r.A.Node, n1: r.B.Node}
