@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"time"
 
 	"github.com/dsmrt/dsm/clocks"
 )
@@ -42,6 +43,23 @@ type SimConfig struct {
 	// Trace, if set, receives one line per step.
 	Trace io.Writer
 
+	// Daemon, when set, puts a real daemon in every node's place: the
+	// simulator hands it the node's engine, memory, programs and network
+	// (a SimWorld), feeds it the programs' faults, the messages and the
+	// ticks, and the daemon applies the engine's outputs itself, through
+	// that memory. Package pager's tests give it the node daemon's page
+	// logic, so that the invariants are checked on the code that runs.
+	// Without it the simulator applies the outputs with a minimal daemon
+	// of its own, one output per step; the tests that make a daemon
+	// misbehave on purpose, or end holds by hand, use that one.
+	Daemon func(SimWorld) (SimDaemon, error)
+	// PageSize is the size of a page with a Daemon; 0 means 64. (The
+	// simulator's own daemon keeps pages of 8 bytes.)
+	PageSize int
+	// Programs is how many programs are attached to each node with a
+	// Daemon, 0 meaning 1; a node's threads are dealt among them.
+	Programs int
+
 	// Test hooks: deliberate bugs, to prove the checks catch them.
 	bugs      bugs
 	mutate    func(n NodeID, o *Output) bool // false drops the output
@@ -68,6 +86,7 @@ func SimConfigFor(seed uint64) SimConfig {
 		Hold:       r.IntN(8) != 0,
 		NoPipeline: r.IntN(5) == 0,
 		HoldSteps:  int(pick(0, 3, 20)),
+		Programs:   1 + r.IntN(2),
 	}
 }
 
@@ -171,6 +190,11 @@ func newSim(cfg SimConfig) (*sim, error) {
 			n.threads[t].left = cfg.Ops
 		}
 		s.nodes = append(s.nodes, n)
+		if cfg.Daemon != nil {
+			if err := s.startDaemon(n); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return s, nil
 }
@@ -188,11 +212,14 @@ type sim struct {
 	chaos  bool
 	res    SimResult
 	cands  []cand
+	err    error // with a Daemon: the first violation found during its call
 }
 
 type simNode struct {
 	id      NodeID
 	eng     *Engine
+	d       SimDaemon     // the daemon under test, or nil: the simulator's own
+	progs   []*SimProgram // with d: the attached programs
 	outq    []Output   // the rest of the batch being applied
 	inbox   []simEvent // faults, messages and ends of holds waiting for the daemon
 	holds   []simHold  // ActHolds not answered yet
@@ -204,6 +231,12 @@ type simNode struct {
 type simPage struct {
 	data     []byte
 	writable bool
+
+	// With a Daemon: when the copy was last made accessible (present, or
+	// writable in a program where it was not writable anywhere), and its
+	// content then.
+	madeAt   time.Time
+	madeData []byte
 
 	// The daemon's minimum hold of the copy it last installed or upgraded.
 	held      bool // in its hold: EndHold not called since
@@ -224,9 +257,12 @@ type simEvent struct {
 	page    PageID
 	access  Access
 	endHold bool
+	prog    int  // with a Daemon: the program that faulted
+	wp      bool // with a Daemon: a write to a write-protected page
 }
 
 type simThread struct {
+	prog    int    // with a Daemon: the program it belongs to
 	left    int    // accesses still to start
 	busy    bool   // an access is under way
 	blocked bool   // faulted; waits for a wake
@@ -320,6 +356,11 @@ func (s *sim) once() (*simNode, error) {
 				c = append(c, cand{cHold, i, h})
 			}
 		}
+		if n.d != nil {
+			if at := n.d.NextHold(); !at.IsZero() && !at.After(s.now()) {
+				c = append(c, cand{cHold, i, -1})
+			}
+		}
 	}
 	for i, p := range s.net {
 		if p.at <= s.step {
@@ -349,6 +390,9 @@ func (s *sim) once() (*simNode, error) {
 	case cInput:
 		ev := n.inbox[0]
 		n.inbox = n.inbox[1:]
+		if n.d != nil {
+			return n, s.daemonInput(n, ev)
+		}
 		return n, s.input(n, ev)
 	case cDeliver:
 		p := s.net[x.arg]
@@ -359,9 +403,17 @@ func (s *sim) once() (*simNode, error) {
 		return nil, nil
 	case cTick:
 		s.tracef("node %d: tick", n.id)
+		if n.d != nil {
+			n.d.Tick(s.now())
+			return n, s.daemonHolds(n)
+		}
 		n.eng.Tick()
 		return n, s.collect(n)
 	case cHold:
+		if x.arg < 0 {
+			s.tracef("node %d: holds due", n.id)
+			return n, s.daemonHolds(n)
+		}
 		h := n.holds[x.arg]
 		n.holds = slices.Delete(n.holds, x.arg, x.arg+1)
 		s.tracef("node %d: hold of p%d over", n.id, h.page)
@@ -398,6 +450,10 @@ func (s *sim) access(n *simNode, th *simThread) error {
 		}
 	}
 	pg := &n.pages[th.page]
+	writable := pg.writable
+	if n.d != nil {
+		writable = pg.data != nil && !n.progs[th.prog].wp[th.page]
+	}
 	switch {
 	case th.access == Read && pg.data != nil:
 		v := binary.LittleEndian.Uint64(pg.data)
@@ -407,7 +463,7 @@ func (s *sim) access(n *simNode, th *simThread) error {
 		}
 		s.res.Reads++
 		th.busy, th.owed = false, false
-	case th.access == Write && pg.data != nil && pg.writable:
+	case th.access == Write && pg.data != nil && writable:
 		s.value++
 		binary.LittleEndian.PutUint64(pg.data, s.value)
 		s.latest[th.page] = s.value
@@ -422,7 +478,7 @@ func (s *sim) access(n *simNode, th *simThread) error {
 		s.tracef("node %d: %v fault on p%d", n.id, th.access, th.page)
 		s.res.Faults++
 		th.blocked = true
-		n.inbox = append(n.inbox, simEvent{page: th.page, access: th.access})
+		n.inbox = append(n.inbox, simEvent{page: th.page, access: th.access, prog: th.prog, wp: pg.data != nil && th.access == Write})
 	}
 	return nil
 }
@@ -482,22 +538,7 @@ func (s *sim) apply(n *simNode, o Output) error {
 			m.Meta = []byte{byte(n.id)}
 			m.NeedData = false
 		}
-		b := m.AppendBinary(nil)
-		s.res.Sent++
-		loss, dup := s.cfg.Loss, s.cfg.Dup
-		if !s.chaos {
-			loss, dup = 0, 0
-		}
-		if s.rng.Float64() < loss {
-			s.res.Lost++
-			s.tracef("lost")
-			return nil
-		}
-		s.net = append(s.net, packet{at: s.step + s.rng.IntN(s.cfg.MaxDelay+1), to: m.To, b: b})
-		if s.rng.Float64() < dup {
-			s.res.Duplicated++
-			s.net = append(s.net, packet{at: s.step + s.rng.IntN(s.cfg.MaxDelay+1), to: m.To, b: b})
-		}
+		s.transmit(m.To, m.AppendBinary(nil))
 		return nil
 	}
 	a := o.Act
@@ -698,6 +739,9 @@ func (s *sim) quiescent() bool {
 		if len(n.outq) > 0 || len(n.inbox) > 0 || len(n.holds) > 0 || !n.eng.Idle() {
 			return false
 		}
+		if n.d != nil && !n.d.NextHold().IsZero() {
+			return false
+		}
 	}
 	return true
 }
@@ -713,6 +757,11 @@ func (s *sim) waitingFor() string {
 		}
 		for _, h := range n.holds {
 			b = fmt.Appendf(b, "node %d holds page %d until step %d (patient %v); ", n.id, h.page, h.due, h.patient)
+		}
+		if n.d != nil {
+			if at := n.d.NextHold(); !at.IsZero() {
+				b = fmt.Appendf(b, "node %d's daemon holds pages until %v; ", n.id, at.Sub(s.now()))
+			}
 		}
 		if pend := n.eng.Pending(); pend > 0 {
 			b = fmt.Appendf(b, "node %d has %d requests in flight; ", n.id, pend)
