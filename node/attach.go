@@ -17,6 +17,7 @@ import (
 
 	"github.com/dsmrt/dsm/analyzer"
 	"github.com/dsmrt/dsm/internal/ctl"
+	"github.com/dsmrt/dsm/pager"
 	"github.com/dsmrt/dsm/uffd"
 )
 
@@ -26,12 +27,11 @@ const DefaultAttachWait = 10 * time.Second
 
 // prog is an attached program.
 type prog struct {
-	id   int
-	pid  int
-	u    *uffd.FD
-	conn *net.UnixConn
-	gone bool           // under n.mu: detached, or its memory is gone
-	ra   readAheadState // under n.mu: this program's reads, for read-ahead
+	*pager.Prog // under n.mu: what the pager knows of it (Gone: detached, or its memory is gone)
+	id          int
+	pid         int
+	u           *uffd.FD
+	conn        *net.UnixConn
 }
 
 func (p *prog) close() {
@@ -230,7 +230,7 @@ func (n *Node) serveProgram(ctx context.Context, c *net.UnixConn, req ctl.Reques
 		reply(c, ureq.ID, nil, fmt.Errorf("attach: %w", err))
 		return
 	}
-	p := &prog{pid: req.PID, u: uffd.NewFD(fds[0]), conn: c}
+	p := &prog{pid: req.PID, u: uffd.NewFD(fds[0]), conn: c, Prog: &pager.Prog{}}
 	var attachErr error
 	err = n.do(ctx, func() {
 		// Write-protect the whole range in the new program: pages that are
@@ -246,6 +246,7 @@ func (n *Node) serveProgram(ctx context.Context, c *net.UnixConn, req ctl.Reques
 			return
 		}
 		n.progs[p.id] = p
+		p.Prog = n.pg.Attach(p.id, uffdProgram{u: p.u, base: uintptr(n.cfg.Base), ps: n.ps})
 		n.stats.attaches++
 	})
 	if err == nil {
@@ -264,7 +265,7 @@ func (n *Node) serveProgram(ctx context.Context, c *net.UnixConn, req ctl.Reques
 	// forgets it. Once the node has stopped, Run closes it.
 	n.do(context.Background(), func() {
 		n.unwatch(p.u.Fd())
-		p.gone = true
+		n.pg.Detach(p.Prog)
 		delete(n.progs, p.id)
 		n.releaseClientLocks(p)
 		p.close()

@@ -494,12 +494,12 @@ func (n *Node) noteWriteLocks(p coherence.PageID) {
 	if l.began == nil {
 		l.began = make(map[coherence.PageID][]string)
 	}
-	if len(l.began) >= 2*n.twins.max {
+	if _, budget := n.pg.Twins(); len(l.began) >= 2*budget {
 		// A page that left without a record (its twin was forgotten,
 		// or it was dropped) keeps its entry: forget the entries that
 		// can no longer be used, which leaves at most one per twin.
 		for q := range l.began {
-			if !n.twins.has(q) {
+			if !n.pg.HasTwin(q) {
 				delete(l.began, q)
 			}
 		}

@@ -124,7 +124,7 @@ func (n *Node) offLoop(fn func()) bool {
 	// the two sees the other. A hold started here is looked at by the loop
 	// only once it wakes.
 	if at := n.lp.wakeAt.Load(); at != 0 && (n.tr.Deadline().UnixNano() < at ||
-		len(n.holding) > 0 && n.holdNext.UnixNano() < at ||
+		!n.pg.NextHold().IsZero() && n.pg.NextHold().UnixNano() < at ||
 		!n.lazyNext.IsZero() && n.lazyNext.UnixNano() < at) {
 		n.kick()
 	}
@@ -171,8 +171,7 @@ func (n *Node) runLoop(ctx context.Context) error {
 		}
 		now := time.Now()
 		if !now.Before(nextTick) {
-			n.forgetHolds(now)
-			n.eng.Tick()
+			n.pg.Tick(now)
 			if n.rcs != nil {
 				n.rcs.eng.Tick()
 				n.tickHomes(now)
@@ -187,7 +186,7 @@ func (n *Node) runLoop(ctx context.Context) error {
 		n.tr.Tick(now)
 		n.flush()
 		wake := nextTick
-		if h := n.serveHolds(now); !h.IsZero() && h.Before(wake) {
+		if h := n.pg.ServeHolds(now); !h.IsZero() && h.Before(wake) {
 			wake = h
 		}
 		if l := n.flushLazy(now); !l.IsZero() && l.Before(wake) {
@@ -246,7 +245,7 @@ func (lp *eventLoop) wait(d time.Duration) (int, error) {
 // readFaults reads the faults waiting on program pr's userfaultfd and
 // serves them. Called by the loop with n.mu held.
 func (n *Node) readFaults(pr *prog, events uint32) {
-	if pr.gone {
+	if pr.Gone {
 		// Detaching or exited: what it left unread would keep the
 		// descriptor readable.
 		n.unwatch(pr.u.Fd())
@@ -255,14 +254,14 @@ func (n *Node) readFaults(pr *prog, events uint32) {
 	if events&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
 		n.log.Warn("userfaultfd of program failed; its faults are no longer served", "pid", pr.pid, "events", fmt.Sprintf("%#x", events))
 		n.unwatch(pr.u.Fd())
-		pr.gone = true
+		pr.Gone = true
 		return
 	}
 	k, err := pr.u.ReadMsgs(n.lp.msgs[:])
 	if err != nil {
 		n.log.Warn("read userfaultfd; its faults are no longer served", "pid", pr.pid, "err", err)
 		n.unwatch(pr.u.Fd())
-		pr.gone = true
+		pr.Gone = true
 		return
 	}
 	if k == 0 {

@@ -334,22 +334,21 @@ func (c *collector) snapshot() metricsSnapshot {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	s := &n.stats
+	pc := n.pg.Counters()
 	out := metricsSnapshot{
-		readFaults: s.readFaults, writeFaults: s.writeFaults, wpFaults: s.wpFaults,
+		readFaults: pc.ReadFaults, writeFaults: pc.WriteFaults, wpFaults: pc.WPFaults,
 		resolvedLocal: s.metrics.resolvedLocal, resolvedRemote: s.metrics.resolvedRemote,
 		lat: latencyHist(&s.lat), send: latencyHist(&s.stages.send),
 		remote: latencyHist(&s.stages.remote), install: latencyHist(&s.stages.install),
 		lockWaits: s.metrics.lockWaits, locksWaiting: len(n.locks.pending),
-		migrationsIn: s.migrationsIn, migrationsOut: s.migrationsOut,
-		installs: s.installs, drops: s.drops, holds: s.holds,
-		readAheads: s.readAheads, bytesOut: s.bytesOut,
+		migrationsIn: pc.MigrationsIn, migrationsOut: pc.MigrationsOut,
+		installs: pc.Installs, drops: pc.Drops, holds: pc.Holds,
+		readAheads: pc.ReadAheads, bytesOut: s.bytesOut,
 		programs: len(n.progs), attaches: s.attaches,
 		eng: n.eng.Stats(),
 	}
-	for _, ws := range n.waiting {
-		out.faultsWaiting += len(ws)
-	}
-	c.phys = append(c.phys[:0], n.phys...)
+	out.faultsWaiting = n.pg.Waiting()
+	c.phys = append(c.phys[:0], n.pg.PhysStates()...)
 	return out
 }
 

@@ -35,6 +35,7 @@ import (
 	"github.com/dsmrt/dsm/dht"
 	"github.com/dsmrt/dsm/internal/heaplayout"
 	dsmnet "github.com/dsmrt/dsm/net"
+	"github.com/dsmrt/dsm/pager"
 	"github.com/dsmrt/dsm/uffd"
 )
 
@@ -233,33 +234,18 @@ type Node struct {
 	cancel         context.CancelFunc
 	progs          map[int]*prog
 	nextID         int
-	phys           []coherence.State
-	waiting        map[coherence.PageID][]waiter
-	twins          *twinStore
-	holds          map[coherence.PageID]holdState // pages made accessible for a local fault
-	holdAges       []heldPage                     // n.holds in the order they were made, to forget them
-	holding        []heldPage                     // holds the engine asked to end (ActHold)
-	holdNext       time.Time                      // when the loop must look at holding again
-	holdEnds       []coherence.PageID             // scratch for serveHolds
-	outbox         []lazyBox                      // by node: messages that ride on the next one
-	sendBuf        []byte                         // scratch: the message being sent
-	lazyNext       time.Time                      // when the first of them is due
-	traces         map[coherence.PageID]*faultTrace
+	pg             *pager.Pager // the page logic: states, waiting faults, twins, holds
+	outbox         []lazyBox    // by node: messages that ride on the next one
+	sendBuf        []byte       // scratch: the message being sent
+	lazyNext       time.Time    // when the first of them is due
 	an             *analyzer.Analyzer
 	vars           map[string]analyzer.Var
 	stats          stats
-	buf            []byte // one page, scratch
 	locks          lockState
 	metrics        *metricsServer // nil unless Config.Metrics is set
 	rcs            *rcState       // nil unless Config.RCSize is set
 
 	wg sync.WaitGroup
-}
-
-type waiter struct {
-	p  *prog
-	wp bool
-	at time.Time
 }
 
 // New creates a node: it checks the machine, creates the memfd and binds
@@ -279,17 +265,11 @@ func New(cfg Config) (*Node, error) {
 		pages:   int(cfg.Size / uint64(cfg.PageSize)),
 		done:    make(chan struct{}),
 		progs:   map[int]*prog{},
-		waiting: map[coherence.PageID][]waiter{},
-		holds:   map[coherence.PageID]holdState{},
-		traces:  map[coherence.PageID]*faultTrace{},
 		peerInc: map[uint16]uint64{},
 		vars:    map[string]analyzer.Var{},
-		buf:     make([]byte, cfg.PageSize),
 		an:      analyzer.New(cfg.PageSize),
 	}
-	n.phys = make([]coherence.State, n.pages)
 	n.outbox = make([]lazyBox, cfg.Nodes)
-	n.twins = newTwinStore(twinBudget(n.pages), n.ps)
 	var inc [8]byte
 	rand.Read(inc[:])
 	n.incarnation = binary.LittleEndian.Uint64(inc[:])
@@ -316,6 +296,22 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("create the region's memfd (%d bytes): %w", cfg.Size, err)
 	}
 	n.memfd = fd
+	readAhead := cfg.ReadAhead
+	if readAhead < 0 {
+		readAhead = 0
+	}
+	n.pg, err = pager.New(pager.Config{
+		ID: coherence.NodeID(cfg.ID), Engine: eng, Pages: n.pages, PageSize: n.ps,
+		Store: memfdStore{fd: fd, ps: n.ps}, Sender: coherenceSender{n},
+		MinHold: time.Duration(cfg.MinHold), MaxHold: time.Duration(cfg.MaxHold),
+		ReadAhead: readAhead, NoCompress: cfg.NoCompress,
+		Analyzer: n.an, Locks: lockNotes{n}, Observer: (*statsObserver)(&n.stats),
+		Fail: n.fail, Log: log,
+	})
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
 	if err := n.openLoop(); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -478,38 +474,36 @@ func (n *Node) WaitPeers(ctx context.Context) error { return n.tr.WaitPeers(ctx)
 // forever. Called with n.mu held.
 func (n *Node) failStuckFaults(now time.Time) {
 	limit := time.Duration(n.cfg.FaultTimeout)
+	stuck := n.pg.Stuck(now.Add(-limit))
+	if len(stuck) == 0 {
+		return
+	}
 	var down []string
-	checked := false
-	told := map[*prog]bool{}
-	for page, ws := range n.waiting {
-		for _, w := range ws {
-			if w.p.gone || told[w.p] || now.Sub(w.at) < limit {
-				continue
-			}
-			if !checked {
-				checked = true
-				for _, p := range n.tr.Peers() {
-					if !p.Up {
-						down = append(down, fmt.Sprintf("node %d (%s)", p.ID, p.Addr))
-					}
-				}
-			}
-			told[w.p] = true
-			waited := now.Sub(w.at).Round(time.Second)
-			var err error
-			if len(down) > 0 {
-				err = fmt.Errorf("a fault on page %d (offset 0x%x) has waited %v and %s down: the page may be there, so the program cannot go on",
-					page, uint64(page)*uint64(n.ps), waited, strings.Join(down, ", ")+" is")
-			} else if home := n.Home(page); int(home) != n.cfg.ID {
-				err = fmt.Errorf("a fault on page %d (offset 0x%x) has waited %v with every node up: the page's home, node %d (%s), has not answered, so the program cannot go on",
-					page, uint64(page)*uint64(n.ps), waited, home, n.cfg.Peers[int(home)])
-			} else {
-				err = fmt.Errorf("a fault on page %d (offset 0x%x) has waited %v with every node up: its home is this node, and the node holding the page has not answered, so the program cannot go on",
-					page, uint64(page)*uint64(n.ps), waited)
-			}
-			n.log.Error("program stopped: fault cannot complete", "pid", w.p.pid, "err", err)
-			reply(w.p.conn, 0, nil, err)
+	for _, p := range n.tr.Peers() {
+		if !p.Up {
+			down = append(down, fmt.Sprintf("node %d (%s)", p.ID, p.Addr))
 		}
+	}
+	for _, w := range stuck {
+		pr := n.progs[w.Prog.ID]
+		if pr == nil {
+			continue
+		}
+		page := w.Page
+		waited := now.Sub(w.At).Round(time.Second)
+		var err error
+		if len(down) > 0 {
+			err = fmt.Errorf("a fault on page %d (offset 0x%x) has waited %v and %s down: the page may be there, so the program cannot go on",
+				page, uint64(page)*uint64(n.ps), waited, strings.Join(down, ", ")+" is")
+		} else if home := n.Home(page); int(home) != n.cfg.ID {
+			err = fmt.Errorf("a fault on page %d (offset 0x%x) has waited %v with every node up: the page's home, node %d (%s), has not answered, so the program cannot go on",
+				page, uint64(page)*uint64(n.ps), waited, home, n.cfg.Peers[int(home)])
+		} else {
+			err = fmt.Errorf("a fault on page %d (offset 0x%x) has waited %v with every node up: its home is this node, and the node holding the page has not answered, so the program cannot go on",
+				page, uint64(page)*uint64(n.ps), waited)
+		}
+		n.log.Error("program stopped: fault cannot complete", "pid", pr.pid, "err", err)
+		reply(pr.conn, 0, nil, err)
 	}
 }
 
@@ -541,7 +535,7 @@ func (n *Node) fail(err error) {
 		n.fatal = err
 		n.log.Error("node stopping: it cannot keep the region coherent", "err", err)
 		for _, p := range n.progs {
-			if !p.gone {
+			if !p.Gone {
 				reply(p.conn, 0, nil, err) // the program stops with the reason
 			}
 		}
@@ -586,26 +580,14 @@ func (n *Node) Run(ctx context.Context) error {
 
 // onFault serves a page fault of program pr. Called with n.mu held.
 func (n *Node) onFault(pr *prog, p coherence.PageID, write, wp bool, at time.Time) {
-	if pr.gone {
+	if pr.Gone {
 		return
 	}
 	if n.isRC(p) {
-		n.rcFault(p, write, wp, waiter{p: pr, wp: wp, at: at})
+		n.rcFault(pr, p, write, wp, at)
 		return
 	}
-	n.waiting[p] = append(n.waiting[p], waiter{p: pr, wp: wp, at: at})
-	n.traceFault(p, at)
-	a := coherence.Read
-	if write || wp {
-		a = coherence.Write
-	}
-	n.stats.countFault(a, wp)
-	if err := n.eng.Fault(p, a); err != nil {
-		n.log.Error("fault refused by the engine", "page", p, "err", err)
-	}
-	if a == coherence.Read {
-		n.readAhead(pr, p)
-	}
+	n.pg.Fault(pr.Prog, p, write, wp, at)
 }
 
 // Protocol bytes that start every transport message.
@@ -636,8 +618,7 @@ func (n *Node) onPeerMessage(from uint16, b []byte) {
 			n.log.Warn("coherence message claims another sender; dropped", "peer", from, "claims", m.From)
 			return
 		}
-		n.traceAnswer(m)
-		if err := n.eng.Step(m); err != nil {
+		if err := n.pg.Step(m); err != nil {
 			n.log.Warn("coherence message refused", "peer", from, "err", err)
 		}
 	case protoLock:
@@ -656,14 +637,7 @@ func (n *Node) onPeerMessage(from uint16, b []byte) {
 // flush applies everything the engines produced, in order.
 func (n *Node) flush() {
 	for {
-		if n.eng.HasReady() {
-			for _, o := range n.eng.Ready() {
-				if o.Act != nil {
-					n.apply(o.Act)
-				} else if o.Msg != nil {
-					n.send(o.Msg)
-				}
-			}
+		if n.pg.Flush() {
 			continue
 		}
 		if n.flushLocks() {
@@ -676,46 +650,11 @@ func (n *Node) flush() {
 	}
 }
 
-func (n *Node) pageAddr(p coherence.PageID) uintptr {
-	return uintptr(n.cfg.Base) + uintptr(p)*uintptr(n.ps)
-}
-
 func (n *Node) pageOff(p coherence.PageID) int64 { return int64(p) * int64(n.ps) }
 
-// readPage reads the node's copy of page p into n.buf. pread reads a hole as
-// zeros without allocating it, so it is safe whatever the page's state.
-func (n *Node) readPage(p coherence.PageID) error {
-	for done := 0; done < n.ps; {
-		k, err := unix.Pread(n.memfd, n.buf[done:], n.pageOff(p)+int64(done))
-		if err != nil {
-			if err == unix.EINTR {
-				continue
-			}
-			return fmt.Errorf("pread page %d: %w", p, err)
-		}
-		if k == 0 {
-			return fmt.Errorf("pread page %d: short read", p)
-		}
-		done += k
-	}
-	return nil
-}
-
+// send hands a coherence message the pager filled to the transport, or
+// to the outbox of messages that may wait for the next one.
 func (n *Node) send(m *coherence.Message) {
-	if m.NeedData {
-		if err := n.readPage(m.Page); err != nil {
-			n.fail(fmt.Errorf("read page %d to send it to node %d: %w", m.Page, m.To, err))
-			return
-		}
-		m.Meta = n.outgoing(m)
-		if n.cfg.NoCompress {
-			m.Data = dsmnet.EncodePageUncompressed(nil, n.buf)
-		} else {
-			m.Data = dsmnet.EncodePage(nil, n.buf)
-		}
-		m.NeedData = false
-	}
-	n.traceSend(m.Page)
 	if d := lazyDelay(m.Type); d > 0 {
 		box := &n.outbox[m.To]
 		start := len(box.buf)
@@ -735,76 +674,4 @@ func (n *Node) send(m *coherence.Message) {
 		// the transport's peer event.
 		n.log.Debug("send failed", "to", m.To, "err", err)
 	}
-}
-
-// outgoing computes what this node wrote on a page it is giving away (a diff
-// against the copy it received), records the migration for the analyzer and
-// returns the ranges encoded for the message's metadata.
-func (n *Node) outgoing(m *coherence.Message) []byte {
-	twin, ok := n.twins.get(m.Page)
-	if !ok {
-		return nil
-	}
-	ranges := diffRanges(twin, n.buf)
-	// What was written has now been reported: the next diff starts here.
-	copy(twin, n.buf)
-	locks, kept := n.writeLocks(m.Page)
-	n.an.Record(analyzer.Migration{
-		Page: uint32(m.Page), From: uint16(n.cfg.ID), To: uint16(m.To),
-		Write: true, Wall: time.Now(), Clock: m.Clock, Written: ranges,
-		Locks: locks, Kept: kept,
-	})
-	n.stats.migrationsOut++
-	return encodeRanges(ranges)
-}
-
-// diffRanges returns the byte ranges, at 8-byte granularity, where cur
-// differs from twin.
-func diffRanges(twin, cur []byte) []analyzer.Range {
-	var out []analyzer.Range
-	for i := 0; i+8 <= len(cur); i += 8 {
-		if binary.LittleEndian.Uint64(twin[i:]) == binary.LittleEndian.Uint64(cur[i:]) {
-			continue
-		}
-		if k := len(out) - 1; k >= 0 && out[k].Off+out[k].Len == uint32(i) {
-			out[k].Len += 8
-		} else {
-			out = append(out, analyzer.Range{Off: uint32(i), Len: 8})
-		}
-	}
-	return out
-}
-
-func encodeRanges(rs []analyzer.Range) []byte {
-	b := binary.AppendUvarint(nil, uint64(len(rs)))
-	for _, r := range rs {
-		b = binary.AppendUvarint(b, uint64(r.Off))
-		b = binary.AppendUvarint(b, uint64(r.Len))
-	}
-	return b
-}
-
-func decodeRanges(b []byte, pageSize int) ([]analyzer.Range, error) {
-	if len(b) == 0 {
-		return nil, nil
-	}
-	cnt, k := binary.Uvarint(b)
-	if k <= 0 || cnt > uint64(pageSize) {
-		return nil, errors.New("bad range count")
-	}
-	b = b[k:]
-	out := make([]analyzer.Range, 0, cnt)
-	for i := uint64(0); i < cnt; i++ {
-		off, k1 := binary.Uvarint(b)
-		if k1 <= 0 {
-			return nil, errors.New("truncated range")
-		}
-		l, k2 := binary.Uvarint(b[k1:])
-		if k2 <= 0 || off+l > uint64(pageSize) {
-			return nil, errors.New("bad range")
-		}
-		b = b[k1+k2:]
-		out = append(out, analyzer.Range{Off: uint32(off), Len: uint32(l)})
-	}
-	return out, nil
 }

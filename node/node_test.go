@@ -10,7 +10,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/dsmrt/dsm/analyzer"
 	"github.com/dsmrt/dsm/internal/ctl"
 )
 
@@ -165,22 +164,6 @@ func TestDialWrongSocket(t *testing.T) {
 		_, err := ctl.Dial(tc.path)
 		require.ErrorContains(t, err, tc.want, tc.path)
 	}
-}
-
-func TestDiffRanges(t *testing.T) {
-	twin := make([]byte, 64)
-	cur := make([]byte, 64)
-	cur[3], cur[9], cur[17], cur[63] = 1, 1, 1, 1
-	got := diffRanges(twin, cur)
-	require.Equal(t, []analyzer.Range{{Off: 0, Len: 24}, {Off: 56, Len: 8}}, got)
-	enc := encodeRanges(got)
-	dec, err := decodeRanges(enc, 64)
-	require.NoError(t, err)
-	require.Equal(t, got, dec)
-	_, err = decodeRanges([]byte{1, 60, 10}, 64)
-	require.Error(t, err, "a range past the page end is refused")
-	_, err = decodeRanges([]byte{2, 0}, 64)
-	require.Error(t, err, "truncated")
 }
 
 // A program attaching to a node whose peer never came up is told which peer

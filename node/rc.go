@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -13,7 +14,6 @@ import (
 	"github.com/dsmrt/dsm/coherence/rc"
 	"github.com/dsmrt/dsm/internal/heaplayout"
 	"github.com/dsmrt/dsm/lockmgr"
-	"github.com/dsmrt/dsm/uffd"
 )
 
 // The release-consistent area (Config.RCSize) is served by the engine of
@@ -111,14 +111,14 @@ func (n *Node) isRC(p coherence.PageID) bool {
 }
 
 // rcFault serves a fault on a release-consistent page.
-func (n *Node) rcFault(p coherence.PageID, write, wp bool, w waiter) {
+func (n *Node) rcFault(pr *prog, p coherence.PageID, write, wp bool, at time.Time) {
 	rs := n.rcs
-	n.waiting[p] = append(n.waiting[p], w)
+	n.pg.Wait(pr.Prog, p, wp, at)
 	a := coherence.Read
 	if write || wp {
 		a = coherence.Write
 	}
-	n.stats.countFault(a, wp)
+	n.pg.CountFault(a, wp)
 	if wp {
 		if rs.cur != nil && rs.cur.acquire {
 			rs.deferred = append(rs.deferred, p)
@@ -142,10 +142,10 @@ func (n *Node) rcFault(p coherence.PageID, write, wp bool, w waiter) {
 // in order takes a fault for few of them.
 func (n *Node) rcWritable(p coherence.PageID, ahead bool) {
 	rs := n.rcs
-	if n.phys[p] == coherence.Invalid {
+	if n.pg.Phys(p) == coherence.Invalid {
 		// Invalidated meanwhile: the waiting threads retry and fault
 		// again, as a missing page.
-		n.resolved(p, true)
+		n.pg.Resolve(p, true)
 		return
 	}
 	k := 0
@@ -157,7 +157,7 @@ func (n *Node) rcWritable(p coherence.PageID, ahead bool) {
 		}
 		for k < rs.ahead {
 			q := p + coherence.PageID(k+1)
-			if q >= rs.hi || n.phys[q] != coherence.Shared || rs.dirty[q] || len(n.waiting[q]) > 0 {
+			if q >= rs.hi || n.pg.Phys(q) != coherence.Shared || rs.dirty[q] || n.pg.WaitingOn(q) {
 				break
 			}
 			k++
@@ -166,23 +166,10 @@ func (n *Node) rcWritable(p coherence.PageID, ahead bool) {
 	}
 	for q := p; q <= p+coherence.PageID(k); q++ {
 		rs.dirty[q] = true
-		n.phys[q] = coherence.Exclusive
+		n.pg.SetPhys(q, coherence.Exclusive)
 	}
-	n.protectRange(p, k+1, false)
-	n.resolved(p, false)
-}
-
-// protectRange sets or clears the write protection of pages [p, p+count)
-// in every attached program, one system call per program.
-func (n *Node) protectRange(p coherence.PageID, count int, protect bool) {
-	for _, pr := range n.progs {
-		if pr.gone {
-			continue
-		}
-		if err := pr.u.WriteProtect(n.pageAddr(p), uintptr(count*n.ps), protect, !protect); err != nil {
-			n.progErr(pr, "write-protect", p, err)
-		}
-	}
+	n.pg.ProtectAll(p, k+1, false)
+	n.pg.Resolve(p, false)
 }
 
 // rcSync queues a release (acquire false) or an acquire for the engine;
@@ -266,7 +253,7 @@ func (n *Node) rcWritten() []rc.PageData {
 			j++
 		}
 		first, count := pages[i], j-i
-		n.protectRange(first, count, true)
+		n.pg.ProtectAll(first, count, true)
 		buf := make([]byte, count*n.ps)
 		for done := 0; done < len(buf); {
 			k, err := unix.Pread(n.memfd, buf[done:], n.pageOff(first)+int64(done))
@@ -278,7 +265,7 @@ func (n *Node) rcWritten() []rc.PageData {
 		}
 		for k := range count {
 			p := first + coherence.PageID(k)
-			n.phys[p] = coherence.Shared
+			n.pg.SetPhys(p, coherence.Shared)
 			out = append(out, rc.PageData{Page: rc.PageID(p), Data: buf[k*n.ps : (k+1)*n.ps : (k+1)*n.ps]})
 		}
 		i = j
@@ -325,7 +312,7 @@ func (n *Node) flushRC() bool {
 			held := rs.deferred
 			rs.deferred = nil
 			for _, p := range held {
-				if len(n.waiting[p]) > 0 {
+				if n.pg.WaitingOn(p) {
 					n.rcWritable(p, false)
 				}
 			}
@@ -352,23 +339,18 @@ func (n *Node) rcInstall(p coherence.PageID, data []byte) {
 	// hold writes then.
 	writable := rs.wantWrite[p] && (rs.cur == nil || !rs.cur.acquire)
 	delete(rs.wantWrite, p)
-	if n.phys[p] != coherence.Invalid {
+	if n.pg.Phys(p) != coherence.Invalid {
 		n.log.Error("rc engine installs a page that is present", "page", p)
 		return
 	}
-	via, installed, ok := n.placePage(p, data, writable)
+	via, installed, ok := n.pg.Place(p, data, writable)
 	if !ok {
-		n.fail(fmt.Errorf("release-consistent page %d could not be installed", p))
-		return
+		return // the pager stopped the node
 	}
-	n.stats.installs++
 	if writable {
-		n.phys[p] = coherence.Exclusive
 		rs.dirty[p] = true
-	} else {
-		n.phys[p] = coherence.Shared
 	}
-	n.resolved(p, via == nil || !installed)
+	n.pg.Resolve(p, via == nil || !installed)
 }
 
 // rcInvalidate drops a copy the notices outdate.
@@ -377,13 +359,9 @@ func (n *Node) rcInvalidate(p coherence.PageID) {
 		n.fail(fmt.Errorf("release-consistent page %d invalidated with unreleased writes", p))
 		return
 	}
-	if err := uffd.PunchHole(n.memfd, n.pageOff(p), int64(n.ps)); err != nil {
-		n.log.Error("punch hole", "page", p, "err", err)
-	}
-	n.phys[p] = coherence.Invalid
-	n.stats.drops++
+	n.pg.Drop(p)
 	// Threads held in a write-protect fault on it retry, and fault again.
-	n.resolved(p, true)
+	n.pg.Resolve(p, true)
 }
 
 // onRCMessage takes a message of the release-consistent protocol.

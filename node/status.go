@@ -9,27 +9,29 @@ import (
 	dsmnet "github.com/dsmrt/dsm/net"
 )
 
+// stats are the node's counters beside the pager's (pager.Counters).
 type stats struct {
-	readFaults, writeFaults, wpFaults uint64
-	installs, drops, holds            uint64
-	readAheads                        uint64
-	migrationsIn, migrationsOut       uint64
-	bytesOut                          uint64
-	attaches                          uint64
-	lat                               latencies
-	stages                            breakdown
-	metrics                           metricCounts // only the metrics show these (metrics.go)
+	bytesOut uint64
+	attaches uint64
+	lat      latencies
+	stages   breakdown
+	metrics  metricCounts // only the metrics show these (metrics.go)
 }
 
-func (s *stats) countFault(a coherence.Access, wp bool) {
-	switch {
-	case wp:
-		s.wpFaults++
-	case a == coherence.Write:
-		s.writeFaults++
-	default:
-		s.readFaults++
-	}
+// Breakdown is the fault path split into its stages (pager.Stages), for
+// dsmnode status.
+type Breakdown struct {
+	Send    Percentiles `json:"send"`
+	Remote  Percentiles `json:"remote"`
+	Install Percentiles `json:"install"`
+}
+
+type breakdown struct {
+	send, remote, install latencies
+}
+
+func (b *breakdown) percentiles() Breakdown {
+	return Breakdown{Send: b.send.percentiles(), Remote: b.remote.percentiles(), Install: b.install.percentiles()}
 }
 
 // latencies keeps the most recent fault latencies for percentiles.
@@ -108,17 +110,18 @@ type RCStatus struct {
 }
 
 func (n *Node) status() Status {
+	c := n.pg.Counters()
 	st := Status{
 		Node: n.cfg.ID, Nodes: n.cfg.Nodes, Base: n.cfg.Base, Size: n.cfg.Size, PageSize: n.ps,
 		Programs: len(n.progs),
 		Pages:    map[string]int{"invalid": 0, "shared": 0, "exclusive": 0},
 		Faults: map[string]uint64{
-			"read": n.stats.readFaults, "write": n.stats.writeFaults, "write_protect": n.stats.wpFaults,
+			"read": c.ReadFaults, "write": c.WriteFaults, "write_protect": c.WPFaults,
 		},
 		Migrations: map[string]uint64{
-			"in": n.stats.migrationsIn, "out": n.stats.migrationsOut,
-			"installs": n.stats.installs, "drops": n.stats.drops, "holds": n.stats.holds,
-			"read_ahead": n.stats.readAheads,
+			"in": c.MigrationsIn, "out": c.MigrationsOut,
+			"installs": c.Installs, "drops": c.Drops, "holds": c.Holds,
+			"read_ahead": c.ReadAheads,
 		},
 		BytesOut:  n.stats.bytesOut,
 		Latency:   n.stats.lat.percentiles(),
@@ -132,7 +135,7 @@ func (n *Node) status() Status {
 		st.RC = &RCStatus{Pages: uint64(rs.hi - rs.lo), Written: len(rs.dirty), Releases: rs.releases, Acquires: rs.acquires,
 			Queued: len(rs.queue), Engine: rs.eng.Stats(), RacesFound: rs.races}
 	}
-	for i, s := range n.phys {
+	for i, s := range n.pg.PhysStates() {
 		switch s {
 		case coherence.Invalid:
 			st.Pages["invalid"]++

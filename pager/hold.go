@@ -1,4 +1,4 @@
-package node
+package pager
 
 import (
 	"bytes"
@@ -41,67 +41,66 @@ type heldPage struct {
 
 // noteAccessible records that page p was made accessible for a local fault
 // now (ActInstall, ActUnprotect). A writable page's content at that moment
-// is its twin (n.twins), against which the hold compares it. Called with
-// n.mu held.
+// is its twin (g.twins), against which the hold compares it.
 //
 // Only the last MaxHold matters: a hold asked for a page made accessible
 // longer ago than that ends at once. So the records are forgotten once they
 // are that old (forgetHolds), and the map holds the pages of the last
 // fraction of a millisecond, not every page ever installed.
-func (n *Node) noteAccessible(p coherence.PageID, writable bool) {
-	now := time.Now()
-	n.holds[p] = holdState{at: now, writable: writable && n.twins.has(p)}
-	n.holdAges = append(n.holdAges, heldPage{page: p, holdState: holdState{at: now}})
+func (g *Pager) noteAccessible(p coherence.PageID, writable bool) {
+	now := g.now()
+	g.holds[p] = holdState{at: now, writable: writable && g.twins.has(p)}
+	g.holdAges = append(g.holdAges, heldPage{page: p, holdState: holdState{at: now}})
 }
 
 // forgetHolds forgets the records of pages made accessible more than
-// MaxHold ago. Called by the loop with n.mu held.
-func (n *Node) forgetHolds(now time.Time) {
-	old := now.Add(-time.Duration(n.cfg.MaxHold))
+// MaxHold ago.
+func (g *Pager) forgetHolds(now time.Time) {
+	old := now.Add(-g.cfg.MaxHold)
 	i := 0
-	for ; i < len(n.holdAges) && n.holdAges[i].at.Before(old); i++ {
-		r := n.holdAges[i]
-		if h, ok := n.holds[r.page]; ok && h.at.Equal(r.at) {
-			delete(n.holds, r.page)
+	for ; i < len(g.holdAges) && g.holdAges[i].at.Before(old); i++ {
+		r := g.holdAges[i]
+		if h, ok := g.holds[r.page]; ok && h.at.Equal(r.at) {
+			delete(g.holds, r.page)
 		}
 	}
 	if i > 0 {
-		n.holdAges = append(n.holdAges[:0], n.holdAges[i:]...)
+		g.holdAges = append(g.holdAges[:0], g.holdAges[i:]...)
 	}
 }
 
 // startHold serves ActHold for page p: the loop ends the hold once it is
-// over (serveHolds). Called with n.mu held.
-func (n *Node) startHold(p coherence.PageID) {
-	h, ok := n.holds[p]
+// over (ServeHolds).
+func (g *Pager) startHold(p coherence.PageID) {
+	h, ok := g.holds[p]
 	if !ok {
 		// Made accessible longer than MaxHold ago (forgotten), or not
 		// for a local fault: nothing to wait for.
 		h = holdState{at: time.Time{}}
 	}
-	delete(n.holds, p)
-	n.stats.holds++
-	n.holding = append(n.holding, heldPage{page: p, holdState: h})
-	n.holdNext = time.Time{} // due: the loop looks at it before it waits
+	delete(g.holds, p)
+	g.c.Holds++
+	g.holding = append(g.holding, heldPage{page: p, holdState: h})
+	g.holdNext = time.Time{} // due: the loop looks at it before it waits
 }
 
-// serveHolds ends the holds that are over and returns when the next one
-// must be looked at again (zero when none is held). Called by the loop
-// with n.mu held.
-func (n *Node) serveHolds(now time.Time) time.Time {
-	if len(n.holding) == 0 {
-		n.holdNext = time.Time{}
-		return n.holdNext
+// ServeHolds ends the holds that are over and returns when the next one
+// must be looked at again (zero when none is held). The daemon calls it
+// after every batch of inputs, and again by that time.
+func (g *Pager) ServeHolds(now time.Time) time.Time {
+	if len(g.holding) == 0 {
+		g.holdNext = time.Time{}
+		return g.holdNext
 	}
-	minHold, maxHold := time.Duration(n.cfg.MinHold), time.Duration(n.cfg.MaxHold)
+	minHold, maxHold := g.cfg.MinHold, g.cfg.MaxHold
 	var next time.Time
-	ended := n.holdEnds[:0]
-	keep := n.holding[:0]
-	for _, h := range n.holding {
+	ended := g.holdEnds[:0]
+	keep := g.holding[:0]
+	for _, h := range g.holding {
 		since := now.Sub(h.at)
 		over := since >= maxHold || (!h.writable && since >= minHold)
 		if !over && h.writable {
-			over = n.written(h.page)
+			over = g.written(h.page)
 		}
 		if over {
 			ended = append(ended, h.page)
@@ -119,30 +118,39 @@ func (n *Node) serveHolds(now time.Time) time.Time {
 			next = due
 		}
 	}
-	clear(n.holding[len(keep):])
-	n.holding = keep
-	n.holdNext = next
+	clear(g.holding[len(keep):])
+	g.holding = keep
+	g.holdNext = next
 	for _, p := range ended {
-		n.eng.EndHold(p)
-		n.flush() // may start new holds: they are looked at next time round
+		g.eng.EndHold(p)
+		g.Flush() // may start new holds: they are looked at next time round
 	}
-	n.holdEnds = ended[:0]
-	if len(n.holding) > 0 && n.holdNext.IsZero() {
-		n.holdNext = now // a hold started by the flushes above
+	g.holdEnds = ended[:0]
+	if len(g.holding) > 0 && g.holdNext.IsZero() {
+		g.holdNext = now // a hold started by the flushes above
 	}
-	return n.holdNext
+	return g.holdNext
 }
 
 // written reports whether page p differs from its twin: the program wrote
 // it since it was made accessible. pread reads a hole as zeros, so this is
 // safe whatever the page's state.
-func (n *Node) written(p coherence.PageID) bool {
-	twin, ok := n.twins.get(p)
+func (g *Pager) written(p coherence.PageID) bool {
+	twin, ok := g.twins.get(p)
 	if !ok {
 		return true // dropped meanwhile: nothing left to hold
 	}
-	if err := n.readPage(p); err != nil {
+	if err := g.cfg.Store.ReadPage(p, g.buf); err != nil {
 		return true
 	}
-	return !bytes.Equal(n.buf, twin)
+	return !bytes.Equal(g.buf, twin)
+}
+
+// NextHold returns when ServeHolds must be called again: zero when no hold
+// is kept.
+func (g *Pager) NextHold() time.Time {
+	if len(g.holding) == 0 {
+		return time.Time{}
+	}
+	return g.holdNext
 }

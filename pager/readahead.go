@@ -1,4 +1,4 @@
-package node
+package pager
 
 import "github.com/dsmrt/dsm/coherence"
 
@@ -26,9 +26,9 @@ type readAheadState struct {
 }
 
 // readAhead notes a read fault of program pr on page p and, on a sequential
-// run, asks the engine for the next pages. Called with n.mu held.
-func (n *Node) readAhead(pr *prog, p coherence.PageID) {
-	depth := n.cfg.ReadAhead
+// run, asks the engine for the next pages.
+func (g *Pager) readAhead(pr *Prog, p coherence.PageID) {
+	depth := g.cfg.ReadAhead
 	if depth <= 0 {
 		return
 	}
@@ -51,16 +51,16 @@ func (n *Node) readAhead(pr *prog, p coherence.PageID) {
 	// back by their writer at its next write.
 	depth = min(depth, ra.streak)
 	from := max(p+1, ra.ahead)
-	to := min(p+1+coherence.PageID(depth), coherence.PageID(n.pages))
+	to := min(p+1+coherence.PageID(depth), coherence.PageID(g.pages))
 	for q := from; q < to; q++ {
-		if n.phys[q] != coherence.Invalid || n.eng.State(q) != coherence.Invalid || len(n.waiting[q]) > 0 {
+		if g.phys[q] != coherence.Invalid || g.eng.State(q) != coherence.Invalid || len(g.waiting[q]) > 0 {
 			continue
 		}
-		if err := n.eng.Fault(q, coherence.Read); err != nil {
-			n.log.Warn("read-ahead refused by the engine", "page", q, "err", err)
+		if err := g.eng.Fault(q, coherence.Read); err != nil {
+			g.log.Warn("read-ahead refused by the engine", "page", q, "err", err)
 			return
 		}
-		n.stats.readAheads++
+		g.c.ReadAheads++
 	}
 	ra.ahead = max(ra.ahead, to)
 }

@@ -1,4 +1,4 @@
-package node
+package pager
 
 import "github.com/dsmrt/dsm/coherence"
 
@@ -13,10 +13,6 @@ import "github.com/dsmrt/dsm/coherence"
 // for, were made writable recently. A page whose twin was forgotten leaves
 // without written ranges (the analyzer counts it as unknown) and its hold
 // lasts MinHold, as a read's does.
-
-// twinBudget is the size of the twin store for a region of pages pages:
-// about 1.5% of the region, and at least 256 pages.
-func twinBudget(pages int) int { return max(256, pages/64) }
 
 // twinStore holds at most max twins and forgets the oldest first.
 type twinStore struct {

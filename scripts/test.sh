@@ -14,7 +14,7 @@ go test -count=1 -timeout 20m ./... "$@"
 # sequentially consistent memory must work the same beside it (locks and
 # barriers then release and acquire through the release-consistent engine).
 DSM_TEST_RC_AREA=1 go test -count=1 -timeout 20m ./dsm/ "$@"
-race_pkgs=$(go list ./clocks/... ./dht/... ./coherence/... ./lockmgr/... ./net/... ./analyzer/... 2>/dev/null || true)
+race_pkgs=$(go list ./clocks/... ./dht/... ./coherence/... ./lockmgr/... ./net/... ./analyzer/... ./pager/... 2>/dev/null || true)
 if [ -n "$race_pkgs" ]; then
   go test -count=1 -race -short -timeout 20m $race_pkgs
 fi
