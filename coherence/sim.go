@@ -220,9 +220,9 @@ type simNode struct {
 	eng     *Engine
 	d       SimDaemon     // the daemon under test, or nil: the simulator's own
 	progs   []*SimProgram // with d: the attached programs
-	outq    []Output   // the rest of the batch being applied
-	inbox   []simEvent // faults, messages and ends of holds waiting for the daemon
-	holds   []simHold  // ActHolds not answered yet
+	outq    []Output      // the rest of the batch being applied
+	inbox   []simEvent    // faults, messages and ends of holds waiting for the daemon
+	holds   []simHold     // ActHolds not answered yet
 	pages   []simPage
 	threads []simThread
 }
