@@ -81,8 +81,8 @@ type Action struct {
 // Output is one step of a Ready batch: exactly one of Msg and Act is set.
 //
 // The daemon applies a batch strictly in order, and a message counts as
-// applied when it is filled (see Message.NeedData) and handed to the
-// transport. The protocol relies on that order: a message that follows an
+// applied when it is filled (Engine.Fill, for one marked NeedData) and
+// handed to the transport. The protocol relies on that order: a message that follows an
 // action must not leave the node before the action took effect (MsgDropped
 // and MsgInvalAck follow the ActDrop they report; the data of a page
 // follows the ActProtect that stops writes to it).

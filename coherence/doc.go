@@ -80,13 +80,17 @@
 // unreliable network, in one process and check the protocol after every
 // step; a failing seed replays exactly.
 //
-// The daemon applies every Output of a Ready batch, in order, before it
-// gives the engine its next input. It fills a message marked NeedData from
-// the node's copy of the page at the moment it reaches that message, in
-// place, and sends it. Because the old owner's copy is dropped right after
-// its page is sent to a new writer, the engine keeps that filled message
-// until the home confirms the hand-over (MsgRelease) and sends it again if
-// it was lost.
+// The daemon applies every Output of a Ready batch, in order, and calls
+// Advance before it gives the engine its next input; an input in between
+// panics, since a batch half applied leaves the engine ahead of the pages.
+// For a message marked NeedData the daemon reads the node's copy of the
+// page at the moment it reaches that message and hands it to the engine
+// with Fill, which returns the message to send: the page enters the engine
+// as an input, and the engine never sees a message of its own changed
+// behind its back. Because the old owner's copy is dropped right after its
+// page is sent to a new writer, the engine keeps that filled message until
+// the home confirms the hand-over (MsgRelease) and sends it again if it was
+// lost. Package pager is the daemon's side of this contract.
 //
 // The network may lose, duplicate, reorder and delay messages. Requesters
 // retransmit on Tick with the same request id; every handler is idempotent;

@@ -142,6 +142,11 @@ type Engine struct {
 	spareActs []Action
 	loop      []*Message // messages to this node itself, handled before returning
 	stats     Stats
+	// applying is set from Ready to Advance: the daemon applies the batch
+	// and may give no input but Fill. unfilled counts the batch's messages
+	// marked NeedData that Fill has not seen.
+	applying bool
+	unfilled int
 
 	bugs bugs // deliberate protocol bugs; set only by tests to prove the simulator's checks
 }
@@ -239,6 +244,7 @@ func (e *Engine) checkHome(p PageID) (NodeID, error) {
 // otherwise the engine sends a request to the page's home. A write fault on
 // a Shared page is an upgrade.
 func (e *Engine) Fault(p PageID, a Access) error {
+	e.input("Fault")
 	if int(p) >= e.pages {
 		return fmt.Errorf("%w: page %d is outside the region (%d pages)", ErrBadFault, p, e.pages)
 	}
@@ -282,6 +288,7 @@ func (e *Engine) Fault(p PageID, a Access) error {
 // this node. Step may keep m (and its Data and Meta) after it returns; the
 // caller must not modify them.
 func (e *Engine) Step(m *Message) error {
+	e.input("Step")
 	if err := e.check(m); err != nil {
 		return err
 	}
@@ -343,6 +350,7 @@ func (e *Engine) check(m *Message) error {
 // hand-over queries that got no answer within Config.RetryTicks ticks are
 // sent again.
 func (e *Engine) Tick() {
+	e.input("Tick")
 	e.now++
 	if e.bugs.noRetry || len(e.timed) == 0 {
 		return
@@ -372,17 +380,70 @@ func (e *Engine) Tick() {
 	e.drain()
 }
 
-// Ready returns the outputs produced since the last call, in the order the
-// daemon must apply them, and forgets them. The outputs, and the Actions
-// they point to, are the engine's and stay valid until the next call of
-// Ready: the daemon applies them before it asks again. (Messages and the
-// clocks of Actions are not reused: the engine never changes them once
-// out, and may keep a message to send it again.)
+// Ready returns the outputs produced since the last Advance, in the order
+// the daemon must apply them. The daemon applies every one, calling Fill
+// for each message marked NeedData as it reaches it, then calls Advance;
+// until then it may give the engine no other input (Fault, Step, Tick and
+// EndHold panic, as does Ready). The outputs, and the Actions they point
+// to, are the engine's and stay valid until the next call of Ready.
+// (Messages and the clocks of Actions are not reused: the engine never
+// changes them once out, and may keep a message to send it again.)
 func (e *Engine) Ready() []Output {
+	if e.applying {
+		panic("coherence: Ready called again before Advance: apply the batch, then call Advance")
+	}
 	out := e.out
 	e.out, e.spareOut = e.spareOut[:0], out
 	e.acts, e.spareActs = e.spareActs[:0], e.acts
+	e.applying = true
+	e.unfilled = 0
+	for _, o := range out {
+		if o.Msg != nil && o.Msg.NeedData {
+			e.unfilled++
+		}
+	}
 	return out
+}
+
+// Fill gives the engine the page that message m carries: m is an output of
+// the batch being applied, marked NeedData, and data is the node's copy of
+// m.Page as the daemon read it when it reached m (after the outputs before
+// m took effect), encoded as the daemon sends pages, with the daemon's
+// metadata in meta. The engine keeps them with m, which it may send again
+// once the node's copy is gone (a page handed over is dropped right after
+// it is sent), and returns m filled, to be sent. The daemon must not change
+// data or meta afterwards. Fill is the one call the daemon makes while it
+// applies a batch.
+func (e *Engine) Fill(m *Message, data, meta []byte) *Message {
+	if !e.applying || !m.NeedData {
+		// Not a message of this batch waiting for its page: the daemon
+		// broke the contract. The message goes out as it was filled.
+		e.stats.Anomalies++
+	} else {
+		e.unfilled--
+	}
+	m.Data, m.Meta, m.NeedData = data, meta, false
+	return m
+}
+
+// Advance tells the engine that the daemon applied the batch Ready
+// returned. A message of the batch that needed its page and was not
+// filled counts as an anomaly: it was never sent.
+func (e *Engine) Advance() {
+	if !e.applying {
+		panic("coherence: Advance without Ready")
+	}
+	if e.unfilled > 0 {
+		e.stats.Anomalies += uint64(e.unfilled)
+	}
+	e.applying, e.unfilled = false, 0
+}
+
+// input checks that no batch is being applied when an input comes.
+func (e *Engine) input(name string) {
+	if e.applying {
+		panic("coherence: " + name + " called while a Ready batch is applied: call Advance first")
+	}
 }
 
 // HasReady reports whether Ready has outputs to return.
@@ -441,6 +502,7 @@ func (e *Engine) Idle() bool {
 // ActHold, once per ActHold; a call without an ActHold outstanding for p
 // is ignored.
 func (e *Engine) EndHold(p PageID) {
+	e.input("EndHold")
 	lp := e.local[p]
 	if lp == nil || !lp.asked {
 		return
@@ -771,7 +833,7 @@ func (e *Engine) onForward(m *Message) {
 	if x := lp.xfer; m.Type == MsgFwdWrite && x != nil && x.Req == m.Req && x.Requester == m.Requester && x.Version == m.Version {
 		// The hand-over was lost: send the kept copy again.
 		if x.NeedData {
-			e.stats.Anomalies++ // the daemon did not fill the message in place
+			e.stats.Anomalies++ // the daemon did not Fill it
 			return
 		}
 		c := x.clone()

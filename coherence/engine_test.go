@@ -3,6 +3,7 @@ package coherence
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -46,6 +47,7 @@ func (h *harness) flush(n int) []string {
 			h.t.Fatalf("applying %v: %v", o, err)
 		}
 	}
+	node.eng.Advance()
 	if err := h.s.check(node); err != nil {
 		h.t.Fatalf("invariant: %v", err)
 	}
@@ -512,6 +514,7 @@ func TestReqBase(t *testing.T) {
 	}
 	e.Fault(0, Read)
 	out := e.Ready()
+	e.Advance()
 	if len(out) != 1 || out[0].Msg == nil || out[0].Msg.Req != 1001 {
 		t.Fatalf("first request with ReqBase 1000: %v", out)
 	}
@@ -619,5 +622,98 @@ func TestDirEntryOnlyAtHome(t *testing.T) {
 		if want := p < 4 && p%3 == 1; ok != want {
 			t.Errorf("DirEntry(%d) ok = %v, want %v", p, ok, want)
 		}
+	}
+}
+
+// TestBatchContract: a batch is applied whole before the next input, and a
+// page message gets its page through Fill.
+func TestBatchContract(t *testing.T) {
+	newPair := func(t *testing.T) (*Engine, *Engine) {
+		var es [2]*Engine
+		for i := range es {
+			e, err := New(Config{ID: NodeID(i), Nodes: 2, Pages: 2, Home: func(PageID) NodeID { return 0 }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			es[i] = e
+		}
+		return es[0], es[1]
+	}
+	// pageMessage makes node 0 hold page 0 writable and node 1 ask for it:
+	// node 0's next batch has a message marked NeedData.
+	pageMessage := func(t *testing.T) (*Engine, *Message) {
+		h, r := newPair(t)
+		h.Fault(0, Write) // the home grants itself a zero page
+		h.Ready()
+		h.Advance()
+		r.Fault(0, Read)
+		req := r.Ready()[0].Msg
+		r.Advance()
+		if err := h.Step(req); err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range h.Ready() {
+			if o.Msg != nil && o.Msg.NeedData {
+				return h, o.Msg
+			}
+		}
+		t.Fatal("no page message")
+		return nil, nil
+	}
+	panics := func(t *testing.T, want string, f func()) {
+		t.Helper()
+		defer func() {
+			r := recover()
+			if r == nil || !strings.Contains(fmt.Sprint(r), want) {
+				t.Fatalf("panic %v, want one saying %q", r, want)
+			}
+		}()
+		f()
+	}
+	tests := []struct {
+		name string
+		run  func(t *testing.T)
+	}{
+		{"input before Advance", func(t *testing.T) {
+			e, _ := newPair(t)
+			e.Fault(0, Read)
+			e.Ready()
+			panics(t, "call Advance first", func() { e.Tick() })
+			panics(t, "call Advance first", func() { e.Fault(1, Read) })
+			panics(t, "before Advance", func() { e.Ready() })
+			e.Advance()
+			e.Tick() // fine now
+		}},
+		{"Advance without Ready", func(t *testing.T) {
+			e, _ := newPair(t)
+			panics(t, "without Ready", e.Advance)
+		}},
+		{"filled", func(t *testing.T) {
+			h, m := pageMessage(t)
+			got := h.Fill(m, []byte{1, 2}, []byte{3})
+			h.Advance()
+			if got.NeedData || string(got.Data) != "\x01\x02" || string(got.Meta) != "\x03" || h.Stats().Anomalies != 0 {
+				t.Fatalf("filled %v (data %v, meta %v), anomalies %d", got, got.Data, got.Meta, h.Stats().Anomalies)
+			}
+		}},
+		{"not filled", func(t *testing.T) {
+			h, _ := pageMessage(t)
+			h.Advance()
+			if h.Stats().Anomalies != 1 {
+				t.Fatalf("a page message never filled: %d anomalies, want 1", h.Stats().Anomalies)
+			}
+		}},
+		{"filled twice", func(t *testing.T) {
+			h, m := pageMessage(t)
+			h.Fill(m, []byte{1}, nil)
+			h.Fill(m, []byte{1}, nil)
+			h.Advance()
+			if h.Stats().Anomalies != 1 {
+				t.Fatalf("a message filled twice: %d anomalies, want 1", h.Stats().Anomalies)
+			}
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, tc.run)
 	}
 }

@@ -101,7 +101,7 @@ func pingPong(t testing.TB, cfg pingPongConfig) pingPongResult {
 			for _, o := range nd.eng.Ready() {
 				if m := o.Msg; m != nil {
 					if m.NeedData {
-						m.Data, m.Meta, m.NeedData = page, nil, false
+						m = nd.eng.Fill(m, page, nil)
 					}
 					sent++
 					push(now+hopTicks, m.To, m)
@@ -134,6 +134,7 @@ func pingPong(t testing.TB, cfg pingPongConfig) pingPongResult {
 					}
 				}
 			}
+			nd.eng.Advance()
 			switch {
 			case endNow:
 				nd.eng.EndHold(0)

@@ -105,14 +105,13 @@ type Message struct {
 	Writable      bool // MsgData, MsgGrant: the requester gets write access
 	SenderDropped bool // MsgData: the sender holds no copy any more
 
-	// NeedData asks the daemon to fill the message when it processes the
-	// Output: it reads the node's current copy of Page into Data (and its
-	// own metadata into Meta), then sets NeedData to false. The daemon must
-	// fill the Message it was given (the same pointer) and must not modify
-	// Data or Meta afterwards: the engine keeps a handed-over page's message
-	// to retransmit it after its own copy is gone. The engine emits NeedData
-	// only while the page is present and write-protected. A message with
-	// NeedData set is never valid on the wire.
+	// NeedData asks the daemon for the page: when it reaches the Output,
+	// it reads the node's current copy of Page and gives it to the engine
+	// with Engine.Fill, which returns the message to send (the engine keeps
+	// a handed-over page's message to send it again after its own copy is
+	// gone). The engine emits NeedData only while the page is present and
+	// write-protected. A message with NeedData set is never valid on the
+	// wire.
 	NeedData bool
 	Zero     bool   // MsgData: the page is all zeros; Data is empty
 	Data     []byte // MsgData: the page as the daemon encoded it (opaque to the engine)

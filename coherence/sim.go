@@ -386,7 +386,11 @@ func (s *sim) once() (*simNode, error) {
 	case cApply:
 		o := n.outq[0]
 		n.outq = n.outq[1:]
-		return n, s.apply(n, o)
+		err := s.apply(n, o)
+		if len(n.outq) == 0 {
+			n.eng.Advance() // the batch is applied
+		}
+		return n, err
 	case cInput:
 		ev := n.inbox[0]
 		n.inbox = n.inbox[1:]
@@ -518,6 +522,9 @@ func (s *sim) collect(n *simNode) error {
 		}
 		n.outq = append(n.outq, o)
 	}
+	if len(n.outq) == 0 {
+		n.eng.Advance()
+	}
 	return nil
 }
 
@@ -534,9 +541,7 @@ func (s *sim) apply(n *simNode, o Output) error {
 				return s.violation(ViolDaemonContract, "node %d: %v needs data but the page is %s",
 					n.id, m, physState(pg))
 			}
-			m.Data = slices.Clone(pg.data)
-			m.Meta = []byte{byte(n.id)}
-			m.NeedData = false
+			m = n.eng.Fill(m, slices.Clone(pg.data), []byte{byte(n.id)})
 		}
 		s.transmit(m.To, m.AppendBinary(nil))
 		return nil

@@ -355,6 +355,7 @@ func (g *Pager) Flush() bool {
 				g.send(o.Msg)
 			}
 		}
+		g.eng.Advance()
 	}
 	return did
 }
@@ -616,20 +617,22 @@ func containsProg(ps []*Prog, p *Prog) bool {
 // WaitingOn reports whether a fault waits on page p.
 func (g *Pager) WaitingOn(p coherence.PageID) bool { return len(g.waiting[p]) > 0 }
 
-// send fills m if it carries a page and hands it to the sender.
+// send hands m to the sender; a message that carries a page gets it first,
+// read now, after the outputs before it took effect (Engine.Fill).
 func (g *Pager) send(m *coherence.Message) {
 	if m.NeedData {
 		if err := g.cfg.Store.ReadPage(m.Page, g.buf); err != nil {
 			g.cfg.Fail(fmt.Errorf("read page %d to send it to node %d: %w", m.Page, m.To, err))
 			return
 		}
-		m.Meta = g.outgoing(m)
+		meta := g.outgoing(m)
+		var data []byte
 		if g.cfg.NoCompress {
-			m.Data = dsmnet.EncodePageUncompressed(nil, g.buf)
+			data = dsmnet.EncodePageUncompressed(nil, g.buf)
 		} else {
-			m.Data = dsmnet.EncodePage(nil, g.buf)
+			data = dsmnet.EncodePage(nil, g.buf)
 		}
-		m.NeedData = false
+		m = g.eng.Fill(m, data, meta)
 	}
 	g.traceSend(m.Page)
 	g.cfg.Sender.Send(m)
