@@ -10,9 +10,11 @@
 //
 // A Node owns the memfd behind the region, the userfaultfds that attached
 // programs hand it, the KCP transport to the other nodes, the coherence
-// engine and the lock manager. Its faults, messages and timers are served by
-// one event loop on a locked OS thread (loop.go); control connections run on
-// goroutines of their own and do their work under the node's lock.
+// engine and the lock manager; what it does with pages is package pager's,
+// which it drives through the memfd, the userfaultfds and the transport
+// (memory.go). Its faults, messages and timers are served by one event loop
+// on a locked OS thread (loop.go); control connections run on goroutines of
+// their own and do their work under the node's lock.
 package node
 
 import (
@@ -76,7 +78,7 @@ type Config struct {
 	FaultTimeout Duration `json:"fault_timeout,omitempty"`
 
 	// MinHold and MaxHold bound how long a contended page stays after it
-	// was made accessible for a local fault (see hold.go): until the
+	// was made accessible for a local fault (see pager/hold.go): until the
 	// program wrote it, or MinHold for a read, and at most MaxHold.
 	// Defaults 20 µs and 200 µs. NoHold turns the hold (and the home's
 	// pipelining of requests that comes with it) off.

@@ -174,7 +174,7 @@ func explain(nodes, n, iters, readAhead int) {
 		fmt.Println("With one node nothing is shared: this is the baseline, the DSM's barrier included.")
 	case readAhead >= 0 && row >= 3*ps:
 		// A halo row of three pages or more looks like a sequential
-		// read to the daemons (node/readahead.go).
+		// read to the daemons (pager/readahead.go).
 		fmt.Println("The daemons' read-ahead also fetches a few pages past the halo, which their owner must then take")
 		fmt.Println("back when it writes them (-read-ahead -1 turns read-ahead off).")
 	}
