@@ -60,7 +60,7 @@ type testNode struct {
 }
 
 // freeAddrs reserves n loopback UDP addresses.
-func freeAddrs(t *testing.T, n int) []string {
+func freeAddrs(t testing.TB, n int) []string {
 	t.Helper()
 	addrs := make([]string, n)
 	for i := range addrs {
