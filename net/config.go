@@ -71,10 +71,13 @@ type Config struct {
 	// Geometry must match on every node; it is checked in the handshake.
 	Geometry Geometry
 	// Handler is called for every application message received, in order
-	// per peer, from the transport's reader goroutine. msg belongs to the
-	// handler. Handler may call Send; it must not block for long (the
-	// reader serves every peer) and must not call Close. A nil Handler
-	// drops messages.
+	// per peer, from the transport's reader goroutine. msg is valid only
+	// until Handler returns: the transport reuses its memory for the
+	// messages of the next datagram, so that receiving costs no heap
+	// allocation. A handler that keeps msg, or a slice of it, must copy
+	// it. Handler may call Send; it must not block for long (the reader
+	// serves every peer) and must not call Close. A nil Handler drops
+	// messages.
 	Handler func(from NodeID, msg []byte)
 	// OnPeer, if not nil, is told when a peer comes up, goes down or is
 	// refused. Events are delivered in order, one at a time, from the

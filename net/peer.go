@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	stdnet "net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -501,7 +502,8 @@ func (p *peer) badHello(err error) {
 }
 
 // onSessionDatagram authenticates and processes a session datagram and
-// returns the application messages it completed (in the reader's buffer).
+// returns the application messages it completed (in the reader's arena,
+// see receive: they are valid until the next datagram is served).
 func (p *peer) onSessionDatagram(h dgHeader, b []byte, src srcAddr) [][]byte {
 	t := p.t
 	p.mu.Lock()
@@ -551,7 +553,9 @@ func (p *peer) onSessionDatagram(h dgHeader, b []byte, src srcAddr) [][]byte {
 		p.malformed(err)
 		return nil
 	}
+	// The handler has seen the messages of the previous datagram.
 	msgs := t.rxMsgs[:0]
+	t.rxArena = t.rxArena[:0]
 	msgs = p.process(rx, kcp.IKCP_PACKET_REGULAR, msgs)
 	if rx.isFEC && p.state == stUp {
 		var rebuilt [][]byte
@@ -618,22 +622,38 @@ func (p *peer) process(rx *payload, pktType kcp.PacketType, msgs [][]byte) [][]b
 }
 
 // receive drains complete KCP messages and reassembles application
-// messages.
+// messages. A message that fits in one KCP message is returned in the
+// reader's arena (t.rxArena), valid until the next datagram is served; one
+// reassembled from parts is returned in a buffer of its own.
 func (p *peer) receive(msgs [][]byte) [][]byte {
+	t := p.t
 	for {
 		n := p.kcp.PeekSize()
 		if n < 0 {
 			return msgs
 		}
-		buf := make([]byte, n)
+		// The message goes into the reader's arena, after the messages
+		// this datagram completed before it, which wait there for the
+		// handler. Growing the arena leaves those in the old array, which
+		// nothing writes again. The capacity is cut so that a handler
+		// appending to its message cannot write over the next one.
+		off := len(t.rxArena)
+		t.rxArena = slices.Grow(t.rxArena, n)[:off+n]
+		buf := t.rxArena[off : off+n : off+n]
 		if p.kcp.Recv(buf) != n {
+			t.rxArena = t.rxArena[:off]
 			p.malformed(fmt.Errorf("%w: kcp returned a short message", ErrMalformed))
 			return msgs
 		}
 		final, body, err := decodeMsgHeader(buf)
 		if err != nil {
+			t.rxArena = t.rxArena[:off]
 			p.malformed(err)
 			continue
+		}
+		if !final || p.inReasm || p.discard {
+			// Copied into p.reasm or dropped: the arena need not keep it.
+			t.rxArena = t.rxArena[:off]
 		}
 		switch {
 		case p.discard:

@@ -69,10 +69,16 @@ type Transport struct {
 
 	// Reader goroutine only (in driven mode, the caller of Receive and
 	// Tick).
-	rx     payload
-	rxBuf  []byte // a datagram read by Receive
-	rxFEC  payload
-	rxMsgs [][]byte
+	rx    payload
+	rxBuf []byte // a datagram read by Receive
+	rxFEC payload
+	// rxMsgs are the messages the datagram being served completed, for
+	// the handler; rxArena holds those that were not reassembled from
+	// parts. Both are reused for the next datagram, so that a message
+	// costs no allocation: the handler's msg is valid only during the
+	// call (Config.Handler).
+	rxMsgs  [][]byte
+	rxArena []byte
 	// ackPeers have ACKs waiting (see peer.flushACKs).
 	ackPeers []*peer
 }
@@ -117,6 +123,9 @@ func Listen(cfg Config) (*Transport, error) {
 		logged:  make(map[string]bool),
 		driven:  c.Driven,
 		fd:      -1,
+		// Most datagrams complete at most an MTU of messages; a burst
+		// that completes more grows it once.
+		rxArena: make([]byte, 0, c.MTU),
 	}
 	if raw != nil {
 		t.fd = raw.fd

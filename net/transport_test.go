@@ -60,7 +60,7 @@ type testNode struct {
 }
 
 // freeAddrs reserves n loopback UDP addresses.
-func freeAddrs(t *testing.T, n int) []string {
+func freeAddrs(t testing.TB, n int) []string {
 	t.Helper()
 	addrs := make([]string, n)
 	for i := range addrs {
@@ -92,7 +92,8 @@ func startNode(t *testing.T, id NodeID, addrs []string, mod func(*Config)) *test
 	}
 	cfg := Config{
 		ID: id, Addr: addrs[id], Peers: peers, Key: testKey, Geometry: testGeometry,
-		Handler: func(from NodeID, msg []byte) { n.msgs <- received{from, msg} },
+		// msg is the transport's once the handler returns.
+		Handler: func(from NodeID, msg []byte) { n.msgs <- received{from, bytes.Clone(msg)} },
 		OnPeer: func(ev PeerEvent) {
 			select {
 			case n.events <- ev:
