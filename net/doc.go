@@ -37,7 +37,7 @@
 // 1496 bytes (kcp-go sizes its buffers for that), but on loopback a 4 KiB
 // page and its headers still travel as one datagram of about 4.2 KiB.
 //
-// # Wire format (version 2)
+// # Wire format (version 3)
 //
 // Every datagram starts with an 18-byte header, which is authenticated as
 // AEAD additional data:

@@ -731,6 +731,12 @@ func (p *peer) tick(now time.Time) time.Duration {
 			p.flushDatagram()
 		}
 	}
+	if p.corked {
+		// Messages wait for Uncork, which comes within the caller's
+		// batch: a flush now would send them early, each batch's in
+		// datagrams of their own. Retransmissions wait for it too.
+		return min(next, kcpInterval*time.Millisecond)
+	}
 	if w := p.kcp.WaitSnd(); w > 0 && w <= tlpMaxSegs {
 		due := p.lastProgress.Add(max(tlpMin, 4*p.rtt) << p.tlpBackoff)
 		if !now.Before(due) {
