@@ -409,11 +409,12 @@ func (e *Engine) Ready() []Output {
 // the batch being applied, marked NeedData, and data is the node's copy of
 // m.Page as the daemon read it when it reached m (after the outputs before
 // m took effect), encoded as the daemon sends pages, with the daemon's
-// metadata in meta. The engine keeps them with m, which it may send again
-// once the node's copy is gone (a page handed over is dropped right after
-// it is sent), and returns m filled, to be sent. The daemon must not change
-// data or meta afterwards. Fill is the one call the daemon makes while it
-// applies a batch.
+// metadata in meta. It returns m filled, to be sent at once: data and meta
+// may be the daemon's scratch, which it reuses once the message is handed
+// to the transport. The engine copies them when it keeps m to send it
+// again once the node's copy is gone (a page handed over is dropped right
+// after it is sent), so that a read copy costs no allocation here. Fill is
+// the one call the daemon makes while it applies a batch.
 func (e *Engine) Fill(m *Message, data, meta []byte) *Message {
 	if !e.applying || !m.NeedData {
 		// Not a message of this batch waiting for its page: the daemon
@@ -421,6 +422,9 @@ func (e *Engine) Fill(m *Message, data, meta []byte) *Message {
 		e.stats.Anomalies++
 	} else {
 		e.unfilled--
+	}
+	if lp := e.local[m.Page]; lp != nil && lp.xfer == m {
+		data, meta = slices.Clone(data), slices.Clone(meta)
 	}
 	m.Data, m.Meta, m.NeedData = data, meta, false
 	return m

@@ -61,8 +61,8 @@ type Program interface {
 }
 
 // Sender hands messages to the transport. The message is filled (its page
-// data and metadata are in Data and Meta) and is not the pager's once
-// passed: the transport encodes it at once or keeps it.
+// data and metadata are in Data and Meta); Send must encode or copy it
+// before it returns, since its page data may be the pager's scratch.
 type Sender interface {
 	Send(m *coherence.Message)
 }
@@ -178,8 +178,12 @@ type Pager struct {
 	holding  []heldPage                     // holds the engine asked to end (ActHold)
 	holdNext time.Time                      // when the holding must be looked at again
 	holdEnds []coherence.PageID             // scratch for ServeHolds
-	traces   map[coherence.PageID]*faultTrace
-	buf      []byte // one page, scratch
+	traces   map[coherence.PageID]faultTrace
+	spareWs  [][]waiter // emptied waiting lists, for reuse
+	buf      []byte     // one page, scratch
+	enc      []byte     // an encoded page, scratch
+	meta     []byte     // its metadata, scratch
+	ranges   []analyzer.Range
 	woken    []*Prog
 	c        Counters
 }
@@ -215,7 +219,7 @@ func New(cfg Config) (*Pager, error) {
 		waiting: map[coherence.PageID][]waiter{},
 		twins:   newTwinStore(cfg.TwinBudget, cfg.PageSize),
 		holds:   map[coherence.PageID]holdState{},
-		traces:  map[coherence.PageID]*faultTrace{},
+		traces:  map[coherence.PageID]faultTrace{},
 		buf:     make([]byte, cfg.PageSize),
 	}, nil
 }
@@ -310,7 +314,13 @@ func (g *Pager) Fault(pr *Prog, p coherence.PageID, write, wp bool, at time.Time
 // Wait records a fault of pr on page p without telling the engine: for a
 // page another protocol serves (the release-consistent area).
 func (g *Pager) Wait(pr *Prog, p coherence.PageID, wp bool, at time.Time) {
-	g.waiting[p] = append(g.waiting[p], waiter{p: pr, wp: wp, at: at})
+	ws, ok := g.waiting[p]
+	if !ok {
+		if k := len(g.spareWs); k > 0 {
+			ws, g.spareWs = g.spareWs[k-1], g.spareWs[:k-1]
+		}
+	}
+	g.waiting[p] = append(ws, waiter{p: pr, wp: wp, at: at})
 }
 
 // CountFault counts a fault.
@@ -603,6 +613,12 @@ func (g *Pager) Resolve(p coherence.PageID, wakeAll bool) {
 	clear(woken)
 	g.woken = woken[:0]
 	delete(g.waiting, p)
+	// The list is kept for the next page that waits: a fault costs no
+	// allocation once the daemon has seen as many pages waiting at once.
+	clear(ws)
+	if len(g.spareWs) < 64 {
+		g.spareWs = append(g.spareWs, ws[:0])
+	}
 }
 
 func containsProg(ps []*Prog, p *Prog) bool {
@@ -626,12 +642,15 @@ func (g *Pager) send(m *coherence.Message) {
 			return
 		}
 		meta := g.outgoing(m)
+		// The encoded page is scratch: the engine copies what it keeps,
+		// and the sender copies the message before it returns.
 		var data []byte
 		if g.cfg.NoCompress {
-			data = dsmnet.EncodePageUncompressed(nil, g.buf)
+			data = dsmnet.EncodePageUncompressed(g.enc[:0], g.buf)
 		} else {
-			data = dsmnet.EncodePage(nil, g.buf)
+			data = dsmnet.EncodePage(g.enc[:0], g.buf)
 		}
+		g.enc = data[:0]
 		m = g.eng.Fill(m, data, meta)
 	}
 	g.traceSend(m.Page)
@@ -646,7 +665,10 @@ func (g *Pager) outgoing(m *coherence.Message) []byte {
 	if !ok {
 		return nil
 	}
-	ranges := DiffRanges(twin, g.buf)
+	// A slice, not nil, even when nothing was written: the analyzer
+	// reads nil as "unknown".
+	ranges := DiffRanges(g.ranges[:0], twin, g.buf)
+	g.ranges = ranges
 	// What was written has now been reported: the next diff starts here.
 	copy(twin, g.buf)
 	g.c.MigrationsOut++
@@ -661,7 +683,9 @@ func (g *Pager) outgoing(m *coherence.Message) []byte {
 			Locks: locks, Kept: kept,
 		})
 	}
-	return EncodeRanges(ranges)
+	// Scratch, like the page: the engine copies what it keeps.
+	g.meta = EncodeRanges(g.meta[:0], ranges)
+	return g.meta
 }
 
 func (g *Pager) noteWrite(p coherence.PageID) {

@@ -7,10 +7,10 @@ import (
 	"github.com/dsmrt/dsm/analyzer"
 )
 
-// DiffRanges returns the byte ranges, at 8-byte granularity, where cur
-// differs from twin: what this node wrote on a page since it got it.
-func DiffRanges(twin, cur []byte) []analyzer.Range {
-	var out []analyzer.Range
+// DiffRanges appends to dst the byte ranges, at 8-byte granularity, where
+// cur differs from twin: what this node wrote on a page since it got it.
+func DiffRanges(dst []analyzer.Range, twin, cur []byte) []analyzer.Range {
+	out := dst
 	for i := 0; i+8 <= len(cur); i += 8 {
 		if binary.LittleEndian.Uint64(twin[i:]) == binary.LittleEndian.Uint64(cur[i:]) {
 			continue
@@ -24,9 +24,10 @@ func DiffRanges(twin, cur []byte) []analyzer.Range {
 	return out
 }
 
-// EncodeRanges encodes ranges for a page message's metadata.
-func EncodeRanges(rs []analyzer.Range) []byte {
-	b := binary.AppendUvarint(nil, uint64(len(rs)))
+// EncodeRanges appends ranges to dst, encoded for a page message's
+// metadata.
+func EncodeRanges(dst []byte, rs []analyzer.Range) []byte {
+	b := binary.AppendUvarint(dst, uint64(len(rs)))
 	for _, r := range rs {
 		b = binary.AppendUvarint(b, uint64(r.Off))
 		b = binary.AppendUvarint(b, uint64(r.Len))

@@ -12,9 +12,9 @@ func TestDiffRanges(t *testing.T) {
 	twin := make([]byte, 64)
 	cur := make([]byte, 64)
 	cur[3], cur[9], cur[17], cur[63] = 1, 1, 1, 1
-	got := DiffRanges(twin, cur)
+	got := DiffRanges(nil, twin, cur)
 	require.Equal(t, []analyzer.Range{{Off: 0, Len: 24}, {Off: 56, Len: 8}}, got)
-	enc := EncodeRanges(got)
+	enc := EncodeRanges(nil, got)
 	dec, err := DecodeRanges(enc, 64)
 	require.NoError(t, err)
 	require.Equal(t, got, dec)

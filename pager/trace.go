@@ -22,7 +22,7 @@ type faultTrace struct {
 // traceFault starts the timeline of page p's fault, unless one is running.
 func (g *Pager) traceFault(p coherence.PageID, at time.Time) {
 	if _, ok := g.traces[p]; !ok {
-		g.traces[p] = &faultTrace{fault: at}
+		g.traces[p] = faultTrace{fault: at}
 	}
 }
 
@@ -30,6 +30,7 @@ func (g *Pager) traceFault(p coherence.PageID, at time.Time) {
 func (g *Pager) traceSend(p coherence.PageID) {
 	if t, ok := g.traces[p]; ok && t.req.IsZero() {
 		t.req = g.now()
+		g.traces[p] = t
 	}
 }
 
@@ -40,6 +41,7 @@ func (g *Pager) traceAnswer(m *coherence.Message) {
 	}
 	if t, ok := g.traces[m.Page]; ok && !t.req.IsZero() && t.answer.IsZero() {
 		t.answer = g.now()
+		g.traces[m.Page] = t
 	}
 }
 
