@@ -43,6 +43,13 @@ func (v Vector) AppendBinary(dst []byte) []byte {
 // ErrTooLong (the count exceeds MaxVectorLen: the peer is not a DSM node or
 // the data is corrupt) or ErrMalformed (a varint overflows or is not minimal).
 func DecodeVector(b []byte) (Vector, int, error) {
+	return AppendDecodeVector(nil, b)
+}
+
+// AppendDecodeVector is DecodeVector decoding into dst's spare capacity,
+// which it grows only when the entries do not fit: a message's vectors can
+// share one allocation. The result is dst's extension, not dst.
+func AppendDecodeVector(dst Vector, b []byte) (Vector, int, error) {
 	count, off, err := uvarint(b, 0)
 	if err != nil {
 		return nil, 0, fmt.Errorf("decoding vector entry count: %w", err)
@@ -55,7 +62,12 @@ func DecodeVector(b []byte) (Vector, int, error) {
 		return nil, 0, fmt.Errorf("%w: %d entries need at least %d bytes, %d left",
 			ErrTruncated, count, count, len(b)-off)
 	}
-	v := make(Vector, count)
+	var v Vector
+	if start := len(dst); count > 0 && uint64(cap(dst)-start) >= count {
+		v = dst[start : start+int(count) : start+int(count)]
+	} else {
+		v = make(Vector, count) // non-nil even when empty
+	}
 	for i := range v {
 		var x uint64
 		x, off, err = uvarint(b, off)

@@ -278,10 +278,19 @@ func UnmarshalMessage(b []byte) (*Message, error) {
 	m.Req = d.uint("request id", 1<<64-1)
 	m.Version = d.uint("version", 1<<64-1)
 	m.HaveVersion = d.uint("have-version", 1<<64-1)
-	m.Clock = d.vector("clock")
-	m.PageClock = d.vector("page clock")
-	m.Data = d.bytes("data")
-	m.Meta = d.bytes("meta")
+	// The two clocks share one allocation, as do Data and Meta.
+	var back clocks.Vector
+	if n, k := binary.Uvarint(d.b[d.off:]); k > 0 && n <= 1<<10 {
+		back = make(clocks.Vector, 0, 2*n)
+	}
+	m.Clock = d.vector("clock", back)
+	if c := len(m.Clock); c <= cap(back) {
+		back = back[c:c]
+	} else {
+		back = nil
+	}
+	m.PageClock = d.vector("page clock", back)
+	m.Data, m.Meta = d.twoBytes("data", "meta")
 	if d.err != nil {
 		return nil, d.err
 	}
@@ -320,11 +329,11 @@ func (d *decoder) uint(field string, limit uint64) uint64 {
 	return x
 }
 
-func (d *decoder) vector(field string) clocks.Vector {
+func (d *decoder) vector(field string, into clocks.Vector) clocks.Vector {
 	if d.err != nil {
 		return nil
 	}
-	v, n, err := clocks.DecodeVector(d.b[d.off:])
+	v, n, err := clocks.AppendDecodeVector(into, d.b[d.off:])
 	if err != nil {
 		d.err = fmt.Errorf("%w: field %s at byte %d: %w", ErrMalformed, field, d.off, err)
 		return nil
@@ -336,20 +345,39 @@ func (d *decoder) vector(field string) clocks.Vector {
 	return v
 }
 
-func (d *decoder) bytes(field string) []byte {
-	n := d.uint(field+" length", MaxPayload)
+// twoBytes reads two length-prefixed byte fields into one allocation.
+func (d *decoder) twoBytes(f1, f2 string) ([]byte, []byte) {
+	n1 := d.uint(f1+" length", MaxPayload)
 	if d.err != nil {
-		return nil
+		return nil, nil
 	}
-	if n > uint64(len(d.b)-d.off) {
-		d.err = fmt.Errorf("%w: field %s needs %d bytes, %d left", ErrMalformed, field, n, len(d.b)-d.off)
-		return nil
+	if n1 > uint64(len(d.b)-d.off) {
+		d.err = fmt.Errorf("%w: field %s needs %d bytes, %d left", ErrMalformed, f1, n1, len(d.b)-d.off)
+		return nil, nil
 	}
-	if n == 0 {
-		return nil
+	at1 := d.off
+	d.off += int(n1)
+	n2 := d.uint(f2+" length", MaxPayload)
+	if d.err != nil {
+		return nil, nil
 	}
-	out := make([]byte, n)
-	copy(out, d.b[d.off:])
-	d.off += int(n)
-	return out
+	if n2 > uint64(len(d.b)-d.off) {
+		d.err = fmt.Errorf("%w: field %s needs %d bytes, %d left", ErrMalformed, f2, n2, len(d.b)-d.off)
+		return nil, nil
+	}
+	if n1+n2 == 0 {
+		return nil, nil
+	}
+	out := make([]byte, n1+n2)
+	copy(out, d.b[at1:at1+int(n1)])
+	copy(out[n1:], d.b[d.off:d.off+int(n2)])
+	d.off += int(n2)
+	var a, b []byte
+	if n1 > 0 {
+		a = out[:n1:n1]
+	}
+	if n2 > 0 {
+		b = out[n1:]
+	}
+	return a, b
 }
