@@ -18,10 +18,9 @@ import (
 
 // SimDaemon is a daemon the simulator drives.
 type SimDaemon interface {
-	// Fault serves a fault of program prog (an index into
-	// SimWorld.Programs) on page p: a write, or a write to a page present
-	// but write-protected when wp, read at time now.
-	Fault(prog int, p PageID, write, wp bool, now time.Time)
+	// Faults serves a batch of faults of one program, as the daemon's
+	// loop reads them from its userfaultfd.
+	Faults(fs []SimFault)
 	// Step serves a message from another node.
 	Step(m *Message) error
 	// Tick is the daemon's periodic tick.
@@ -32,6 +31,16 @@ type SimDaemon interface {
 	ServeHolds(now time.Time) time.Time
 	// NextHold returns what ServeHolds last returned, or zero.
 	NextHold() time.Time
+}
+
+// SimFault is a fault of a simulated program: Prog is an index into
+// SimWorld.Programs; WP marks a write to a page present but write
+// protected; At is when the daemon read it.
+type SimFault struct {
+	Prog      int
+	Page      PageID
+	Write, WP bool
+	At        time.Time
 }
 
 // SimWorld is what the simulator gives a daemon.
@@ -127,8 +136,21 @@ func (s *sim) minHold() time.Duration {
 // holds, as the daemon's loop does after every batch.
 func (s *sim) daemonInput(n *simNode, ev simEvent) error {
 	if ev.msg == nil {
-		s.tracef("node %d: fault of program %d on p%d (%v, wp %v)", n.id, ev.prog, ev.page, ev.access, ev.wp)
-		n.d.Fault(ev.prog, ev.page, ev.access == Write, ev.wp, s.now())
+		// The daemon reads a program's faults in batches: this one and
+		// up to two more of the same program that wait behind it.
+		batch := []SimFault{{Prog: ev.prog, Page: ev.page, Write: ev.access == Write, WP: ev.wp, At: s.now()}}
+		for more := s.rng.IntN(3); more > 0 && len(n.inbox) > 0; more-- {
+			x := n.inbox[0]
+			if x.msg != nil || x.endHold || x.prog != ev.prog {
+				break
+			}
+			n.inbox = n.inbox[1:]
+			batch = append(batch, SimFault{Prog: x.prog, Page: x.page, Write: x.access == Write, WP: x.wp, At: s.now()})
+		}
+		for _, f := range batch {
+			s.tracef("node %d: fault of program %d on p%d (write %v, wp %v), in a batch of %d", n.id, f.Prog, f.Page, f.Write, f.WP, len(batch))
+		}
+		n.d.Faults(batch)
 	} else {
 		m, err := UnmarshalMessage(ev.msg)
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dsmrt/dsm/coherence"
+	"github.com/dsmrt/dsm/pager"
 	"github.com/dsmrt/dsm/uffd"
 )
 
@@ -52,6 +53,7 @@ type eventLoop struct {
 	evfd   int
 	events [64]unix.EpollEvent
 	msgs   [64]uffd.Msg
+	faults []pager.Fault // scratch: the faults of one read
 	// rawWait: wait with a raw system call (see wait).
 	rawWait bool
 
@@ -269,6 +271,7 @@ func (n *Node) readFaults(pr *prog, events uint32) {
 	}
 	now := time.Now()
 	base, size, ps := n.cfg.Base, n.cfg.Size, uint64(n.ps)
+	batch := n.lp.faults[:0]
 	for _, m := range n.lp.msgs[:k] {
 		if !m.IsPagefault() {
 			continue
@@ -277,6 +280,16 @@ func (n *Node) readFaults(pr *prog, events uint32) {
 			n.log.Error("fault outside the region", "pid", pr.pid, "addr", fmt.Sprintf("0x%x", m.Address))
 			continue
 		}
-		n.onFault(pr, coherence.PageID((m.Address-base)/ps), m.IsWrite(), m.IsWP(), now)
+		p := coherence.PageID((m.Address - base) / ps)
+		if n.isRC(p) {
+			n.rcFault(pr, p, m.IsWrite(), m.IsWP(), now)
+			continue
+		}
+		batch = append(batch, pager.Fault{Prog: pr.Prog, Page: p, Write: m.IsWrite(), WP: m.IsWP(), At: now})
 	}
+	// The faults of one read go to the pager as one batch: one flush of
+	// the engine for all of them.
+	n.pg.Faults(batch)
+	clear(batch)
+	n.lp.faults = batch[:0]
 }

@@ -580,18 +580,6 @@ func (n *Node) Run(ctx context.Context) error {
 	return err
 }
 
-// onFault serves a page fault of program pr. Called with n.mu held.
-func (n *Node) onFault(pr *prog, p coherence.PageID, write, wp bool, at time.Time) {
-	if pr.Gone {
-		return
-	}
-	if n.isRC(p) {
-		n.rcFault(pr, p, write, wp, at)
-		return
-	}
-	n.pg.Fault(pr.Prog, p, write, wp, at)
-}
-
 // Protocol bytes that start every transport message.
 const (
 	protoCoherence   = 1

@@ -292,23 +292,49 @@ func (g *Pager) Stuck(since time.Time) []Waiter {
 // Fault serves a fault of program pr on page p (a write, or a write to a
 // write-protected page when wp), read at time at.
 func (g *Pager) Fault(pr *Prog, p coherence.PageID, write, wp bool, at time.Time) {
+	g.fault(Fault{Prog: pr, Page: p, Write: write, WP: wp, At: at})
+	g.Flush()
+}
+
+// Fault is a page fault as the daemon read it from a program's
+// userfaultfd.
+type Fault struct {
+	Prog  *Prog
+	Page  coherence.PageID
+	Write bool      // the access was a write
+	WP    bool      // a write to a present, write-protected page
+	At    time.Time // when it was read
+}
+
+// Faults serves a batch of faults, as the daemon's loop reads them from a
+// userfaultfd: the engine takes them all, then the pager applies what it
+// produced, once (a fault that joins a request made by an earlier one of
+// the batch costs no batch of its own).
+func (g *Pager) Faults(fs []Fault) {
+	for _, f := range fs {
+		g.fault(f)
+	}
+	g.Flush()
+}
+
+func (g *Pager) fault(f Fault) {
+	pr, p := f.Prog, f.Page
 	if pr.Gone {
 		return
 	}
-	g.Wait(pr, p, wp, at)
-	g.traceFault(p, at)
+	g.Wait(pr, p, f.WP, f.At)
+	g.traceFault(p, f.At)
 	a := coherence.Read
-	if write || wp {
+	if f.Write || f.WP {
 		a = coherence.Write
 	}
-	g.CountFault(a, wp)
+	g.CountFault(a, f.WP)
 	if err := g.eng.Fault(p, a); err != nil {
 		g.log.Error("fault refused by the engine", "page", p, "err", err)
 	}
 	if a == coherence.Read {
 		g.readAhead(pr, p)
 	}
-	g.Flush()
 }
 
 // Wait records a fault of pr on page p without telling the engine: for a

@@ -28,6 +28,7 @@ var (
 type simDaemon struct {
 	g     *Pager
 	progs []*Prog
+	batch []Fault
 }
 
 type sendFunc func(*coherence.Message)
@@ -70,8 +71,12 @@ func pagerDaemon(tweak func(*Config, []Program)) func(coherence.SimWorld) (coher
 	}
 }
 
-func (d *simDaemon) Fault(prog int, p coherence.PageID, write, wp bool, now time.Time) {
-	d.g.Fault(d.progs[prog], p, write, wp, now)
+func (d *simDaemon) Faults(fs []coherence.SimFault) {
+	d.batch = d.batch[:0]
+	for _, f := range fs {
+		d.batch = append(d.batch, Fault{Prog: d.progs[f.Prog], Page: f.Page, Write: f.Write, WP: f.WP, At: f.At})
+	}
+	d.g.Faults(d.batch)
 }
 func (d *simDaemon) Step(m *coherence.Message) error    { return d.g.Step(m) }
 func (d *simDaemon) Tick(now time.Time)                 { d.g.Tick(now) }
