@@ -103,6 +103,18 @@ type SimResult struct {
 	Stats      []Stats // each engine's counters at the end
 }
 
+// Add adds o's counts to r's (not its Stats), to sum many schedules.
+func (r *SimResult) Add(o SimResult) {
+	r.Steps += o.Steps
+	r.Reads += o.Reads
+	r.Writes += o.Writes
+	r.Faults += o.Faults
+	r.Sent += o.Sent
+	r.Lost += o.Lost
+	r.Duplicated += o.Duplicated
+	r.Holds += o.Holds
+}
+
 // ErrViolation is wrapped by every *Violation.
 var ErrViolation = errors.New("coherence: simulation found a violation")
 

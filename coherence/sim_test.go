@@ -5,10 +5,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"runtime"
+	"io"
 	"strings"
-	"sync"
 	"testing"
+
+	"github.com/dsmrt/dsm/internal/seedrun"
 )
 
 var (
@@ -31,14 +32,7 @@ func replayHint(seed uint64) string {
 
 // traceTail reruns a schedule with tracing and returns its last lines.
 func traceTail(cfg SimConfig, lines int) string {
-	var buf bytes.Buffer
-	cfg.Trace = &buf
-	Simulate(cfg)
-	all := strings.Split(strings.TrimRight(buf.String(), "\n"), "\n")
-	if len(all) > lines {
-		all = all[len(all)-lines:]
-	}
-	return strings.Join(all, "\n")
+	return seedrun.TraceTail(func(w io.Writer) { cfg.Trace = w; Simulate(cfg) }, lines)
 }
 
 func TestSimulator(t *testing.T) {
@@ -66,57 +60,22 @@ func TestSimulator(t *testing.T) {
 		// schedules exercise the same code either way.
 		n /= 5
 	}
-	type failure struct {
-		seed uint64
-		err  error
-	}
 	var (
-		mu      sync.Mutex
-		first   *failure
-		next    uint64 = 1
-		total   SimResult
-		engine  Stats // summed over every engine of every schedule
-		workers = runtime.GOMAXPROCS(0)
-		wg      sync.WaitGroup
+		total  SimResult
+		engine Stats // summed over every engine of every schedule
 	)
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				mu.Lock()
-				seed := next
-				next++
-				stop := seed > uint64(n) || (first != nil && seed > first.seed)
-				mu.Unlock()
-				if stop {
-					return
-				}
-				res, err := Simulate(SimConfigFor(seed))
-				mu.Lock()
-				if err != nil && (first == nil || seed < first.seed) {
-					first = &failure{seed, err}
-				}
-				total.Steps += res.Steps
-				total.Reads += res.Reads
-				total.Writes += res.Writes
-				total.Faults += res.Faults
-				total.Sent += res.Sent
-				total.Lost += res.Lost
-				total.Duplicated += res.Duplicated
-				total.Holds += res.Holds
-				for _, st := range res.Stats {
-					engine.Pipelined += st.Pipelined
-					engine.EarlyFwds += st.EarlyFwds
-					engine.Holds += st.Holds
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	if first != nil {
-		t.Fatalf("%v\nlast steps of the schedule:\n%s\n%s", first.err, traceTail(SimConfigFor(first.seed), 80), replayHint(first.seed))
+	seed, err := seedrun.Run(1, n, func(seed uint64) (SimResult, error) {
+		return Simulate(SimConfigFor(seed))
+	}, func(res SimResult) {
+		total.Add(res)
+		for _, st := range res.Stats {
+			engine.Pipelined += st.Pipelined
+			engine.EarlyFwds += st.EarlyFwds
+			engine.Holds += st.Holds
+		}
+	})
+	if err != nil {
+		t.Fatalf("%v\nlast steps of the schedule:\n%s\n%s", err, traceTail(SimConfigFor(seed), 80), replayHint(seed))
 	}
 	t.Logf("%d schedules: %d steps, %d reads, %d writes, %d faults, %d messages (%d lost, %d duplicated)",
 		n, total.Steps, total.Reads, total.Writes, total.Faults, total.Sent, total.Lost, total.Duplicated)

@@ -4,9 +4,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"runtime"
-	"sync"
 	"testing"
+
+	"github.com/dsmrt/dsm/internal/seedrun"
 )
 
 var (
@@ -28,36 +28,17 @@ func simSeeds() int {
 // runSeeds runs schedules first..first+n-1 on every core and returns the
 // summed stats and the violation of the smallest failing seed, if any.
 func runSeeds(first uint64, n int, mk func(seed uint64) SimConfig) (SimStats, *Violation) {
-	var (
-		mu    sync.Mutex
-		total SimStats
-		worst *Violation
-		wg    sync.WaitGroup
-	)
-	next := make(chan uint64)
-	for range runtime.GOMAXPROCS(0) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for seed := range next {
-				st, err := Simulate(mk(seed))
-				mu.Lock()
-				total.Add(st)
-				var v *Violation
-				if errors.As(err, &v) && (worst == nil || v.Seed < worst.Seed) {
-					worst = v
-				} else if err != nil && !errors.As(err, &v) {
-					panic(err)
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	for i := range n {
-		next <- first + uint64(i)
-	}
-	close(next)
-	wg.Wait()
+	var total SimStats
+	_, err := seedrun.Run(first, n, func(seed uint64) (SimStats, error) {
+		st, err := Simulate(mk(seed))
+		var v *Violation
+		if err != nil && !errors.As(err, &v) {
+			panic(err)
+		}
+		return st, err
+	}, func(st SimStats) { total.Add(st) })
+	var worst *Violation
+	errors.As(err, &worst)
 	return total, worst
 }
 

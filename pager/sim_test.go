@@ -5,14 +5,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"runtime"
-	"strings"
-	"sync"
+	"io"
 	"testing"
 	"time"
 
 	"github.com/dsmrt/dsm/analyzer"
 	"github.com/dsmrt/dsm/coherence"
+	"github.com/dsmrt/dsm/internal/seedrun"
 )
 
 // The coherence simulator with this package's Pager in every node's
@@ -89,14 +88,7 @@ func simConfig(seed uint64) coherence.SimConfig {
 }
 
 func traceTail(cfg coherence.SimConfig, lines int) string {
-	var buf bytes.Buffer
-	cfg.Trace = &buf
-	coherence.Simulate(cfg)
-	all := strings.Split(strings.TrimRight(buf.String(), "\n"), "\n")
-	if len(all) > lines {
-		all = all[len(all)-lines:]
-	}
-	return strings.Join(all, "\n")
+	return seedrun.TraceTail(func(w io.Writer) { cfg.Trace = w; coherence.Simulate(cfg) }, lines)
 }
 
 func replayHint(seed uint64) string {
@@ -130,50 +122,20 @@ func TestSimulatorThroughPager(t *testing.T) {
 		n /= 5
 	}
 	var (
-		mu        sync.Mutex
-		firstSeed uint64
-		firstErr  error
-		next      uint64 = 1
-		total     coherence.SimResult
-		eng       coherence.Stats
-		wg        sync.WaitGroup
+		total coherence.SimResult
+		eng   coherence.Stats
 	)
-	for range runtime.GOMAXPROCS(0) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				mu.Lock()
-				seed := next
-				next++
-				stop := seed > uint64(n) || (firstErr != nil && seed > firstSeed)
-				mu.Unlock()
-				if stop {
-					return
-				}
-				res, err := coherence.Simulate(simConfig(seed))
-				mu.Lock()
-				if err != nil && (firstErr == nil || seed < firstSeed) {
-					firstSeed, firstErr = seed, err
-				}
-				total.Steps += res.Steps
-				total.Reads += res.Reads
-				total.Writes += res.Writes
-				total.Faults += res.Faults
-				total.Sent += res.Sent
-				total.Lost += res.Lost
-				total.Duplicated += res.Duplicated
-				for _, st := range res.Stats {
-					eng.Holds += st.Holds
-					eng.Pipelined += st.Pipelined
-					eng.MigrationsIn += st.MigrationsIn
-					eng.Upgrades += st.Upgrades
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
+	firstSeed, firstErr := seedrun.Run(1, n, func(seed uint64) (coherence.SimResult, error) {
+		return coherence.Simulate(simConfig(seed))
+	}, func(res coherence.SimResult) {
+		total.Add(res)
+		for _, st := range res.Stats {
+			eng.Holds += st.Holds
+			eng.Pipelined += st.Pipelined
+			eng.MigrationsIn += st.MigrationsIn
+			eng.Upgrades += st.Upgrades
+		}
+	})
 	if firstErr != nil {
 		t.Fatalf("%v\nlast steps of the schedule:\n%s\n%s", firstErr, traceTail(simConfig(firstSeed), 80), replayHint(firstSeed))
 	}

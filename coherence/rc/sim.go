@@ -77,6 +77,21 @@ type SimResult struct {
 	Stats                                                 []Stats
 }
 
+// Add adds o's counts to r's (not its Stats), to sum many schedules.
+func (r *SimResult) Add(o SimResult) {
+	r.Steps += o.Steps
+	r.Reads += o.Reads
+	r.Writes += o.Writes
+	r.Checked += o.Checked
+	r.Sent += o.Sent
+	r.Lost += o.Lost
+	r.Duplicated += o.Duplicated
+	r.Releases += o.Releases
+	r.Acquires += o.Acquires
+	r.Races += o.Races
+	r.RacyWords += o.RacyWords
+}
+
 // Violation is an invariant a schedule broke.
 type Violation struct {
 	Seed uint64

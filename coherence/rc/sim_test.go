@@ -4,10 +4,11 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
-	"runtime"
+	"io"
 	"strings"
-	"sync"
 	"testing"
+
+	"github.com/dsmrt/dsm/internal/seedrun"
 )
 
 var (
@@ -21,73 +22,32 @@ func replayHint(seed uint64) string {
 
 // traceTail replays a schedule with a trace and returns its last lines.
 func traceTail(cfg SimConfig, lines int) string {
-	var buf bytes.Buffer
-	cfg.Trace = &buf
-	Simulate(cfg)
-	all := strings.Split(strings.TrimRight(buf.String(), "\n"), "\n")
-	if len(all) > lines {
-		all = all[len(all)-lines:]
-	}
-	return strings.Join(all, "\n")
+	return seedrun.TraceTail(func(w io.Writer) { cfg.Trace = w; Simulate(cfg) }, lines)
 }
 
 // runSchedules runs seeds 1..n of cfgFor on every CPU and returns the
 // first failure (the smallest failing seed) and the summed results.
 func runSchedules(n int, cfgFor func(uint64) SimConfig) (uint64, SimResult, Stats, error) {
 	var (
-		mu        sync.Mutex
-		firstSeed uint64
-		firstErr  error
-		next      uint64 = 1
-		total     SimResult
-		engine    Stats
-		wg        sync.WaitGroup
+		total  SimResult
+		engine Stats
 	)
-	for range runtime.GOMAXPROCS(0) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				mu.Lock()
-				seed := next
-				next++
-				stop := seed > uint64(n) || (firstErr != nil && seed > firstSeed)
-				mu.Unlock()
-				if stop {
-					return
-				}
-				res, err := Simulate(cfgFor(seed))
-				mu.Lock()
-				if err != nil && (firstErr == nil || seed < firstSeed) {
-					firstSeed, firstErr = seed, err
-				}
-				total.Steps += res.Steps
-				total.Reads += res.Reads
-				total.Writes += res.Writes
-				total.Checked += res.Checked
-				total.Sent += res.Sent
-				total.Lost += res.Lost
-				total.Duplicated += res.Duplicated
-				total.Releases += res.Releases
-				total.Acquires += res.Acquires
-				total.Races += res.Races
-				total.RacyWords += res.RacyWords
-				for _, st := range res.Stats {
-					engine.Fetches += st.Fetches
-					engine.Stale += st.Stale
-					engine.Diffs += st.Diffs
-					engine.DiffBytes += st.DiffBytes
-					engine.Retransmits += st.Retransmits
-					engine.Duplicates += st.Duplicates
-					engine.Invalidations += st.Invalidations
-					engine.Truncated += st.Truncated
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	return firstSeed, total, engine, firstErr
+	seed, err := seedrun.Run(1, n, func(seed uint64) (SimResult, error) {
+		return Simulate(cfgFor(seed))
+	}, func(res SimResult) {
+		total.Add(res)
+		for _, st := range res.Stats {
+			engine.Fetches += st.Fetches
+			engine.Stale += st.Stale
+			engine.Diffs += st.Diffs
+			engine.DiffBytes += st.DiffBytes
+			engine.Retransmits += st.Retransmits
+			engine.Duplicates += st.Duplicates
+			engine.Invalidations += st.Invalidations
+			engine.Truncated += st.Truncated
+		}
+	})
+	return seed, total, engine, err
 }
 
 // TestSimulator runs 10,000 seeded schedules of whole clusters: programs
