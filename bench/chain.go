@@ -93,19 +93,20 @@ const chainNote = "three processes (program, daemon A, server B) on loopback; " 
 // chainWarmup untimed ones) and returns the time of each faulting load as
 // the program measured it. The binary's main (or TestMain) must call
 // childMain first: the three processes are this binary, re-executed.
-func measureChain(ctx context.Context, n int) ([]time.Duration, error) {
+func measureChain(ctx context.Context, n int) ([]time.Duration, *FaultCost, error) {
 	if n < 1 {
-		return nil, fmt.Errorf("chain: %d faults", n)
+		return nil, nil, fmt.Errorf("chain: %d faults", n)
 	}
 	exe, err := os.Executable()
 	if err != nil {
-		return nil, fmt.Errorf("chain: find this executable: %w", err)
+		return nil, nil, fmt.Errorf("chain: find this executable: %w", err)
 	}
+	udpBefore, udpErr := udpOutDatagrams()
 	// The program hands its userfaultfd to A over a unix socket pair;
 	// SOCK_SEQPACKET keeps the descriptor with its message.
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("chain: socketpair: %w", err)
+		return nil, nil, fmt.Errorf("chain: socketpair: %w", err)
 	}
 	progSock := os.NewFile(uintptr(pair[0]), "chain-program-sock")
 	daemonSock := os.NewFile(uintptr(pair[1]), "chain-daemon-sock")
@@ -113,7 +114,7 @@ func measureChain(ctx context.Context, n int) ([]time.Duration, error) {
 	if err != nil {
 		progSock.Close()
 		daemonSock.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	closeFiles := sync.OnceFunc(func() {
 		for _, f := range []*os.File{progSock, daemonSock, udpA, udpB} {
@@ -140,7 +141,7 @@ func measureChain(ctx context.Context, n int) ([]time.Duration, error) {
 	for _, p := range procs {
 		if err := p.start(exe, exited); err != nil {
 			stopAll()
-			return nil, err
+			return nil, nil, err
 		}
 		started = append(started, p)
 	}
@@ -164,6 +165,29 @@ func measureChain(ctx context.Context, n int) ([]time.Duration, error) {
 	case <-ctx.Done():
 		failure = ctx.Err()
 	}
+	// What the chain cost, read while A and B still live (blocked in a
+	// system call): their CPU and switches since they started, the
+	// program's switches from its exit, and the UDP datagrams the machine
+	// sent meanwhile.
+	var cost *FaultCost
+	if failure == nil {
+		cost = &FaultCost{Windows: 1, Faults: uint64(n + chainWarmup), Ops: n}
+		for _, p := range procs[:2] {
+			c, err := readProcCounters(p.cmd.Process.Pid)
+			if err != nil {
+				failure = fmt.Errorf("the counters of the %s: %w", p.role, err)
+				break
+			}
+			cost.DaemonSwitches += c.switches
+			cost.DaemonCPU += c.cpu
+		}
+		if ru, ok := prog.cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			cost.ProgramSwitches = uint64(ru.Nvcsw)
+		}
+		if after, err := udpOutDatagrams(); err == nil && udpErr == nil {
+			cost.Datagrams = after - udpBefore
+		}
+	}
 	// A and B serve until they are killed: they block in system calls that
 	// only a signal ends.
 	stopAll()
@@ -177,17 +201,44 @@ func measureChain(ctx context.Context, n int) ([]time.Duration, error) {
 		if len(logs) > 0 {
 			failure = fmt.Errorf("%w\n%s", failure, strings.Join(logs, "\n"))
 		}
-		return nil, fmt.Errorf("chain: %w", failure)
+		return nil, nil, fmt.Errorf("chain: %w", failure)
 	}
 	out := prog.stdout.Bytes()
 	if len(out) != 8*n {
-		return nil, fmt.Errorf("chain: the program reported %d bytes of samples, want %d", len(out), 8*n)
+		return nil, nil, fmt.Errorf("chain: the program reported %d bytes of samples, want %d", len(out), 8*n)
 	}
 	samples := make([]time.Duration, n)
 	for i := range samples {
 		samples[i] = time.Duration(binary.LittleEndian.Uint64(out[8*i:]))
 	}
-	return samples, nil
+	return samples, cost, nil
+}
+
+// udpOutDatagrams returns the UDP datagrams this machine has sent
+// (OutDatagrams in /proc/net/snmp).
+func udpOutDatagrams() (uint64, error) {
+	b, err := os.ReadFile("/proc/net/snmp")
+	if err != nil {
+		return 0, err
+	}
+	var names []string
+	for _, l := range strings.Split(string(b), "\n") {
+		rest, ok := strings.CutPrefix(l, "Udp: ")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, name := range names {
+			if name == "OutDatagrams" && i < len(f) {
+				return strconv.ParseUint(f[i], 10, 64)
+			}
+		}
+	}
+	return 0, errors.New("no Udp OutDatagrams in /proc/net/snmp")
 }
 
 // chainProc is one process of the chain, started by measureChain.

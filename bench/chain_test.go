@@ -20,9 +20,12 @@ func TestMeasureChain(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	n := chainWindow + 100
-	samples, err := measureChain(ctx, n)
+	samples, cost, err := measureChain(ctx, n)
 	require.NoError(t, err)
 	require.Len(t, samples, n)
+	require.NotNil(t, cost)
+	assert.Positive(t, cost.DaemonCPU, "A and B spent CPU")
+	assert.GreaterOrEqual(t, cost.DaemonSwitches+cost.ProgramSwitches, uint64(n), "a fault blocks somebody at least once")
 	for i, d := range samples {
 		require.Positive(t, d, "sample %d", i)
 	}
@@ -31,7 +34,7 @@ func TestMeasureChain(t *testing.T) {
 	// Stopped early, the chain leaves nothing running either.
 	ctx, cancel = context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	_, err = measureChain(ctx, 10_000_000)
+	_, _, err = measureChain(ctx, 10_000_000)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	assert.Empty(t, childrenOf(t, os.Getpid()), "processes of the chain left running")
 }

@@ -54,8 +54,9 @@ var limitKinds = []struct{ kind, key, name, note string }{
 
 // limitRun is one measurement of every limit.
 type limitRun struct {
-	when    string
-	samples map[string][]int64 // by limitKinds[].kind
+	when      string
+	samples   map[string][]int64 // by limitKinds[].kind
+	chainCost *FaultCost         // what the chain's processes spent
 }
 
 // limits measures the machine's limits: the remote read fault chain, a
@@ -77,7 +78,7 @@ func (s *suite) measureLimits(ctx context.Context, when string) error {
 		switch k.kind {
 		case limitChain:
 			s.prog.step("remote fault chain (" + when + ")")
-			d, err = measureChain(ctx, n)
+			d, run.chainCost, err = measureChain(ctx, n)
 		case limitUffd:
 			s.prog.step("local userfaultfd fault (" + when + ")")
 			d, err = uffd.MeasureLocalFault(n)
@@ -133,7 +134,13 @@ func (s *suite) settleLimits() {
 			s.plots.samples = map[string][]int64{}
 		}
 		s.plots.samples[k.key] = samples
-		figs = append(figs, Figure{Key: k.key, Part: "limits", Name: k.name, Note: note, Latency: bestStat})
+		f := Figure{Key: k.key, Part: "limits", Name: k.name, Note: note, Latency: bestStat}
+		if c := s.limitRuns[best].chainCost; k.kind == limitChain && c != nil {
+			// The floor of the per-fault costs too: CPU of A and B (their
+			// start included), switches of all three processes.
+			f.setCost(c) // an error leaves the figure without costs
+		}
+		figs = append(figs, f)
 	}
 	s.res.Figures = append(figs, s.res.Figures...)
 }
