@@ -36,7 +36,9 @@ func (s *suite) memory(ctx context.Context) error {
 	label := fmt.Sprintf("%d nodes, %d MiB", nodes, size>>20)
 	return s.withCluster(ctx, label, nodes, tune, func(c *cluster.Cluster, logs *tailBuffer) error {
 		pages := int(size / uint64(os.Getpagesize()))
-		sp := spec{Mode: modeFill, Tag: "fill", First: 0, Pages: pages, Rounds: 1}
+		// K: every node writes; with the default of 2 participants node 2
+		// would only serve as a home, and its figure would say nothing.
+		sp := spec{Mode: modeFill, Tag: "fill", First: 0, Pages: pages, Rounds: 1, K: nodes}
 		if _, err := s.runWorkers(ctx, c, logs, sp); err != nil {
 			return err
 		}
