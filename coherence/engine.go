@@ -124,13 +124,23 @@ type Engine struct {
 	// changed: the messages and page versions of one input share it.
 	// Clocks handed out are never changed in place by anybody.
 	snap    clocks.Vector
-	now     uint64 // ticks so far
-	lastReq uint64 // the last request id used
+	zero    clocks.Vector // see zeroClock
+	now     uint64        // ticks so far
+	lastReq uint64        // the last request id used
 
-	local map[PageID]*localPage
-	dirs  map[PageID]*dirEntry
-	timed map[PageID]struct{} // pages with a request, a confirmation, a kept hand-over or a message waiting
+	local localTable
+	dirs  dirTable
+	timed map[PageID]struct{} // pages with a request, a confirmation, a kept hand-over or a message waiting: the ones with a pageBusy
 	tbuf  []PageID
+	// spareBusy are pageBusy values of pages that went idle, for reuse.
+	spareBusy []*pageBusy
+	// spareDirBusy are dirBusy values of homed pages that went idle, for
+	// reuse with the arrays of their queue and open slices.
+	spareDirBusy []*dirBusy
+	// solo holds NodeID(i) at index i: solo[i:i+1:i+1] is the copy set of
+	// a page whose only copy is node i's, shared by every such page and
+	// never changed in place.
+	solo []NodeID
 
 	out []Output
 	// The Outputs and Actions of the batch being produced, and of the one
@@ -155,22 +165,75 @@ type bugs struct {
 	pipeRead  bool // the home pipelines behind a read too, forgetting the new reader's copy
 }
 
-// localPage is this node's view of one page.
+// localPage is this node's view of one page, kept in the engine's
+// localTable: small, since there is one for every page the node touched.
 type localPage struct {
+	version uint64    // the version held (or last held, when Invalid)
+	floor   uint64    // never install a version below this (invalidated)
+	clockP  *uint64   // that version's vector clock (clockOf)
+	x       *pageBusy // what the page waits for; nil while it waits for nothing
+	clockN  uint32
 	state   State
-	version uint64        // the version held (or last held, when Invalid)
-	clock   clocks.Vector // that version's vector clock
-	floor   uint64        // never install a version below this (invalidated)
-	req     *request      // the request in flight or awaiting MsgDone
-	xfer    *Message      // a page handed over, kept until the home releases it
-	xferAt  uint64        // tick of the last hand-over or query
 
-	// The minimum hold (Config.Hold) and the messages that wait.
-	hold  bool     // made accessible for a local fault; EndHold has not come since
-	asked bool     // ActHold emitted for this hold
+	// The minimum hold (Config.Hold).
+	hold  bool // made accessible for a local fault; EndHold has not come since
+	asked bool // ActHold emitted for this hold
+}
+
+// pageBusy is the part of a page's state that only a page in flight has:
+// the pages with one are the engine's timed set, and it is recycled when
+// the page waits for nothing again (untime).
+type pageBusy struct {
+	req    *request // the request in flight or awaiting MsgDone
+	xfer   *Message // a page handed over, kept until the home releases it
+	xferAt uint64   // tick of the last hand-over or query
+
+	// The messages that wait for the minimum hold or for a copy.
 	held  *Message // a forward for the copy this node holds, waiting for the hold to end
 	early *Message // a forward for the copy this node's request will bring (pipelined)
 	inval *Message // an invalidation that waits for the hold to end
+}
+
+// spareBusyMax bounds the recycled pageBusy values an engine keeps.
+const spareBusyMax = 64
+
+func (lp *localPage) clock() clocks.Vector { return clockOf(lp.clockP, lp.clockN) }
+
+func (lp *localPage) setClock(c clocks.Vector) { lp.clockP, lp.clockN = clockPtr(c) }
+
+func (lp *localPage) req() *request {
+	if lp.x == nil {
+		return nil
+	}
+	return lp.x.req
+}
+
+func (lp *localPage) xfer() *Message {
+	if lp.x == nil {
+		return nil
+	}
+	return lp.x.xfer
+}
+
+func (lp *localPage) held() *Message {
+	if lp.x == nil {
+		return nil
+	}
+	return lp.x.held
+}
+
+func (lp *localPage) early() *Message {
+	if lp.x == nil {
+		return nil
+	}
+	return lp.x.early
+}
+
+func (lp *localPage) inval() *Message {
+	if lp.x == nil {
+		return nil
+	}
+	return lp.x.inval
 }
 
 // request is a fault this node is resolving.
@@ -209,9 +272,13 @@ func New(cfg Config) (*Engine, error) {
 		pipe:    cfg.Hold && !cfg.NoPipeline,
 		lastReq: cfg.ReqBase,
 		clock:   clocks.NewVector(cfg.Nodes),
-		local:   map[PageID]*localPage{},
-		dirs:    map[PageID]*dirEntry{},
+		local:   localTable{pages: cfg.Pages},
+		dirs:    newDirTable(cfg.Nodes, cfg.Pages),
 		timed:   map[PageID]struct{}{},
+		solo:    make([]NodeID, cfg.Nodes),
+	}
+	for i := range e.solo {
+		e.solo[i] = NodeID(i)
 	}
 	if e.retry == 0 {
 		e.retry = DefaultRetryTicks
@@ -249,7 +316,7 @@ func (e *Engine) Fault(p PageID, a Access) error {
 		return err
 	}
 	e.tick()
-	lp := e.page(p)
+	lp := e.local.at(p)
 	switch {
 	case a == Read:
 		e.stats.ReadFaults++
@@ -261,12 +328,12 @@ func (e *Engine) Fault(p PageID, a Access) error {
 	switch {
 	case lp.state == Exclusive || (a == Read && lp.state == Shared):
 		e.stats.Wakes++
-		e.act(Action{Kind: ActWake, Page: p, Version: lp.version, Clock: lp.clock})
-	case lp.req != nil && !lp.req.confirming:
+		e.act(Action{Kind: ActWake, Page: p, Version: lp.version, Clock: lp.clock()})
+	case lp.req() != nil && !lp.x.req.confirming:
 		e.stats.Coalesced++
-		if a == Write && lp.req.access == Read {
+		if a == Write && lp.x.req.access == Read {
 			// Ask for ownership as soon as the read copy is in.
-			lp.req.wantWrite = true
+			lp.x.req.wantWrite = true
 		}
 	default:
 		// A request awaiting MsgDone is replaced: the home takes a newer
@@ -353,8 +420,8 @@ func (e *Engine) Tick() {
 	}
 	slices.Sort(e.tbuf) // deterministic output order
 	for _, p := range e.tbuf {
-		lp := e.local[p]
-		if r := lp.req; r != nil && e.now-r.sentAt >= e.retry {
+		lp := e.local.get(p)
+		if r := lp.req(); r != nil && e.now-r.sentAt >= e.retry {
 			r.sentAt = e.now
 			e.stats.Retransmits++
 			if r.confirming {
@@ -363,10 +430,10 @@ func (e *Engine) Tick() {
 				e.sendRequest(p, lp, r)
 			}
 		}
-		if lp.xfer != nil && e.now-lp.xferAt >= e.retry {
-			lp.xferAt = e.now
+		if x := lp.xfer(); x != nil && e.now-lp.x.xferAt >= e.retry {
+			lp.x.xferAt = e.now
 			e.stats.Retransmits++
-			e.send(&Message{Type: MsgXferQuery, To: e.home(p), Page: p, Version: lp.xfer.Version})
+			e.send(&Message{Type: MsgXferQuery, To: e.home(p), Page: p, Version: x.Version})
 		}
 	}
 	e.drain()
@@ -391,7 +458,7 @@ func (e *Engine) HasReady() bool { return len(e.out) > 0 }
 // State returns the local state of page p (Invalid for a page outside the
 // region).
 func (e *Engine) State(p PageID) State {
-	if lp := e.local[p]; lp != nil {
+	if lp := e.local.get(p); lp != nil {
 		return lp.state
 	}
 	return Invalid
@@ -400,8 +467,8 @@ func (e *Engine) State(p PageID) State {
 // Version returns the version of page p this node holds and its vector
 // clock; for an Invalid page, the version it last held (0 and nil if none).
 func (e *Engine) Version(p PageID) (uint64, clocks.Vector) {
-	if lp := e.local[p]; lp != nil {
-		return lp.version, lp.clock.Clone()
+	if lp := e.local.get(p); lp != nil {
+		return lp.version, lp.clock().Clone()
 	}
 	return 0, nil
 }
@@ -411,7 +478,7 @@ func (e *Engine) Version(p PageID) (uint64, clocks.Vector) {
 func (e *Engine) Pending() int {
 	n := 0
 	for p := range e.timed {
-		if r := e.local[p].req; r != nil && !r.confirming {
+		if r := e.local.get(p).req(); r != nil && !r.confirming {
 			n++
 		}
 	}
@@ -426,12 +493,12 @@ func (e *Engine) Idle() bool {
 	if len(e.timed) > 0 {
 		return false
 	}
-	for _, d := range e.dirs {
-		if len(d.open) > 0 || len(d.queue) > 0 {
-			return false
-		}
-	}
-	return true
+	idle := true
+	e.dirs.all(func(d *dirEntry) bool {
+		idle = d.x == nil || (len(d.x.open) == 0 && len(d.x.queue) == 0)
+		return idle
+	})
+	return idle
 }
 
 // EndHold tells the engine that the minimum hold of page p has passed: the
@@ -441,7 +508,7 @@ func (e *Engine) Idle() bool {
 // ActHold, once per ActHold; a call without an ActHold outstanding for p
 // is ignored.
 func (e *Engine) EndHold(p PageID) {
-	lp := e.local[p]
+	lp := e.local.get(p)
 	if lp == nil || !lp.asked {
 		return
 	}
@@ -468,16 +535,30 @@ func (e *Engine) clockNow() clocks.Vector {
 	return e.snap
 }
 
+// zeroClock returns the clock of a page never written: all zeros, one
+// vector shared by every such page (nobody changes a clock in place).
+func (e *Engine) zeroClock() clocks.Vector {
+	if e.zero == nil {
+		e.zero = clocks.NewVector(e.n)
+	}
+	return e.zero
+}
+
 // Stats returns the engine's counters.
 func (e *Engine) Stats() Stats { return e.stats }
 
-func (e *Engine) page(p PageID) *localPage {
-	lp := e.local[p]
-	if lp == nil {
-		lp = &localPage{}
-		e.local[p] = lp
+// busy returns lp's pageBusy, making it if lp has none (from the ones
+// recycled, if any), and puts page p in the timed set.
+func (e *Engine) busy(p PageID, lp *localPage) *pageBusy {
+	if lp.x == nil {
+		if k := len(e.spareBusy); k > 0 {
+			lp.x, e.spareBusy = e.spareBusy[k-1], e.spareBusy[:k-1]
+		} else {
+			lp.x = &pageBusy{}
+		}
+		e.timed[p] = struct{}{}
 	}
-	return lp
+	return lp.x
 }
 
 // act queues a page action. Its Clock is shared, not copied: a page's clock
@@ -544,9 +625,19 @@ func (e *Engine) dispatch(m *Message) {
 
 func (e *Engine) stale() { e.stats.Stale++ }
 
+// untime takes page p out of the timed set and recycles its pageBusy if it
+// waits for nothing any more. Callers do not use the page's pageBusy, nor
+// its request, after it.
 func (e *Engine) untime(p PageID, lp *localPage) {
-	if lp.req == nil && lp.xfer == nil && lp.held == nil && lp.early == nil && lp.inval == nil {
-		delete(e.timed, p)
+	x := lp.x
+	if x == nil || x.req != nil || x.xfer != nil || x.held != nil || x.early != nil || x.inval != nil {
+		return
+	}
+	delete(e.timed, p)
+	lp.x = nil
+	if len(e.spareBusy) < spareBusyMax {
+		*x = pageBusy{}
+		e.spareBusy = append(e.spareBusy, x)
 	}
 }
 
@@ -555,8 +646,7 @@ func (e *Engine) untime(p PageID, lp *localPage) {
 func (e *Engine) newRequest(p PageID, lp *localPage, a Access) {
 	e.lastReq++
 	r := &request{id: e.lastReq, access: a, sentAt: e.now}
-	lp.req = r
-	e.timed[p] = struct{}{}
+	e.busy(p, lp).req = r
 	e.stats.Requests++
 	e.sendRequest(p, lp, r)
 }
@@ -571,13 +661,13 @@ func (e *Engine) sendRequest(p PageID, lp *localPage, r *request) {
 
 func (e *Engine) sendConfirm(p PageID, lp *localPage, r *request) {
 	e.send(&Message{Type: MsgConfirm, To: e.home(p), Page: p, Req: r.id, Requester: e.id,
-		Version: lp.version, PageClock: lp.clock})
+		Version: lp.version, PageClock: lp.clock()})
 }
 
 // inFlight returns the page's request if m answers it.
 func (e *Engine) inFlight(m *Message) (*localPage, *request) {
-	lp := e.page(m.Page)
-	r := lp.req
+	lp := e.local.at(m.Page)
+	r := lp.req()
 	if r == nil || r.confirming || r.id != m.Req || m.Requester != e.id {
 		return lp, nil
 	}
@@ -619,18 +709,21 @@ func (e *Engine) install(p PageID, lp *localPage, r *request, m *Message) {
 	if lp.state != Invalid {
 		// Cannot happen: a node asks for data only without a copy.
 		e.stats.Anomalies++
-		e.act(Action{Kind: ActDrop, Page: p, Version: lp.version, Clock: lp.clock})
+		e.act(Action{Kind: ActDrop, Page: p, Version: lp.version, Clock: lp.clock()})
 	}
 	var c clocks.Vector
 	switch {
 	case m.Writable:
 		c = e.clockNow() // a new version starts here
 	case m.PageClock != nil:
-		c = m.PageClock.Clone()
+		// Shared, not copied: nobody changes a message once it is out
+		// (Step's contract), and neither does the engine.
+		c = m.PageClock
 	default:
-		c = clocks.NewVector(e.n)
+		c = e.zeroClock()
 	}
-	lp.version, lp.clock = m.Version, c
+	lp.version = m.Version
+	lp.setClock(c)
 	lp.state = Shared
 	if m.Writable {
 		lp.state = Exclusive
@@ -654,13 +747,14 @@ func (e *Engine) onGrant(m *Message) {
 	}
 	switch {
 	case m.Writable && r.access == Write && lp.state == Shared && lp.version+1 == m.Version && m.Version >= lp.floor:
-		lp.state, lp.version, lp.clock = Exclusive, m.Version, e.clockNow()
+		lp.state, lp.version = Exclusive, m.Version
+		lp.setClock(e.clockNow())
 		e.stats.Upgrades++
-		e.act(Action{Kind: ActUnprotect, Page: m.Page, Writable: true, Version: lp.version, Clock: lp.clock})
+		e.act(Action{Kind: ActUnprotect, Page: m.Page, Writable: true, Version: lp.version, Clock: lp.clock()})
 		lp.hold, lp.asked = e.hold, false
 	case lp.state != Invalid && lp.version == m.Version && (!m.Writable || lp.state == Exclusive):
 		// The directory says this node already holds what it asked for.
-		e.act(Action{Kind: ActWake, Page: m.Page, Version: lp.version, Clock: lp.clock})
+		e.act(Action{Kind: ActWake, Page: m.Page, Version: lp.version, Clock: lp.clock()})
 	default:
 		e.stale()
 		return
@@ -681,12 +775,12 @@ func (e *Engine) complete(p PageID, lp *localPage, r *request) {
 }
 
 func (e *Engine) onDone(m *Message) {
-	lp := e.page(m.Page)
-	if r := lp.req; r == nil || !r.confirming || r.id != m.Req || m.Requester != e.id {
+	lp := e.local.at(m.Page)
+	if r := lp.req(); r == nil || !r.confirming || r.id != m.Req || m.Requester != e.id {
 		e.stale()
 		return
 	}
-	lp.req = nil
+	lp.x.req = nil
 	e.untime(m.Page, lp)
 }
 
@@ -695,18 +789,17 @@ func (e *Engine) onDone(m *Message) {
 // onInval drops the copy older than the invalidated version and
 // acknowledges; during the page's hold the invalidation waits for EndHold.
 func (e *Engine) onInval(m *Message) {
-	lp := e.page(m.Page)
+	lp := e.local.at(m.Page)
 	lp.floor = max(lp.floor, m.Version)
 	if lp.hold && !e.bugs.noHold && lp.state != Invalid && lp.version < m.Version {
-		if w := lp.inval; w != nil && w.Version > m.Version {
+		if w := lp.inval(); w != nil && w.Version > m.Version {
 			// Cannot be current: the newer one's transaction started after
 			// this one was acknowledged. No acknowledgement while the copy
 			// is here.
 			e.stale()
 			return
 		}
-		lp.inval = m
-		e.timed[m.Page] = struct{}{}
+		e.busy(m.Page, lp).inval = m
 		e.askHold(m.Page, lp)
 		return
 	}
@@ -717,7 +810,7 @@ func (e *Engine) applyInval(p PageID, lp *localPage, m *Message) {
 	if lp.state != Invalid && lp.version < m.Version {
 		lp.state = Invalid
 		e.stats.InvalidationsApplied++
-		e.act(Action{Kind: ActDrop, Page: p, Version: lp.version, Clock: lp.clock})
+		e.act(Action{Kind: ActDrop, Page: p, Version: lp.version, Clock: lp.clock()})
 	} else {
 		e.stale() // already gone or newer; acknowledge again all the same
 	}
@@ -732,12 +825,12 @@ func (e *Engine) seal(p PageID, lp *localPage) {
 		return
 	}
 	lp.state = Shared
-	lp.clock = e.clockNow()
+	lp.setClock(e.clockNow())
 	e.stats.Downgrades++
 	if e.bugs.noProtect {
 		return
 	}
-	e.act(Action{Kind: ActProtect, Page: p, Version: lp.version, Clock: lp.clock})
+	e.act(Action{Kind: ActProtect, Page: p, Version: lp.version, Clock: lp.clock()})
 }
 
 // servable reports whether this node holds the copy forward m asks for: the
@@ -767,8 +860,8 @@ func (lp *localPage) takes(m *Message) bool {
 // node can have one of each: the owner of a Shared copy whose own write
 // request was pipelined behind the hand-over of that copy.
 func (e *Engine) onForward(m *Message) {
-	lp := e.page(m.Page)
-	if x := lp.xfer; m.Type == MsgFwdWrite && x != nil && x.Req == m.Req && x.Requester == m.Requester && x.Version == m.Version {
+	lp := e.local.at(m.Page)
+	if x := lp.xfer(); m.Type == MsgFwdWrite && x != nil && x.Req == m.Req && x.Requester == m.Requester && x.Version == m.Version {
 		// The hand-over was lost: send the kept copy again.
 		if x.NeedData {
 			e.stats.Anomalies++ // the daemon did not fill the message in place
@@ -787,20 +880,19 @@ func (e *Engine) onForward(m *Message) {
 	switch {
 	case lp.servable(m):
 		e.hand(m.Page, lp, m)
-	case lp.req != nil && !lp.req.confirming:
+	case lp.req() != nil && !lp.x.req.confirming:
 		// The page may be on its way: the home granted this node's
 		// request and forwarded the next one without waiting. Keep the
 		// newest such forward; the copy the request brings decides
 		// whether it is current (settle).
-		if w := lp.early; w != nil && w.Version > m.Version {
+		if w := lp.x.early; w != nil && w.Version > m.Version {
 			e.stale()
 			return
 		}
-		if lp.early == nil {
+		if lp.x.early == nil {
 			e.stats.EarlyFwds++
 		}
-		lp.early = m
-		e.timed[m.Page] = struct{}{}
+		lp.x.early = m
 	default:
 		e.stale()
 	}
@@ -810,12 +902,13 @@ func (e *Engine) onForward(m *Message) {
 // it until EndHold if serving it would take the page during its hold.
 func (e *Engine) hand(p PageID, lp *localPage, m *Message) {
 	if lp.hold && lp.takes(m) && !e.bugs.noHold {
-		lp.held = m
-		e.timed[p] = struct{}{}
+		e.busy(p, lp).held = m
 		e.askHold(p, lp)
 		return
 	}
-	lp.held = nil
+	if lp.x != nil {
+		lp.x.held = nil
+	}
 	e.serve(p, lp, m)
 	e.untime(p, lp)
 }
@@ -826,18 +919,18 @@ func (e *Engine) serve(p PageID, lp *localPage, m *Message) {
 	if m.Type == MsgFwdRead {
 		e.stats.CopiesOut++
 		e.send(&Message{Type: MsgData, To: m.Requester, Page: p, Req: m.Req, Requester: m.Requester,
-			Version: lp.version, PageClock: lp.clock, NeedData: true})
+			Version: lp.version, PageClock: lp.clock(), NeedData: true})
 		return
 	}
 	d := &Message{Type: MsgData, To: m.Requester, Page: p, Req: m.Req, Requester: m.Requester,
-		Version: m.Version, PageClock: lp.clock, NeedData: true, Writable: true}
+		Version: m.Version, PageClock: lp.clock(), NeedData: true, Writable: true}
 	e.send(d)
 	lp.state = Invalid
 	lp.floor = max(lp.floor, m.Version)
-	e.act(Action{Kind: ActDrop, Page: p, Version: lp.version, Clock: lp.clock})
+	e.act(Action{Kind: ActDrop, Page: p, Version: lp.version, Clock: lp.clock()})
 	e.send(&Message{Type: MsgDropped, To: m.Requester, Page: p, Req: m.Req, Requester: m.Requester, Version: m.Version})
-	lp.xfer, lp.xferAt = d, e.now
-	e.timed[p] = struct{}{}
+	x := e.busy(p, lp)
+	x.xfer, x.xferAt = d, e.now
 	e.stats.MigrationsOut++
 }
 
@@ -848,7 +941,7 @@ func (e *Engine) askHold(p PageID, lp *localPage) {
 	}
 	lp.asked = true
 	e.stats.Holds++
-	e.act(Action{Kind: ActHold, Page: p, Version: lp.version, Clock: lp.clock})
+	e.act(Action{Kind: ActHold, Page: p, Version: lp.version, Clock: lp.clock()})
 }
 
 // settle handles the messages that wait on page p after its state or its
@@ -857,27 +950,30 @@ func (e *Engine) askHold(p PageID, lp *localPage) {
 // takes the page), an early one is kept while this node's request may
 // still bring that, and the others are dropped as stale.
 func (e *Engine) settle(p PageID, lp *localPage) {
-	if m := lp.inval; m != nil && !lp.hold {
-		lp.inval = nil
+	if lp.x == nil {
+		return // nothing waits
+	}
+	if m := lp.x.inval; m != nil && !lp.hold {
+		lp.x.inval = nil
 		e.applyInval(p, lp, m)
 	}
-	if m := lp.held; m != nil {
+	if m := lp.x.held; m != nil {
 		if lp.servable(m) {
 			e.hand(p, lp, m)
 		} else {
-			lp.held = nil
+			lp.x.held = nil
 			e.stale()
 		}
 	}
-	if m := lp.early; m != nil && lp.held == nil {
+	if m := lp.early(); m != nil && lp.held() == nil {
 		switch {
 		case lp.servable(m):
-			lp.early = nil
+			lp.x.early = nil
 			e.hand(p, lp, m)
-		case lp.req != nil && !lp.req.confirming:
+		case lp.req() != nil && !lp.x.req.confirming:
 			// Still on its way.
 		default:
-			lp.early = nil
+			lp.x.early = nil
 			e.stale()
 		}
 	}
@@ -885,11 +981,11 @@ func (e *Engine) settle(p PageID, lp *localPage) {
 }
 
 func (e *Engine) onRelease(m *Message) {
-	lp := e.page(m.Page)
-	if lp.xfer == nil || lp.xfer.Version > m.Version {
+	lp := e.local.at(m.Page)
+	if x := lp.xfer(); x == nil || x.Version > m.Version {
 		e.stale()
 		return
 	}
-	lp.xfer = nil
+	lp.x.xfer = nil
 	e.untime(m.Page, lp)
 }
