@@ -124,9 +124,10 @@ type Engine struct {
 	// changed: the messages and page versions of one input share it.
 	// Clocks handed out are never changed in place by anybody.
 	snap    clocks.Vector
-	zero    clocks.Vector // see zeroClock
-	now     uint64        // ticks so far
-	lastReq uint64        // the last request id used
+	zero    clocks.Vector     // see zeroClock
+	floors  map[PageID]uint64 // floors too far above their page's version (aboveBig)
+	now     uint64            // ticks so far
+	lastReq uint64            // the last request id used
 
 	local localTable
 	dirs  dirTable
@@ -166,18 +167,88 @@ type bugs struct {
 }
 
 // localPage is this node's view of one page, kept in the engine's
-// localTable: small, since there is one for every page the node touched.
+// localTable: 32 bytes, since there is one for every page the node touched.
 type localPage struct {
 	version uint64    // the version held (or last held, when Invalid)
-	floor   uint64    // never install a version below this (invalidated)
-	clockP  *uint64   // that version's vector clock (clockOf)
+	clockP  *uint64   // that version's vector clock (clock)
 	x       *pageBusy // what the page waits for; nil while it waits for nothing
-	clockN  uint32
-	state   State
+	// above is how far the floor, the version below which this node never
+	// installs a copy (invalidated), lies above version (floor).
+	above  uint32
+	clockN uint16 // the clock's length - 1, when clockP is set
+	state  State
+	flags  pageFlags
+}
 
-	// The minimum hold (Config.Hold).
-	hold  bool // made accessible for a local fault; EndHold has not come since
-	asked bool // ActHold emitted for this hold
+// pageFlags are the minimum hold's (Config.Hold) part of a localPage.
+type pageFlags uint8
+
+const (
+	pageHold  pageFlags = 1 << iota // made accessible for a local fault; EndHold has not come since
+	pageAsked                       // ActHold emitted for this hold
+)
+
+// aboveBig in localPage.above says that the floor is too far above the
+// version for 32 bits and lives in Engine.floors. Versions differ by that
+// much only after billions of writes to a page while this node did not
+// look; the floor is exact all the same.
+const aboveBig = ^uint32(0)
+
+func (lp *localPage) hold() bool { return lp.flags&pageHold != 0 }
+
+func (lp *localPage) asked() bool { return lp.flags&pageAsked != 0 }
+
+// setHold sets whether the page is in its hold and whether ActHold was
+// emitted for it.
+func (lp *localPage) setHold(hold, asked bool) {
+	lp.flags = 0
+	if hold {
+		lp.flags |= pageHold
+	}
+	if asked {
+		lp.flags |= pageAsked
+	}
+}
+
+// floor returns the version below which this node never installs a copy of
+// page p, or its version if that is higher: the two checks that use the
+// floor (onData, onGrant) come to the same with either, since a valid copy
+// is never replaced by an older one and an Invalid page's floor is above
+// the version it dropped. Keeping the higher of the two is what makes it
+// fit in 32 bits above the version.
+func (e *Engine) floor(p PageID, lp *localPage) uint64 {
+	if lp.above == aboveBig {
+		return e.floors[p]
+	}
+	return lp.version + uint64(lp.above)
+}
+
+// raiseFloor makes f the floor of page p if it is higher.
+func (e *Engine) raiseFloor(p PageID, lp *localPage, f uint64) {
+	e.setFloor(p, lp, max(e.floor(p, lp), f))
+}
+
+// setVersion makes v, which is not below the page's version, the version
+// this node holds of page p.
+func (e *Engine) setVersion(p PageID, lp *localPage, v uint64) {
+	f := e.floor(p, lp)
+	lp.version = v
+	e.setFloor(p, lp, max(f, v))
+}
+
+// setFloor stores floor f >= lp.version.
+func (e *Engine) setFloor(p PageID, lp *localPage, f uint64) {
+	if lp.above == aboveBig {
+		delete(e.floors, p)
+	}
+	if d := f - lp.version; d < uint64(aboveBig) {
+		lp.above = uint32(d)
+		return
+	}
+	if e.floors == nil {
+		e.floors = map[PageID]uint64{}
+	}
+	lp.above, e.floors[p] = aboveBig, f
 }
 
 // pageBusy is the part of a page's state that only a page in flight has:
@@ -197,9 +268,20 @@ type pageBusy struct {
 // spareBusyMax bounds the recycled pageBusy values an engine keeps.
 const spareBusyMax = 64
 
-func (lp *localPage) clock() clocks.Vector { return clockOf(lp.clockP, lp.clockN) }
+// clock returns the clock of the version the page holds (or last held).
+func (lp *localPage) clock() clocks.Vector {
+	if lp.clockP == nil {
+		return nil
+	}
+	return clockOf(lp.clockP, uint32(lp.clockN)+1)
+}
 
-func (lp *localPage) setClock(c clocks.Vector) { lp.clockP, lp.clockN = clockPtr(c) }
+// setClock makes c the clock of the page's version. Its length is at most
+// Nodes (Step checks it), so length - 1 fits in 16 bits.
+func (lp *localPage) setClock(c clocks.Vector) {
+	p, n := clockPtr(c)
+	lp.clockP, lp.clockN = p, uint16(n-1)
+}
 
 func (lp *localPage) req() *request {
 	if lp.x == nil {
@@ -273,7 +355,6 @@ func New(cfg Config) (*Engine, error) {
 		lastReq: cfg.ReqBase,
 		clock:   clocks.NewVector(cfg.Nodes),
 		local:   localTable{pages: cfg.Pages},
-		dirs:    newDirTable(cfg.Nodes, cfg.Pages),
 		timed:   map[PageID]struct{}{},
 		solo:    make([]NodeID, cfg.Nodes),
 	}
@@ -287,6 +368,7 @@ func New(cfg Config) (*Engine, error) {
 		n := cfg.Nodes
 		e.home = func(p PageID) NodeID { return NodeID(int(p) % n) }
 	}
+	e.dirs = newDirTable(cfg.ID, cfg.Nodes, cfg.Pages, e.home)
 	return e, nil
 }
 
@@ -509,11 +591,11 @@ func (e *Engine) Idle() bool {
 // is ignored.
 func (e *Engine) EndHold(p PageID) {
 	lp := e.local.get(p)
-	if lp == nil || !lp.asked {
+	if lp == nil || !lp.asked() {
 		return
 	}
 	e.tick()
-	lp.hold, lp.asked = false, false
+	lp.setHold(false, false)
 	e.settle(p, lp)
 	e.drain()
 }
@@ -676,7 +758,7 @@ func (e *Engine) inFlight(m *Message) (*localPage, *request) {
 
 func (e *Engine) onData(m *Message) {
 	lp, r := e.inFlight(m)
-	if r == nil || m.Version < lp.floor || (lp.state != Invalid && m.Version < lp.version) {
+	if r == nil || m.Version < e.floor(m.Page, lp) || (lp.state != Invalid && m.Version < lp.version) {
 		e.stale()
 		return
 	}
@@ -722,7 +804,7 @@ func (e *Engine) install(p PageID, lp *localPage, r *request, m *Message) {
 	default:
 		c = e.zeroClock()
 	}
-	lp.version = m.Version
+	e.setVersion(p, lp, m.Version)
 	lp.setClock(c)
 	lp.state = Shared
 	if m.Writable {
@@ -734,7 +816,7 @@ func (e *Engine) install(p PageID, lp *localPage, r *request, m *Message) {
 	e.stats.Installs++
 	e.act(Action{Kind: ActInstall, Page: p, Writable: m.Writable, Zero: m.Zero, Data: m.Data, Meta: m.Meta,
 		From: m.From, Version: m.Version, Clock: c})
-	lp.hold, lp.asked = e.hold, false
+	lp.setHold(e.hold, false)
 	e.complete(p, lp, r)
 	e.settle(p, lp)
 }
@@ -746,12 +828,13 @@ func (e *Engine) onGrant(m *Message) {
 		return
 	}
 	switch {
-	case m.Writable && r.access == Write && lp.state == Shared && lp.version+1 == m.Version && m.Version >= lp.floor:
-		lp.state, lp.version = Exclusive, m.Version
+	case m.Writable && r.access == Write && lp.state == Shared && lp.version+1 == m.Version && m.Version >= e.floor(m.Page, lp):
+		lp.state = Exclusive
+		e.setVersion(m.Page, lp, m.Version)
 		lp.setClock(e.clockNow())
 		e.stats.Upgrades++
 		e.act(Action{Kind: ActUnprotect, Page: m.Page, Writable: true, Version: lp.version, Clock: lp.clock()})
-		lp.hold, lp.asked = e.hold, false
+		lp.setHold(e.hold, false)
 	case lp.state != Invalid && lp.version == m.Version && (!m.Writable || lp.state == Exclusive):
 		// The directory says this node already holds what it asked for.
 		e.act(Action{Kind: ActWake, Page: m.Page, Version: lp.version, Clock: lp.clock()})
@@ -790,8 +873,8 @@ func (e *Engine) onDone(m *Message) {
 // acknowledges; during the page's hold the invalidation waits for EndHold.
 func (e *Engine) onInval(m *Message) {
 	lp := e.local.at(m.Page)
-	lp.floor = max(lp.floor, m.Version)
-	if lp.hold && !e.bugs.noHold && lp.state != Invalid && lp.version < m.Version {
+	e.raiseFloor(m.Page, lp, m.Version)
+	if lp.hold() && !e.bugs.noHold && lp.state != Invalid && lp.version < m.Version {
 		if w := lp.inval(); w != nil && w.Version > m.Version {
 			// Cannot be current: the newer one's transaction started after
 			// this one was acknowledged. No acknowledgement while the copy
@@ -901,7 +984,7 @@ func (e *Engine) onForward(m *Message) {
 // hand serves forward m, which asks for the copy this node holds, or keeps
 // it until EndHold if serving it would take the page during its hold.
 func (e *Engine) hand(p PageID, lp *localPage, m *Message) {
-	if lp.hold && lp.takes(m) && !e.bugs.noHold {
+	if lp.hold() && lp.takes(m) && !e.bugs.noHold {
 		e.busy(p, lp).held = m
 		e.askHold(p, lp)
 		return
@@ -926,7 +1009,7 @@ func (e *Engine) serve(p PageID, lp *localPage, m *Message) {
 		Version: m.Version, PageClock: lp.clock(), NeedData: true, Writable: true}
 	e.send(d)
 	lp.state = Invalid
-	lp.floor = max(lp.floor, m.Version)
+	e.raiseFloor(p, lp, m.Version)
 	e.act(Action{Kind: ActDrop, Page: p, Version: lp.version, Clock: lp.clock()})
 	e.send(&Message{Type: MsgDropped, To: m.Requester, Page: p, Req: m.Req, Requester: m.Requester, Version: m.Version})
 	x := e.busy(p, lp)
@@ -936,10 +1019,10 @@ func (e *Engine) serve(p PageID, lp *localPage, m *Message) {
 
 // askHold asks the daemon for EndHold, once per hold.
 func (e *Engine) askHold(p PageID, lp *localPage) {
-	if lp.asked {
+	if lp.asked() {
 		return
 	}
-	lp.asked = true
+	lp.flags |= pageAsked
 	e.stats.Holds++
 	e.act(Action{Kind: ActHold, Page: p, Version: lp.version, Clock: lp.clock()})
 }
@@ -953,7 +1036,7 @@ func (e *Engine) settle(p PageID, lp *localPage) {
 	if lp.x == nil {
 		return // nothing waits
 	}
-	if m := lp.x.inval; m != nil && !lp.hold {
+	if m := lp.x.inval; m != nil && !lp.hold() {
 		lp.x.inval = nil
 		e.applyInval(p, lp, m)
 	}

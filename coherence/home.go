@@ -33,9 +33,8 @@ type dirView struct {
 }
 
 // dirEntry is the directory entry of a page homed on this node, kept in the
-// engine's dirTable: small, since there is one for every homed page that
-// somebody asked for. The request ids the home accepted for the page are
-// in the dirTable too.
+// engine's dirTable: 32 bytes, since there is one for every homed page. The
+// request ids the home accepted for the page are in the dirTable too.
 type dirEntry struct {
 	version uint64   // the version the closed transactions left (0: never written)
 	clockP  *uint64  // the current version's clock, as last confirmed (clockOf)
@@ -249,9 +248,9 @@ func (e *Engine) view(d *dirEntry, base *txn) dirView {
 }
 
 func (e *Engine) onRequest(m *Message) {
-	d, di := e.dirs.at(m.Page)
+	d, seen := e.dirs.at(m.Page)
 	defer e.dirIdle(d)
-	last := e.dirs.lastSeen(m.Page, di, m.From)
+	last := e.dirs.lastSeen(m.Page, seen, m.From)
 	if m.Req <= last {
 		if i := d.find(m.From); i >= 0 && d.x.open[i].req == m.Req {
 			// The requester is still waiting: something was lost.
@@ -278,7 +277,7 @@ func (e *Engine) onRequest(m *Message) {
 		e.stats.Anomalies++ // a node has one request per page at a time
 		x.queue = slices.Delete(x.queue, i, i+1)
 	}
-	e.dirs.setSeen(m.Page, di, m.From, m.Req)
+	e.dirs.setSeen(m.Page, seen, m.From, m.Req)
 	x.queue = append(x.queue, queued{from: m.From, req: m.Req, access: m.Access, have: m.Have, haveVersion: m.HaveVersion})
 	e.next(m.Page, d)
 }
@@ -392,7 +391,7 @@ func (e *Engine) onInvalAck(m *Message) {
 }
 
 func (e *Engine) onConfirm(m *Message) {
-	d, di := e.dirs.at(m.Page)
+	d, seen := e.dirs.at(m.Page)
 	if i := d.find(m.From); i >= 0 && d.x.open[i].req == m.Req {
 		if !d.x.open[i].granted {
 			e.stats.Anomalies++
@@ -404,7 +403,7 @@ func (e *Engine) onConfirm(m *Message) {
 		e.dirIdle(d)
 		return
 	}
-	if m.Req <= e.dirs.lastSeen(m.Page, di, m.From) {
+	if m.Req <= e.dirs.lastSeen(m.Page, seen, m.From) {
 		// Closed already (the MsgDone was lost): say so again.
 		e.stale()
 		e.send(&Message{Type: MsgDone, To: m.From, Page: m.Page, Req: m.Req, Requester: m.From, Version: m.Version})

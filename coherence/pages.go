@@ -1,19 +1,22 @@
 package coherence
 
 import (
+	"math/bits"
 	"unsafe"
 
 	"github.com/dsmrt/dsm/clocks"
 )
 
-// The engine keeps state for every page a node touched and for every page
-// homed on it that somebody asked for: with a 1 GiB region of 4 KiB pages
-// that is 262144 pages, so the bytes per page decide the daemon's memory
-// (issue 8). The page states are small values in chunks that are never
-// moved, not one allocation per page behind a map: what only a page in
-// flight needs (a request, a kept hand-over, waiting messages; the
-// directory's queue and open transactions) hangs off a pointer that is nil
-// while the page is idle, and a vector clock is held in two words.
+// The engine keeps state for every page a node touched and for the pages
+// homed on it: with a 1 GiB region of 4 KiB pages that is 262144 pages, so
+// the bytes per page decide the daemon's memory (issue 8). The page states
+// are small values (32 bytes for a local page, 32 for a directory entry and
+// 8 per node for its request ids) in chunks that are never moved, not one
+// allocation per page behind a map: what only a page in flight needs (a
+// request, a kept hand-over, waiting messages; the directory's queue and
+// open transactions) hangs off a pointer that is nil while the page is
+// idle, and a vector clock is a pointer and a length. The clocks themselves
+// (8 bytes per node) are shared wherever the protocol lets them be.
 
 // localChunk is the number of local page states allocated together.
 const localChunk = 512
@@ -74,78 +77,147 @@ func clockOf(p *uint64, n uint32) clocks.Vector {
 	return clocks.Vector(unsafe.Slice(p, n))
 }
 
-// dirChunk is the number of directory entries allocated together.
-const dirChunk = 256
+// dirSpan is the number of consecutive pages whose directory entries (the
+// ones homed on this node) are allocated together.
+const dirSpan = 512
 
 // seenDenseMax is the largest cluster for which the directory keeps one
-// request id per node for every entry, in the entry's chunk (8 bytes per
-// node and page, no header): beyond it most nodes never ask for most pages,
-// and the ids live in a map keyed by page and node.
+// request id per node for every entry, beside the entries (8 bytes per node
+// and page, no header): beyond it most nodes never ask for most pages, and
+// the ids live in a map keyed by page and node.
 const seenDenseMax = 16
 
-// dirTable holds the directory entries of the pages homed on this node that
-// somebody asked for. Homed pages are spread over the region (every Nodes-th
-// page by default), so the entries are numbered in the order they were
-// made, and an index maps pages to their numbers.
+// dirTable holds the directory entries of the pages homed on this node. The
+// pages are cut in spans of dirSpan; a span's entries are allocated when one
+// of them is first needed, one for each page of the span homed here (every
+// Nodes-th page by default), and a bitmap of those pages maps a page to its
+// entry: a bit per page instead of an index entry per homed page.
 type dirTable struct {
-	n      int // nodes in the cluster
-	pages  int
-	index  map[PageID]uint32
-	chunks []*dirEntries
-	count  int
+	id    NodeID
+	n     int // nodes in the cluster
+	pages int
+	home  func(PageID) NodeID
+	spans []*dirEntries // by page / dirSpan
 	// seen holds the request ids when the cluster has more than
 	// seenDenseMax nodes, keyed by seenKey.
 	seen map[uint64]uint64
+	// stray holds the entries of pages that Config.Home did not place
+	// here when their span was made: only a Home that is not
+	// deterministic, as it must be, puts any there.
+	stray map[PageID]*strayEntry
 }
 
-// dirEntries is one chunk of directory entries, with the newest request id
-// accepted from each node for each of them (seen[i*n+node]) when the
-// cluster is small enough (seenDenseMax).
+// dirEntries holds the directory entries of the pages of one span homed
+// on this node, with the newest request id accepted from each node for each
+// of them (seen[i*n+node]) when the cluster is small enough (seenDenseMax).
 type dirEntries struct {
-	ents []dirEntry
+	homed [dirSpan / 64]uint64 // bit i: page i of the span is homed here
+	below [dirSpan / 64]uint16 // homed pages in the words before
+	ents  []dirEntry           // one per homed page, in page order
+	seen  []uint64
+}
+
+// strayEntry is an entry in dirTable.stray.
+type strayEntry struct {
+	d    dirEntry
 	seen []uint64
 }
 
-func newDirTable(n, pages int) dirTable {
-	return dirTable{n: n, pages: pages, index: map[PageID]uint32{}}
+func newDirTable(id NodeID, n, pages int, home func(PageID) NodeID) dirTable {
+	return dirTable{id: id, n: n, pages: pages, home: home}
 }
 
-// get returns page p's directory entry and its number, or nil if nobody
-// asked for p yet.
-func (t *dirTable) get(p PageID) (*dirEntry, uint32) {
-	i, ok := t.index[p]
-	if !ok {
-		return nil, 0
-	}
-	return &t.chunks[i/dirChunk].ents[i%dirChunk], i
-}
-
-// at returns page p's directory entry and its number, making it if needed.
-// The pointer stays valid: chunks never move.
-func (t *dirTable) at(p PageID) (*dirEntry, uint32) {
-	if d, i := t.get(p); d != nil {
-		return d, i
-	}
-	i := uint32(t.count)
-	c := t.count / dirChunk
-	if c == len(t.chunks) {
-		// Sized to the region for an engine with few pages.
-		size := min(dirChunk, t.pages)
-		ch := &dirEntries{ents: make([]dirEntry, size)}
-		if t.n <= seenDenseMax {
-			ch.seen = make([]uint64, size*t.n)
+// get returns page p's directory entry and the request ids accepted for
+// it (nil if they live in t.seen), or nil if it has none yet.
+func (t *dirTable) get(p PageID) (*dirEntry, []uint64) {
+	c := int(p) / dirSpan
+	if c < len(t.spans) && t.spans[c] != nil {
+		if d, seen := t.spans[c].entry(p, t.n); d != nil {
+			return d, seen
 		}
-		t.chunks = append(t.chunks, ch)
 	}
-	t.count++
-	t.index[p] = i
-	return &t.chunks[c].ents[i%dirChunk], i
+	if s := t.stray[p]; s != nil {
+		return &s.d, s.seen
+	}
+	return nil, nil
+}
+
+// entry returns page p's entry in the span, if p is homed here.
+func (s *dirEntries) entry(p PageID, n int) (*dirEntry, []uint64) {
+	i := int(p) % dirSpan
+	w, bit := i/64, uint64(1)<<(i%64)
+	if s.homed[w]&bit == 0 {
+		return nil, nil
+	}
+	k := int(s.below[w]) + bits.OnesCount64(s.homed[w]&(bit-1))
+	if s.seen == nil {
+		return &s.ents[k], nil
+	}
+	return &s.ents[k], s.seen[k*n : (k+1)*n : (k+1)*n]
+}
+
+// at returns page p's directory entry and the request ids accepted for it
+// (nil if they live in t.seen), making its span if needed. The pointer
+// stays valid: spans never move.
+func (t *dirTable) at(p PageID) (*dirEntry, []uint64) {
+	if d, seen := t.get(p); d != nil {
+		return d, seen
+	}
+	c := int(p) / dirSpan
+	if c >= len(t.spans) {
+		t.spans = append(t.spans, make([]*dirEntries, c+1-len(t.spans))...)
+	}
+	if t.spans[c] == nil {
+		t.spans[c] = t.newSpan(c)
+		if d, seen := t.spans[c].entry(p, t.n); d != nil {
+			return d, seen
+		}
+	}
+	if t.stray == nil {
+		t.stray = map[PageID]*strayEntry{}
+	}
+	s := &strayEntry{}
+	if t.n <= seenDenseMax {
+		s.seen = make([]uint64, t.n)
+	}
+	t.stray[p] = s
+	return &s.d, s.seen
+}
+
+// newSpan makes the entries of span c.
+func (t *dirTable) newSpan(c int) *dirEntries {
+	s := &dirEntries{}
+	k := 0
+	for i := range min(dirSpan, t.pages-c*dirSpan) {
+		if i%64 == 0 {
+			s.below[i/64] = uint16(k)
+		}
+		if t.home(PageID(c*dirSpan+i)) == t.id {
+			s.homed[i/64] |= 1 << (i % 64)
+			k++
+		}
+	}
+	s.ents = make([]dirEntry, k)
+	if t.n <= seenDenseMax {
+		s.seen = make([]uint64, k*t.n)
+	}
+	return s
 }
 
 // all calls f for every directory entry until f returns false.
 func (t *dirTable) all(f func(*dirEntry) bool) {
-	for k := 0; k < t.count; k++ {
-		if !f(&t.chunks[k/dirChunk].ents[k%dirChunk]) {
+	for _, s := range t.spans {
+		if s == nil {
+			continue
+		}
+		for i := range s.ents {
+			if !f(&s.ents[i]) {
+				return
+			}
+		}
+	}
+	for _, s := range t.stray {
+		if !f(&s.d) {
 			return
 		}
 	}
@@ -155,20 +227,20 @@ func (t *dirTable) all(f func(*dirEntry) bool) {
 // dirTable.seen.
 func seenKey(p PageID, n NodeID) uint64 { return uint64(p)<<16 | uint64(n) }
 
-// lastSeen returns the newest request id accepted from node n for the page
-// whose entry has number i (0: none).
-func (t *dirTable) lastSeen(p PageID, i uint32, n NodeID) uint64 {
-	if t.n <= seenDenseMax {
-		return t.chunks[i/dirChunk].seen[int(i%dirChunk)*t.n+int(n)]
+// lastSeen returns the newest request id accepted from node n for page p,
+// whose entry came with seen (0: none).
+func (t *dirTable) lastSeen(p PageID, seen []uint64, n NodeID) uint64 {
+	if seen != nil {
+		return seen[n]
 	}
 	return t.seen[seenKey(p, n)]
 }
 
-// setSeen records req as the newest request id accepted from node n for the
-// page whose entry has number i.
-func (t *dirTable) setSeen(p PageID, i uint32, n NodeID, req uint64) {
-	if t.n <= seenDenseMax {
-		t.chunks[i/dirChunk].seen[int(i%dirChunk)*t.n+int(n)] = req
+// setSeen records req as the newest request id accepted from node n for
+// page p, whose entry came with seen.
+func (t *dirTable) setSeen(p PageID, seen []uint64, n NodeID, req uint64) {
+	if seen != nil {
+		seen[n] = req
 		return
 	}
 	if t.seen == nil {
