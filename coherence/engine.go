@@ -167,11 +167,11 @@ type bugs struct {
 }
 
 // localPage is this node's view of one page, kept in the engine's
-// localTable: 32 bytes, since there is one for every page the node touched.
+// localTable: 24 bytes, since there is one for every page the node touched.
+// What the page waits for, if anything, is its pageBusy, in the table too.
 type localPage struct {
-	version uint64    // the version held (or last held, when Invalid)
-	clockP  *uint64   // that version's vector clock (clock)
-	x       *pageBusy // what the page waits for; nil while it waits for nothing
+	version uint64  // the version held (or last held, when Invalid)
+	clockP  *uint64 // that version's vector clock (clock)
 	// above is how far the floor, the version below which this node never
 	// installs a copy (invalidated), lies above version (floor).
 	above  uint32
@@ -283,39 +283,33 @@ func (lp *localPage) setClock(c clocks.Vector) {
 	lp.clockP, lp.clockN = p, uint16(n-1)
 }
 
-func (lp *localPage) req() *request {
-	if lp.x == nil {
+// The fields of a pageBusy that may be nil (the page waits for nothing).
+
+func (x *pageBusy) request() *request {
+	if x == nil {
 		return nil
 	}
-	return lp.x.req
+	return x.req
 }
 
-func (lp *localPage) xfer() *Message {
-	if lp.x == nil {
+func (x *pageBusy) handedOver() *Message {
+	if x == nil {
 		return nil
 	}
-	return lp.x.xfer
+	return x.xfer
 }
 
-func (lp *localPage) held() *Message {
-	if lp.x == nil {
+func (x *pageBusy) waitingInval() *Message {
+	if x == nil {
 		return nil
 	}
-	return lp.x.held
+	return x.inval
 }
 
-func (lp *localPage) early() *Message {
-	if lp.x == nil {
-		return nil
-	}
-	return lp.x.early
-}
-
-func (lp *localPage) inval() *Message {
-	if lp.x == nil {
-		return nil
-	}
-	return lp.x.inval
+// pending reports whether x has a request in flight (not confirming).
+func (x *pageBusy) pending() bool {
+	r := x.request()
+	return r != nil && !r.confirming
 }
 
 // request is a fault this node is resolving.
@@ -411,11 +405,11 @@ func (e *Engine) Fault(p PageID, a Access) error {
 	case lp.state == Exclusive || (a == Read && lp.state == Shared):
 		e.stats.Wakes++
 		e.act(Action{Kind: ActWake, Page: p, Version: lp.version, Clock: lp.clock()})
-	case lp.req() != nil && !lp.x.req.confirming:
+	case e.local.busy(p).pending():
 		e.stats.Coalesced++
-		if a == Write && lp.x.req.access == Read {
+		if r := e.local.busy(p).req; a == Write && r.access == Read {
 			// Ask for ownership as soon as the read copy is in.
-			lp.x.req.wantWrite = true
+			r.wantWrite = true
 		}
 	default:
 		// A request awaiting MsgDone is replaced: the home takes a newer
@@ -502,8 +496,8 @@ func (e *Engine) Tick() {
 	}
 	slices.Sort(e.tbuf) // deterministic output order
 	for _, p := range e.tbuf {
-		lp := e.local.get(p)
-		if r := lp.req(); r != nil && e.now-r.sentAt >= e.retry {
+		lp, x := e.local.get(p), e.local.busy(p)
+		if r := x.request(); r != nil && e.now-r.sentAt >= e.retry {
 			r.sentAt = e.now
 			e.stats.Retransmits++
 			if r.confirming {
@@ -512,10 +506,10 @@ func (e *Engine) Tick() {
 				e.sendRequest(p, lp, r)
 			}
 		}
-		if x := lp.xfer(); x != nil && e.now-lp.x.xferAt >= e.retry {
-			lp.x.xferAt = e.now
+		if h := x.handedOver(); h != nil && e.now-x.xferAt >= e.retry {
+			x.xferAt = e.now
 			e.stats.Retransmits++
-			e.send(&Message{Type: MsgXferQuery, To: e.home(p), Page: p, Version: x.Version})
+			e.send(&Message{Type: MsgXferQuery, To: e.home(p), Page: p, Version: h.Version})
 		}
 	}
 	e.drain()
@@ -560,7 +554,7 @@ func (e *Engine) Version(p PageID) (uint64, clocks.Vector) {
 func (e *Engine) Pending() int {
 	n := 0
 	for p := range e.timed {
-		if r := e.local.get(p).req(); r != nil && !r.confirming {
+		if e.local.busy(p).pending() {
 			n++
 		}
 	}
@@ -631,16 +625,18 @@ func (e *Engine) Stats() Stats { return e.stats }
 
 // busy returns lp's pageBusy, making it if lp has none (from the ones
 // recycled, if any), and puts page p in the timed set.
-func (e *Engine) busy(p PageID, lp *localPage) *pageBusy {
-	if lp.x == nil {
+func (e *Engine) busy(p PageID) *pageBusy {
+	x := e.local.busy(p)
+	if x == nil {
 		if k := len(e.spareBusy); k > 0 {
-			lp.x, e.spareBusy = e.spareBusy[k-1], e.spareBusy[:k-1]
+			x, e.spareBusy = e.spareBusy[k-1], e.spareBusy[:k-1]
 		} else {
-			lp.x = &pageBusy{}
+			x = &pageBusy{}
 		}
+		e.local.setBusy(p, x)
 		e.timed[p] = struct{}{}
 	}
-	return lp.x
+	return x
 }
 
 // act queues a page action. Its Clock is shared, not copied: a page's clock
@@ -710,13 +706,13 @@ func (e *Engine) stale() { e.stats.Stale++ }
 // untime takes page p out of the timed set and recycles its pageBusy if it
 // waits for nothing any more. Callers do not use the page's pageBusy, nor
 // its request, after it.
-func (e *Engine) untime(p PageID, lp *localPage) {
-	x := lp.x
+func (e *Engine) untime(p PageID) {
+	x := e.local.busy(p)
 	if x == nil || x.req != nil || x.xfer != nil || x.held != nil || x.early != nil || x.inval != nil {
 		return
 	}
 	delete(e.timed, p)
-	lp.x = nil
+	e.local.setBusy(p, nil)
 	if len(e.spareBusy) < spareBusyMax {
 		*x = pageBusy{}
 		e.spareBusy = append(e.spareBusy, x)
@@ -728,7 +724,7 @@ func (e *Engine) untime(p PageID, lp *localPage) {
 func (e *Engine) newRequest(p PageID, lp *localPage, a Access) {
 	e.lastReq++
 	r := &request{id: e.lastReq, access: a, sentAt: e.now}
-	e.busy(p, lp).req = r
+	e.busy(p).req = r
 	e.stats.Requests++
 	e.sendRequest(p, lp, r)
 }
@@ -749,7 +745,7 @@ func (e *Engine) sendConfirm(p PageID, lp *localPage, r *request) {
 // inFlight returns the page's request if m answers it.
 func (e *Engine) inFlight(m *Message) (*localPage, *request) {
 	lp := e.local.at(m.Page)
-	r := lp.req()
+	r := e.local.busy(m.Page).request()
 	if r == nil || r.confirming || r.id != m.Req || m.Requester != e.id {
 		return lp, nil
 	}
@@ -858,13 +854,13 @@ func (e *Engine) complete(p PageID, lp *localPage, r *request) {
 }
 
 func (e *Engine) onDone(m *Message) {
-	lp := e.local.at(m.Page)
-	if r := lp.req(); r == nil || !r.confirming || r.id != m.Req || m.Requester != e.id {
+	x := e.local.busy(m.Page)
+	if r := x.request(); r == nil || !r.confirming || r.id != m.Req || m.Requester != e.id {
 		e.stale()
 		return
 	}
-	lp.x.req = nil
-	e.untime(m.Page, lp)
+	x.req = nil
+	e.untime(m.Page)
 }
 
 // Holder side.
@@ -875,14 +871,14 @@ func (e *Engine) onInval(m *Message) {
 	lp := e.local.at(m.Page)
 	e.raiseFloor(m.Page, lp, m.Version)
 	if lp.hold() && !e.bugs.noHold && lp.state != Invalid && lp.version < m.Version {
-		if w := lp.inval(); w != nil && w.Version > m.Version {
+		if w := e.local.busy(m.Page).waitingInval(); w != nil && w.Version > m.Version {
 			// Cannot be current: the newer one's transaction started after
 			// this one was acknowledged. No acknowledgement while the copy
 			// is here.
 			e.stale()
 			return
 		}
-		e.busy(m.Page, lp).inval = m
+		e.busy(m.Page).inval = m
 		e.askHold(m.Page, lp)
 		return
 	}
@@ -944,7 +940,7 @@ func (lp *localPage) takes(m *Message) bool {
 // request was pipelined behind the hand-over of that copy.
 func (e *Engine) onForward(m *Message) {
 	lp := e.local.at(m.Page)
-	if x := lp.xfer(); m.Type == MsgFwdWrite && x != nil && x.Req == m.Req && x.Requester == m.Requester && x.Version == m.Version {
+	if x := e.local.busy(m.Page).handedOver(); m.Type == MsgFwdWrite && x != nil && x.Req == m.Req && x.Requester == m.Requester && x.Version == m.Version {
 		// The hand-over was lost: send the kept copy again.
 		if x.NeedData {
 			e.stats.Anomalies++ // the daemon did not fill the message in place
@@ -963,19 +959,20 @@ func (e *Engine) onForward(m *Message) {
 	switch {
 	case lp.servable(m):
 		e.hand(m.Page, lp, m)
-	case lp.req() != nil && !lp.x.req.confirming:
+	case e.local.busy(m.Page).pending():
 		// The page may be on its way: the home granted this node's
 		// request and forwarded the next one without waiting. Keep the
 		// newest such forward; the copy the request brings decides
 		// whether it is current (settle).
-		if w := lp.x.early; w != nil && w.Version > m.Version {
+		x := e.local.busy(m.Page)
+		if w := x.early; w != nil && w.Version > m.Version {
 			e.stale()
 			return
 		}
-		if lp.x.early == nil {
+		if x.early == nil {
 			e.stats.EarlyFwds++
 		}
-		lp.x.early = m
+		x.early = m
 	default:
 		e.stale()
 	}
@@ -985,15 +982,15 @@ func (e *Engine) onForward(m *Message) {
 // it until EndHold if serving it would take the page during its hold.
 func (e *Engine) hand(p PageID, lp *localPage, m *Message) {
 	if lp.hold() && lp.takes(m) && !e.bugs.noHold {
-		e.busy(p, lp).held = m
+		e.busy(p).held = m
 		e.askHold(p, lp)
 		return
 	}
-	if lp.x != nil {
-		lp.x.held = nil
+	if x := e.local.busy(p); x != nil {
+		x.held = nil
 	}
 	e.serve(p, lp, m)
-	e.untime(p, lp)
+	e.untime(p)
 }
 
 // serve answers forward m, which lp can serve.
@@ -1012,7 +1009,7 @@ func (e *Engine) serve(p PageID, lp *localPage, m *Message) {
 	e.raiseFloor(p, lp, m.Version)
 	e.act(Action{Kind: ActDrop, Page: p, Version: lp.version, Clock: lp.clock()})
 	e.send(&Message{Type: MsgDropped, To: m.Requester, Page: p, Req: m.Req, Requester: m.Requester, Version: m.Version})
-	x := e.busy(p, lp)
+	x := e.busy(p)
 	x.xfer, x.xferAt = d, e.now
 	e.stats.MigrationsOut++
 }
@@ -1033,42 +1030,47 @@ func (e *Engine) askHold(p PageID, lp *localPage) {
 // takes the page), an early one is kept while this node's request may
 // still bring that, and the others are dropped as stale.
 func (e *Engine) settle(p PageID, lp *localPage) {
-	if lp.x == nil {
+	x := e.local.busy(p)
+	if x == nil {
 		return // nothing waits
 	}
-	if m := lp.x.inval; m != nil && !lp.hold() {
-		lp.x.inval = nil
+	// x stays the page's until untime: hand and serve only add to it.
+	if m := x.inval; m != nil && !lp.hold() {
+		x.inval = nil
 		e.applyInval(p, lp, m)
 	}
-	if m := lp.x.held; m != nil {
+	if m := x.held; m != nil {
 		if lp.servable(m) {
 			e.hand(p, lp, m)
+			if x = e.local.busy(p); x == nil {
+				return // hand served it and the page waits for nothing else
+			}
 		} else {
-			lp.x.held = nil
+			x.held = nil
 			e.stale()
 		}
 	}
-	if m := lp.early(); m != nil && lp.held() == nil {
+	if m := x.early; m != nil && x.held == nil {
 		switch {
 		case lp.servable(m):
-			lp.x.early = nil
+			x.early = nil
 			e.hand(p, lp, m)
-		case lp.req() != nil && !lp.x.req.confirming:
+		case x.pending():
 			// Still on its way.
 		default:
-			lp.x.early = nil
+			x.early = nil
 			e.stale()
 		}
 	}
-	e.untime(p, lp)
+	e.untime(p)
 }
 
 func (e *Engine) onRelease(m *Message) {
-	lp := e.local.at(m.Page)
-	if x := lp.xfer(); x == nil || x.Version > m.Version {
+	x := e.local.busy(m.Page)
+	if h := x.handedOver(); h == nil || h.Version > m.Version {
 		e.stale()
 		return
 	}
-	lp.x.xfer = nil
-	e.untime(m.Page, lp)
+	x.xfer = nil
+	e.untime(m.Page)
 }

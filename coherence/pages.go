@@ -25,8 +25,22 @@ const localChunk = 512
 // pages allocated when one of their pages is first touched: a node that
 // uses part of a large region pays for that part only.
 type localTable struct {
-	chunks [][]localPage
+	chunks []*localChunkPages
 	pages  int
+	// spare is the busy array of a chunk that went idle, for the next
+	// chunk that needs one: the pages in flight often go idle and come
+	// back, and that should cost no allocation.
+	spare []*pageBusy
+}
+
+// localChunkPages is one chunk of a localTable, with the pageBusy of its
+// pages in flight. Few pages are in flight at a time, so a chunk has the
+// array of pointers only while one of its pages is: 8 bytes a page while
+// it lasts, instead of a pointer in every page's state.
+type localChunkPages struct {
+	pages []localPage
+	busy  []*pageBusy // by page of the chunk; nil when nbusy is 0
+	nbusy int
 }
 
 // get returns page p's state, or nil if no page of its chunk was touched
@@ -36,7 +50,7 @@ func (t *localTable) get(p PageID) *localPage {
 	if c >= len(t.chunks) || t.chunks[c] == nil {
 		return nil
 	}
-	return &t.chunks[c][int(p)%localChunk]
+	return &t.chunks[c].pages[int(p)%localChunk]
 }
 
 // at returns page p's state, allocating its chunk if needed. The pointer
@@ -44,14 +58,52 @@ func (t *localTable) get(p PageID) *localPage {
 func (t *localTable) at(p PageID) *localPage {
 	c := int(p) / localChunk
 	if c >= len(t.chunks) {
-		t.chunks = append(t.chunks, make([][]localPage, c+1-len(t.chunks))...)
+		t.chunks = append(t.chunks, make([]*localChunkPages, c+1-len(t.chunks))...)
 	}
 	if t.chunks[c] == nil {
 		// The last chunk is cut to the region, so that an engine for a
 		// few pages (the simulator runs thousands) stays small.
-		t.chunks[c] = make([]localPage, min(localChunk, t.pages-c*localChunk))
+		t.chunks[c] = &localChunkPages{pages: make([]localPage, min(localChunk, t.pages-c*localChunk))}
 	}
-	return &t.chunks[c][int(p)%localChunk]
+	return &t.chunks[c].pages[int(p)%localChunk]
+}
+
+// busy returns the pageBusy of page p, or nil.
+func (t *localTable) busy(p PageID) *pageBusy {
+	k := int(p) / localChunk
+	if k >= len(t.chunks) || t.chunks[k] == nil || t.chunks[k].busy == nil {
+		return nil
+	}
+	return t.chunks[k].busy[int(p)%localChunk]
+}
+
+// setBusy makes x (nil: none) the pageBusy of page p, whose state exists.
+func (t *localTable) setBusy(p PageID, x *pageBusy) {
+	c, i := t.chunks[int(p)/localChunk], int(p)%localChunk
+	if c.busy == nil {
+		if x == nil {
+			return
+		}
+		if cap(t.spare) >= len(c.pages) {
+			c.busy, t.spare = t.spare[:len(c.pages)], nil
+		} else {
+			c.busy = make([]*pageBusy, len(c.pages))
+		}
+	}
+	switch old := c.busy[i]; {
+	case old == nil && x != nil:
+		c.nbusy++
+	case old != nil && x == nil:
+		c.nbusy--
+	}
+	c.busy[i] = x
+	if c.nbusy == 0 {
+		// Every pointer in it is nil again.
+		if cap(c.busy) > cap(t.spare) {
+			t.spare = c.busy
+		}
+		c.busy = nil
+	}
 }
 
 // clockOf and the clock fields of localPage and dirEntry keep a vector
