@@ -10,13 +10,13 @@ import (
 // The engine keeps state for every page a node touched and for the pages
 // homed on it: with a 1 GiB region of 4 KiB pages that is 262144 pages, so
 // the bytes per page decide the daemon's memory (issue 8). The page states
-// are small values (32 bytes for a local page, 32 for a directory entry and
-// 8 per node for its request ids) in chunks that are never moved, not one
+// are small values (24 bytes for a local page, 32 for a directory entry and
+// 4 per node for its request ids) in chunks that are never moved, not one
 // allocation per page behind a map: what only a page in flight needs (a
 // request, a kept hand-over, waiting messages; the directory's queue and
-// open transactions) hangs off a pointer that is nil while the page is
-// idle, and a vector clock is a pointer and a length. The clocks themselves
-// (8 bytes per node) are shared wherever the protocol lets them be.
+// open transactions) is allocated while it is, and a vector clock is a
+// pointer and a length. The clocks themselves (8 bytes per node) are
+// shared wherever the protocol lets them be.
 
 // localChunk is the number of local page states allocated together.
 const localChunk = 512
@@ -134,10 +134,21 @@ func clockOf(p *uint64, n uint32) clocks.Vector {
 const dirSpan = 512
 
 // seenDenseMax is the largest cluster for which the directory keeps one
-// request id per node for every entry, beside the entries (8 bytes per node
+// request id per node for every entry, beside the entries (4 bytes per node
 // and page, no header): beyond it most nodes never ask for most pages, and
 // the ids live in a map keyed by page and node.
 const seenDenseMax = 16
+
+// The directory keeps the request ids of a small cluster in 32 bits, as
+// the distance from a base per requesting node: a node numbers its
+// requests one after another (from Config.ReqBase), so the ids one home
+// sees from it stay within 2^32 of each other for billions of requests.
+// An id that does not fit (a node restarted with a far higher ReqBase, or
+// the first id seen was 2^31 above the others) is kept in a map instead.
+const (
+	seenNone = 0          // no request accepted yet
+	seenBig  = ^uint32(0) // the id is in dirTable.seenBig
+)
 
 // dirTable holds the directory entries of the pages homed on this node. The
 // pages are cut in spans of dirSpan; a span's entries are allocated when one
@@ -153,6 +164,11 @@ type dirTable struct {
 	// seen holds the request ids when the cluster has more than
 	// seenDenseMax nodes, keyed by seenKey.
 	seen map[uint64]uint64
+	// seenBase is the base of each node's request ids, set by the first
+	// one (seenSet); seenBig holds the ids too far from it (seenBig).
+	seenBase []uint64
+	seenSet  []bool
+	seenBig  map[uint64]uint64
 	// stray holds the entries of pages that Config.Home did not place
 	// here when their span was made: only a Home that is not
 	// deterministic, as it must be, puts any there.
@@ -161,18 +177,19 @@ type dirTable struct {
 
 // dirEntries holds the directory entries of the pages of one span homed
 // on this node, with the newest request id accepted from each node for each
-// of them (seen[i*n+node]) when the cluster is small enough (seenDenseMax).
+// of them (seen[i*n+node], see seenBig) when the cluster is small enough
+// (seenDenseMax).
 type dirEntries struct {
 	homed [dirSpan / 64]uint64 // bit i: page i of the span is homed here
 	below [dirSpan / 64]uint16 // homed pages in the words before
 	ents  []dirEntry           // one per homed page, in page order
-	seen  []uint64
+	seen  []uint32
 }
 
 // strayEntry is an entry in dirTable.stray.
 type strayEntry struct {
 	d    dirEntry
-	seen []uint64
+	seen []uint32
 }
 
 func newDirTable(id NodeID, n, pages int, home func(PageID) NodeID) dirTable {
@@ -181,7 +198,7 @@ func newDirTable(id NodeID, n, pages int, home func(PageID) NodeID) dirTable {
 
 // get returns page p's directory entry and the request ids accepted for
 // it (nil if they live in t.seen), or nil if it has none yet.
-func (t *dirTable) get(p PageID) (*dirEntry, []uint64) {
+func (t *dirTable) get(p PageID) (*dirEntry, []uint32) {
 	c := int(p) / dirSpan
 	if c < len(t.spans) && t.spans[c] != nil {
 		if d, seen := t.spans[c].entry(p, t.n); d != nil {
@@ -195,7 +212,7 @@ func (t *dirTable) get(p PageID) (*dirEntry, []uint64) {
 }
 
 // entry returns page p's entry in the span, if p is homed here.
-func (s *dirEntries) entry(p PageID, n int) (*dirEntry, []uint64) {
+func (s *dirEntries) entry(p PageID, n int) (*dirEntry, []uint32) {
 	i := int(p) % dirSpan
 	w, bit := i/64, uint64(1)<<(i%64)
 	if s.homed[w]&bit == 0 {
@@ -211,7 +228,7 @@ func (s *dirEntries) entry(p PageID, n int) (*dirEntry, []uint64) {
 // at returns page p's directory entry and the request ids accepted for it
 // (nil if they live in t.seen), making its span if needed. The pointer
 // stays valid: spans never move.
-func (t *dirTable) at(p PageID) (*dirEntry, []uint64) {
+func (t *dirTable) at(p PageID) (*dirEntry, []uint32) {
 	if d, seen := t.get(p); d != nil {
 		return d, seen
 	}
@@ -230,7 +247,7 @@ func (t *dirTable) at(p PageID) (*dirEntry, []uint64) {
 	}
 	s := &strayEntry{}
 	if t.n <= seenDenseMax {
-		s.seen = make([]uint64, t.n)
+		s.seen = make([]uint32, t.n)
 	}
 	t.stray[p] = s
 	return &s.d, s.seen
@@ -251,7 +268,7 @@ func (t *dirTable) newSpan(c int) *dirEntries {
 	}
 	s.ents = make([]dirEntry, k)
 	if t.n <= seenDenseMax {
-		s.seen = make([]uint64, k*t.n)
+		s.seen = make([]uint32, k*t.n)
 	}
 	return s
 }
@@ -281,22 +298,47 @@ func seenKey(p PageID, n NodeID) uint64 { return uint64(p)<<16 | uint64(n) }
 
 // lastSeen returns the newest request id accepted from node n for page p,
 // whose entry came with seen (0: none).
-func (t *dirTable) lastSeen(p PageID, seen []uint64, n NodeID) uint64 {
-	if seen != nil {
-		return seen[n]
+func (t *dirTable) lastSeen(p PageID, seen []uint32, n NodeID) uint64 {
+	if seen == nil {
+		return t.seen[seenKey(p, n)]
 	}
-	return t.seen[seenKey(p, n)]
+	switch v := seen[n]; v {
+	case seenNone:
+		return 0
+	case seenBig:
+		return t.seenBig[seenKey(p, n)]
+	default:
+		return t.seenBase[n] + uint64(v)
+	}
 }
 
 // setSeen records req as the newest request id accepted from node n for
 // page p, whose entry came with seen.
-func (t *dirTable) setSeen(p PageID, seen []uint64, n NodeID, req uint64) {
-	if seen != nil {
-		seen[n] = req
+func (t *dirTable) setSeen(p PageID, seen []uint32, n NodeID, req uint64) {
+	if seen == nil {
+		if t.seen == nil {
+			t.seen = map[uint64]uint64{}
+		}
+		t.seen[seenKey(p, n)] = req
 		return
 	}
-	if t.seen == nil {
-		t.seen = map[uint64]uint64{}
+	if t.seenBase == nil {
+		t.seenBase, t.seenSet = make([]uint64, t.n), make([]bool, t.n)
 	}
-	t.seen[seenKey(p, n)] = req
+	if !t.seenSet[n] {
+		// Room for ids below the first one, which may come later.
+		t.seenBase[n], t.seenSet[n] = max(req, 1<<31)-1<<31, true
+	}
+	if seen[n] == seenBig {
+		delete(t.seenBig, seenKey(p, n))
+	}
+	if base := t.seenBase[n]; req > base && req-base < uint64(seenBig) {
+		seen[n] = uint32(req - base)
+		return
+	}
+	if t.seenBig == nil {
+		t.seenBig = map[uint64]uint64{}
+	}
+	seen[n] = seenBig
+	t.seenBig[seenKey(p, n)] = req
 }

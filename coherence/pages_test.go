@@ -141,12 +141,12 @@ func TestFillMemory(t *testing.T) {
 	perPage := float64(int64(heapAfterGC())-int64(before)) / pages / 3
 	t.Logf("%.1f bytes of heap per page and engine (local state of every page, directory of a third)", perPage)
 	// Before the page tables (a map of pointers to 112-byte states, a map
-	// per directory entry) this was 342 bytes; with them, 72: 24 for the
+	// per directory entry) this was 342 bytes; with them, 67: 24 for the
 	// local state, 24 for its clock (each node's own), and a third of 32
-	// for a directory entry and 24 for its request ids (its clock is the
+	// for a directory entry and 12 for its request ids (its clock is the
 	// requester's in this process; a daemon decodes its own).
-	if perPage > 85 {
-		t.Errorf("%.1f bytes of heap per page and engine, want at most 85", perPage)
+	if perPage > 80 {
+		t.Errorf("%.1f bytes of heap per page and engine, want at most 80", perPage)
 	}
 	runtime.KeepAlive(c)
 }
@@ -252,5 +252,45 @@ func TestLocalTableBusy(t *testing.T) {
 	tab.setBusy(b, x)
 	if c := tab.chunks[1]; &c.busy[0] != spare || tab.busy(b) != x || tab.spare != nil {
 		t.Fatal("the second chunk did not reuse the first one's array")
+	}
+}
+
+// Request ids are kept in 32 bits from a base per node, and exactly in a
+// map when they lie too far from it: a node that restarts with a far
+// higher ReqBase, or ids far below the first one seen.
+func TestSeenIDs(t *testing.T) {
+	for _, n := range []int{3, seenDenseMax + 1} {
+		tab := newDirTable(0, n, 1000, func(PageID) NodeID { return 0 })
+		_, seen := tab.at(5)
+		_, other := tab.at(600)
+		ids := []uint64{
+			1_700_000_000_000_000_000, // the first: sets node 1's base
+			1_700_000_000_000_000_007,
+			1_700_000_000_000_000_000 - 1<<30, // below, within reach
+			1_700_000_000_000_000_000 + 1<<40, // a restart, far above
+			1_700_000_000_000_000_009,         // back within reach
+			1<<31 - 5,                         // far below
+		}
+		for _, id := range ids {
+			tab.setSeen(5, seen, 1, id)
+			if got := tab.lastSeen(5, seen, 1); got != id {
+				t.Fatalf("%d nodes: lastSeen = %d after setSeen(%d)", n, got, id)
+			}
+			if got := tab.lastSeen(5, seen, 2); got != 0 {
+				t.Fatalf("%d nodes: node 2's id is %d, it never asked", n, got)
+			}
+			if got := tab.lastSeen(600, other, 1); got != 0 {
+				t.Fatalf("%d nodes: page 600's id is %d, nobody asked", n, got)
+			}
+		}
+		if n <= seenDenseMax && len(tab.seenBig) != 1 {
+			t.Errorf("%d ids kept apart, want 1 (the last)", len(tab.seenBig))
+		}
+		// A small base: ids from 1 up fit.
+		tab.setSeen(600, other, 2, 1)
+		tab.setSeen(600, other, 2, 3_000_000_000)
+		if got := tab.lastSeen(600, other, 2); got != 3_000_000_000 {
+			t.Fatalf("%d nodes: lastSeen = %d, want 3e9", n, got)
+		}
 	}
 }
