@@ -570,8 +570,8 @@ func (e *Engine) Idle() bool {
 		return false
 	}
 	idle := true
-	e.dirs.all(func(d *dirEntry) bool {
-		idle = d.x == nil || (len(d.x.open) == 0 && len(d.x.queue) == 0)
+	e.dirs.allBusy(func(x *dirBusy) bool {
+		idle = len(x.open) == 0 && len(x.queue) == 0
 		return idle
 	})
 	return idle

@@ -33,12 +33,12 @@ type dirView struct {
 }
 
 // dirEntry is the directory entry of a page homed on this node, kept in the
-// engine's dirTable: 32 bytes, since there is one for every homed page. The
-// request ids the home accepted for the page are in the dirTable too.
+// engine's dirTable: 24 bytes, since there is one for every homed page. The
+// request ids the home accepted for the page, and its dirBusy if it has
+// one, are in the dirTable too (dirRef).
 type dirEntry struct {
-	version uint64   // the version the closed transactions left (0: never written)
-	clockP  *uint64  // the current version's clock, as last confirmed (clockOf)
-	x       *dirBusy // nil unless the page has copies besides a sole owner's, or requests
+	version uint64  // the version the closed transactions left (0: never written)
+	clockP  *uint64 // the current version's clock, as last confirmed (clockOf)
 	clockN  uint32
 	owner   NodeID // valid with dirHasOwner
 	flags   dirFlags
@@ -57,7 +57,8 @@ const (
 )
 
 // dirBusy is the part of a directory entry that a page in flight or with
-// readers needs. It is recycled when the page has neither (idle).
+// readers needs: copies besides a sole owner's, requests. It is recycled
+// when the page has neither (idle).
 type dirBusy struct {
 	copies []NodeID // the copy set, ascending, unless dirSole; owned by this entry
 	queue  []queued // FIFO, at most one entry per node
@@ -79,56 +80,57 @@ func (d *dirEntry) set(f dirFlags, on bool) {
 	}
 }
 
-func (d *dirEntry) openTxns() []*txn {
-	if d.x == nil {
-		return nil
+func (d dirRef) openTxns() []*txn {
+	if x := d.busy(); x != nil {
+		return x.open
 	}
-	return d.x.open
+	return nil
 }
 
-func (d *dirEntry) queued() []queued {
-	if d.x == nil {
-		return nil
+func (d dirRef) queued() []queued {
+	if x := d.busy(); x != nil {
+		return x.queue
 	}
-	return d.x.queue
+	return nil
 }
 
 // soloCopy returns the copy set {n}, shared and never changed in place.
 func (e *Engine) soloCopy(n NodeID) []NodeID { return e.solo[n : n+1 : n+1] }
 
 // closed returns the state the closed transactions left.
-func (e *Engine) closed(d *dirEntry) dirView {
+func (e *Engine) closed(d dirRef) dirView {
 	v := dirView{version: d.version, owner: d.owner, hasOwner: d.has(dirHasOwner), excl: d.has(dirExcl)}
-	switch {
-	case d.has(dirSole):
+	if d.has(dirSole) {
 		v.copies = e.soloCopy(d.owner)
-	case d.x != nil:
-		v.copies = d.x.copies
+	} else if x := d.busy(); x != nil {
+		v.copies = x.copies
 	}
 	return v
 }
 
 // dirBusy returns d's dirBusy, making it if d has none (from the ones
 // recycled, if any).
-func (e *Engine) dirBusy(d *dirEntry) *dirBusy {
-	if d.x == nil {
+func (e *Engine) dirBusy(d dirRef) *dirBusy {
+	x := d.busy()
+	if x == nil {
 		if k := len(e.spareDirBusy); k > 0 {
-			d.x, e.spareDirBusy = e.spareDirBusy[k-1], e.spareDirBusy[:k-1]
+			x, e.spareDirBusy = e.spareDirBusy[k-1], e.spareDirBusy[:k-1]
 		} else {
-			d.x = &dirBusy{}
+			x = &dirBusy{}
 		}
+		e.dirs.setBusy(d, x)
 	}
-	return d.x
+	return x
 }
 
 // dirIdle recycles d's dirBusy if the page has no reader besides a sole
 // owner, no queued request and no open transaction.
-func (e *Engine) dirIdle(d *dirEntry) {
-	x := d.x
+func (e *Engine) dirIdle(d dirRef) {
+	x := d.busy()
 	if x == nil || (x.copies != nil && !d.has(dirSole)) || len(x.queue) > 0 || len(x.open) > 0 {
 		return
 	}
-	d.x = nil
+	e.dirs.setBusy(d, nil)
 	if len(e.spareDirBusy) < spareDirBusyMax {
 		// The queue and open slices keep their arrays for the next page
 		// (they are empty, and slices.Delete cleared what they held).
@@ -138,7 +140,7 @@ func (e *Engine) dirIdle(d *dirEntry) {
 }
 
 // addCopy adds node n to the copy set of d.
-func (e *Engine) addCopy(d *dirEntry, n NodeID) {
+func (e *Engine) addCopy(d dirRef, n NodeID) {
 	cur := e.closed(d).copies
 	i, ok := slices.BinarySearch(cur, n)
 	if ok {
@@ -194,8 +196,8 @@ func (e *Engine) DirEntry(p PageID) (DirEntry, bool) {
 	if int(p) >= e.pages || e.home(p) != e.id {
 		return DirEntry{}, false
 	}
-	d, _ := e.dirs.get(p)
-	if d == nil {
+	d := e.dirs.get(p)
+	if d.dirEntry == nil {
 		return DirEntry{}, true
 	}
 	v := e.closed(d)
@@ -228,7 +230,7 @@ func (v *dirView) others(except ...NodeID) []NodeID {
 
 // find returns the index of the open transaction of node n (a node has at
 // most one), or -1.
-func (d *dirEntry) find(n NodeID) int {
+func (d dirRef) find(n NodeID) int {
 	return slices.IndexFunc(d.openTxns(), func(t *txn) bool { return t.from == n })
 }
 
@@ -236,7 +238,7 @@ func (d *dirEntry) find(n NodeID) int {
 // when the last one is base (nil: none is open). The home pipelines only
 // behind a transaction that makes its requester the sole, Exclusive holder,
 // so that state is known without waiting for it.
-func (e *Engine) view(d *dirEntry, base *txn) dirView {
+func (e *Engine) view(d dirRef, base *txn) dirView {
 	switch {
 	case base == nil:
 		return e.closed(d)
@@ -248,21 +250,21 @@ func (e *Engine) view(d *dirEntry, base *txn) dirView {
 }
 
 func (e *Engine) onRequest(m *Message) {
-	d, seen := e.dirs.at(m.Page)
+	d := e.dirs.at(m.Page)
 	defer e.dirIdle(d)
-	last := e.dirs.lastSeen(m.Page, seen, m.From)
+	last := e.dirs.lastSeen(m.Page, d.seen, m.From)
 	if m.Req <= last {
-		if i := d.find(m.From); i >= 0 && d.x.open[i].req == m.Req {
+		if i := d.find(m.From); i >= 0 && d.busy().open[i].req == m.Req {
 			// The requester is still waiting: something was lost.
 			e.stats.Redrives++
-			e.drive(m.Page, d.x.open[i])
+			e.drive(m.Page, d.busy().open[i])
 			return
 		}
 		e.stale() // queued already, or finished
 		return
 	}
 	if i := d.find(m.From); i >= 0 {
-		if !d.x.open[i].granted {
+		if !d.busy().open[i].granted {
 			// Cannot happen: the requester has not been served yet, so
 			// it cannot have a newer request.
 			e.stats.Anomalies++
@@ -277,7 +279,7 @@ func (e *Engine) onRequest(m *Message) {
 		e.stats.Anomalies++ // a node has one request per page at a time
 		x.queue = slices.Delete(x.queue, i, i+1)
 	}
-	e.dirs.setSeen(m.Page, seen, m.From, m.Req)
+	e.dirs.setSeen(m.Page, d.seen, m.From, m.Req)
 	x.queue = append(x.queue, queued{from: m.From, req: m.Req, access: m.Access, have: m.Have, haveVersion: m.HaveVersion})
 	e.next(m.Page, d)
 }
@@ -286,8 +288,8 @@ func (e *Engine) onRequest(m *Message) {
 // transaction is open; when pipelining, also the ones behind a granted
 // transaction that makes its requester the sole holder (the pending
 // owner), which the home forwards to it at once.
-func (e *Engine) next(p PageID, d *dirEntry) {
-	for x := d.x; x != nil && len(x.queue) > 0; {
+func (e *Engine) next(p PageID, d dirRef) {
+	for x := d.busy(); x != nil && len(x.queue) > 0; {
 		var base *txn
 		if n := len(x.open); n > 0 {
 			base = x.open[n-1]
@@ -305,7 +307,7 @@ func (e *Engine) next(p PageID, d *dirEntry) {
 
 // start plans the transaction for request q on the state the open
 // transactions leave (base is the last of them, or nil) and drives it.
-func (e *Engine) start(p PageID, d *dirEntry, q queued, base *txn) {
+func (e *Engine) start(p PageID, d dirRef, q queued, base *txn) {
 	v := e.view(d, base)
 	t := &txn{queued: q}
 	holds := v.has(q.from) && q.have && q.haveVersion == v.version
@@ -332,7 +334,8 @@ func (e *Engine) start(p PageID, d *dirEntry, q queued, base *txn) {
 	if e.bugs.skipInval {
 		t.waiting = nil
 	}
-	d.x.open = append(d.x.open, t) // d.x holds the queue q came from
+	x := d.busy() // the dirBusy whose queue q came from
+	x.open = append(x.open, t)
 	e.stats.InvalidationsSent += uint64(len(t.waiting))
 	e.drive(p, t)
 }
@@ -366,17 +369,17 @@ func (e *Engine) drive(p PageID, t *txn) {
 }
 
 func (e *Engine) onInvalAck(m *Message) {
-	d, _ := e.dirs.get(m.Page)
-	if d == nil {
+	d := e.dirs.get(m.Page)
+	if d.dirEntry == nil {
 		e.stale()
 		return
 	}
 	i := d.find(m.Requester)
-	if i < 0 || d.x.open[i].req != m.Req || d.x.open[i].granted {
+	if i < 0 || d.busy().open[i].req != m.Req || d.busy().open[i].granted {
 		e.stale()
 		return
 	}
-	t := d.x.open[i]
+	t := d.busy().open[i]
 	j := slices.Index(t.waiting, m.From)
 	if j < 0 {
 		e.stale()
@@ -391,9 +394,9 @@ func (e *Engine) onInvalAck(m *Message) {
 }
 
 func (e *Engine) onConfirm(m *Message) {
-	d, seen := e.dirs.at(m.Page)
-	if i := d.find(m.From); i >= 0 && d.x.open[i].req == m.Req {
-		if !d.x.open[i].granted {
+	d := e.dirs.at(m.Page)
+	if i := d.find(m.From); i >= 0 && d.busy().open[i].req == m.Req {
+		if !d.busy().open[i].granted {
 			e.stats.Anomalies++
 			return
 		}
@@ -403,7 +406,7 @@ func (e *Engine) onConfirm(m *Message) {
 		e.dirIdle(d)
 		return
 	}
-	if m.Req <= e.dirs.lastSeen(m.Page, seen, m.From) {
+	if m.Req <= e.dirs.lastSeen(m.Page, d.seen, m.From) {
 		// Closed already (the MsgDone was lost): say so again.
 		e.stale()
 		e.send(&Message{Type: MsgDone, To: m.From, Page: m.Page, Req: m.Req, Requester: m.From, Version: m.Version})
@@ -417,8 +420,8 @@ func (e *Engine) onConfirm(m *Message) {
 // The earlier ones are complete too: each handed the page on to the next
 // (a transaction pipelined behind another gets its copy from that one's
 // requester). Their requesters get MsgDone, in case they still wait for it.
-func (e *Engine) closeThrough(p PageID, d *dirEntry, i int, pageClock clocks.Vector) {
-	x := d.x // non-nil: the transactions are open
+func (e *Engine) closeThrough(p PageID, d dirRef, i int, pageClock clocks.Vector) {
+	x := d.busy() // non-nil: the transactions are open
 	for k, t := range x.open[:i+1] {
 		switch t.kind {
 		case tkReadFwd:
@@ -449,7 +452,7 @@ func (e *Engine) closeThrough(p PageID, d *dirEntry, i int, pageClock clocks.Vec
 
 func (e *Engine) onXferQuery(m *Message) {
 	var version uint64 // a page nobody asked for is at version 0
-	if d, _ := e.dirs.get(m.Page); d != nil {
+	if d := e.dirs.get(m.Page); d.dirEntry != nil {
 		version = d.version
 	}
 	if version < m.Version {

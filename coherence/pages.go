@@ -10,7 +10,7 @@ import (
 // The engine keeps state for every page a node touched and for the pages
 // homed on it: with a 1 GiB region of 4 KiB pages that is 262144 pages, so
 // the bytes per page decide the daemon's memory (issue 8). The page states
-// are small values (24 bytes for a local page, 32 for a directory entry and
+// are small values (24 bytes for a local page, 24 for a directory entry and
 // 4 per node for its request ids) in chunks that are never moved, not one
 // allocation per page behind a map: what only a page in flight needs (a
 // request, a kept hand-over, waiting messages; the directory's queue and
@@ -173,64 +173,91 @@ type dirTable struct {
 	// here when their span was made: only a Home that is not
 	// deterministic, as it must be, puts any there.
 	stray map[PageID]*strayEntry
+	// spare is the busy array of a span that went idle, for the next one.
+	spare []*dirBusy
 }
 
 // dirEntries holds the directory entries of the pages of one span homed
 // on this node, with the newest request id accepted from each node for each
 // of them (seen[i*n+node], see seenBig) when the cluster is small enough
-// (seenDenseMax).
+// (seenDenseMax), and the dirBusy of those that have one.
 type dirEntries struct {
 	homed [dirSpan / 64]uint64 // bit i: page i of the span is homed here
 	below [dirSpan / 64]uint16 // homed pages in the words before
 	ents  []dirEntry           // one per homed page, in page order
 	seen  []uint32
+	busy  []*dirBusy // by entry; nil when nbusy is 0
+	nbusy int
 }
 
 // strayEntry is an entry in dirTable.stray.
 type strayEntry struct {
 	d    dirEntry
 	seen []uint32
+	x    *dirBusy
+}
+
+// dirRef is a page's directory entry (nil if it has none), with the
+// request ids accepted for it (nil if they live in dirTable.seen) and
+// where its dirBusy is kept.
+type dirRef struct {
+	*dirEntry
+	seen  []uint32
+	span  *dirEntries // nil for a stray entry
+	k     int         // the entry's index in span
+	stray *strayEntry
+}
+
+// busy returns the page's dirBusy, or nil.
+func (r dirRef) busy() *dirBusy {
+	switch {
+	case r.span == nil:
+		return r.stray.x
+	case r.span.busy == nil:
+		return nil
+	}
+	return r.span.busy[r.k]
 }
 
 func newDirTable(id NodeID, n, pages int, home func(PageID) NodeID) dirTable {
 	return dirTable{id: id, n: n, pages: pages, home: home}
 }
 
-// get returns page p's directory entry and the request ids accepted for
-// it (nil if they live in t.seen), or nil if it has none yet.
-func (t *dirTable) get(p PageID) (*dirEntry, []uint32) {
+// get returns page p's directory entry, whose dirEntry is nil if it has
+// none yet.
+func (t *dirTable) get(p PageID) dirRef {
 	c := int(p) / dirSpan
 	if c < len(t.spans) && t.spans[c] != nil {
-		if d, seen := t.spans[c].entry(p, t.n); d != nil {
-			return d, seen
+		if r := t.spans[c].entry(p, t.n); r.dirEntry != nil {
+			return r
 		}
 	}
 	if s := t.stray[p]; s != nil {
-		return &s.d, s.seen
+		return dirRef{dirEntry: &s.d, seen: s.seen, stray: s}
 	}
-	return nil, nil
+	return dirRef{}
 }
 
 // entry returns page p's entry in the span, if p is homed here.
-func (s *dirEntries) entry(p PageID, n int) (*dirEntry, []uint32) {
+func (s *dirEntries) entry(p PageID, n int) dirRef {
 	i := int(p) % dirSpan
 	w, bit := i/64, uint64(1)<<(i%64)
 	if s.homed[w]&bit == 0 {
-		return nil, nil
+		return dirRef{}
 	}
 	k := int(s.below[w]) + bits.OnesCount64(s.homed[w]&(bit-1))
-	if s.seen == nil {
-		return &s.ents[k], nil
+	r := dirRef{dirEntry: &s.ents[k], span: s, k: k}
+	if s.seen != nil {
+		r.seen = s.seen[k*n : (k+1)*n : (k+1)*n]
 	}
-	return &s.ents[k], s.seen[k*n : (k+1)*n : (k+1)*n]
+	return r
 }
 
-// at returns page p's directory entry and the request ids accepted for it
-// (nil if they live in t.seen), making its span if needed. The pointer
-// stays valid: spans never move.
-func (t *dirTable) at(p PageID) (*dirEntry, []uint32) {
-	if d, seen := t.get(p); d != nil {
-		return d, seen
+// at returns page p's directory entry, making its span if needed. The
+// dirEntry pointer stays valid: spans never move.
+func (t *dirTable) at(p PageID) dirRef {
+	if r := t.get(p); r.dirEntry != nil {
+		return r
 	}
 	c := int(p) / dirSpan
 	if c >= len(t.spans) {
@@ -238,8 +265,8 @@ func (t *dirTable) at(p PageID) (*dirEntry, []uint32) {
 	}
 	if t.spans[c] == nil {
 		t.spans[c] = t.newSpan(c)
-		if d, seen := t.spans[c].entry(p, t.n); d != nil {
-			return d, seen
+		if r := t.spans[c].entry(p, t.n); r.dirEntry != nil {
+			return r
 		}
 	}
 	if t.stray == nil {
@@ -250,7 +277,59 @@ func (t *dirTable) at(p PageID) (*dirEntry, []uint32) {
 		s.seen = make([]uint32, t.n)
 	}
 	t.stray[p] = s
-	return &s.d, s.seen
+	return dirRef{dirEntry: &s.d, seen: s.seen, stray: s}
+}
+
+// setBusy makes x (nil: none) the dirBusy of r.
+func (t *dirTable) setBusy(r dirRef, x *dirBusy) {
+	s := r.span
+	if s == nil {
+		r.stray.x = x
+		return
+	}
+	if s.busy == nil {
+		if x == nil {
+			return
+		}
+		if cap(t.spare) >= len(s.ents) {
+			s.busy, t.spare = t.spare[:len(s.ents)], nil
+		} else {
+			s.busy = make([]*dirBusy, len(s.ents))
+		}
+	}
+	switch old := s.busy[r.k]; {
+	case old == nil && x != nil:
+		s.nbusy++
+	case old != nil && x == nil:
+		s.nbusy--
+	}
+	s.busy[r.k] = x
+	if s.nbusy == 0 {
+		// Every pointer in it is nil again.
+		if cap(s.busy) > cap(t.spare) {
+			t.spare = s.busy
+		}
+		s.busy = nil
+	}
+}
+
+// allBusy calls f for every dirBusy until f returns false.
+func (t *dirTable) allBusy(f func(*dirBusy) bool) {
+	for _, s := range t.spans {
+		if s == nil || s.busy == nil {
+			continue
+		}
+		for _, x := range s.busy {
+			if x != nil && !f(x) {
+				return
+			}
+		}
+	}
+	for _, s := range t.stray {
+		if s.x != nil && !f(s.x) {
+			return
+		}
+	}
 }
 
 // newSpan makes the entries of span c.
@@ -271,25 +350,6 @@ func (t *dirTable) newSpan(c int) *dirEntries {
 		s.seen = make([]uint32, k*t.n)
 	}
 	return s
-}
-
-// all calls f for every directory entry until f returns false.
-func (t *dirTable) all(f func(*dirEntry) bool) {
-	for _, s := range t.spans {
-		if s == nil {
-			continue
-		}
-		for i := range s.ents {
-			if !f(&s.ents[i]) {
-				return
-			}
-		}
-	}
-	for _, s := range t.stray {
-		if !f(&s.d) {
-			return
-		}
-	}
 }
 
 // seenKey is the key of the request id of node n for page p in

@@ -141,12 +141,12 @@ func TestFillMemory(t *testing.T) {
 	perPage := float64(int64(heapAfterGC())-int64(before)) / pages / 3
 	t.Logf("%.1f bytes of heap per page and engine (local state of every page, directory of a third)", perPage)
 	// Before the page tables (a map of pointers to 112-byte states, a map
-	// per directory entry) this was 342 bytes; with them, 67: 24 for the
-	// local state, 24 for its clock (each node's own), and a third of 32
+	// per directory entry) this was 342 bytes; with them, 64: 24 for the
+	// local state, 24 for its clock (each node's own), and a third of 24
 	// for a directory entry and 12 for its request ids (its clock is the
 	// requester's in this process; a daemon decodes its own).
-	if perPage > 80 {
-		t.Errorf("%.1f bytes of heap per page and engine, want at most 80", perPage)
+	if perPage > 75 {
+		t.Errorf("%.1f bytes of heap per page and engine, want at most 75", perPage)
 	}
 	runtime.KeepAlive(c)
 }
@@ -202,27 +202,40 @@ func TestDirTableStrayEntry(t *testing.T) {
 		return NodeID(p % 2)
 	}
 	tab := newDirTable(0, 2, 100, home)
-	d, seen := tab.at(2)
-	if d == nil || len(seen) != 2 {
-		t.Fatalf("at(2) = %v, %v", d, seen)
+	d := tab.at(2)
+	if d.dirEntry == nil || len(d.seen) != 2 {
+		t.Fatalf("at(2) = %+v", d)
 	}
-	if d, _ := tab.get(7); d != nil {
+	if d := tab.get(7); d.dirEntry != nil {
 		t.Fatal("page 7 has an entry on node 0, its home is node 1")
 	}
 	moved = true
-	d7, seen7 := tab.at(7)
-	tab.setSeen(7, seen7, 1, 42)
+	d7 := tab.at(7)
+	tab.setSeen(7, d7.seen, 1, 42)
 	d7.version = 3
-	if d, seen := tab.get(7); d != d7 || tab.lastSeen(7, seen, 1) != 42 {
-		t.Fatalf("get(7) = %p, seen %v; at(7) gave %p", d, seen, d7)
+	x := &dirBusy{}
+	tab.setBusy(d7, x)
+	if d := tab.get(7); d.dirEntry != d7.dirEntry || tab.lastSeen(7, d.seen, 1) != 42 || d.busy() != x {
+		t.Fatalf("get(7) = %+v; at(7) gave %+v", d, d7)
 	}
-	n := 0
-	tab.all(func(d *dirEntry) bool {
-		n++
+	var busy []*dirBusy
+	tab.allBusy(func(x *dirBusy) bool {
+		busy = append(busy, x)
 		return true
 	})
-	if n != 50+1 { // the span's 50 even pages, and page 7
-		t.Fatalf("all visits %d entries, want 51", n)
+	if len(busy) != 1 || busy[0] != x {
+		t.Fatalf("allBusy visits %v, want the stray entry's", busy)
+	}
+	// An entry of a span: its span has the array of pointers only while
+	// one of its entries has a dirBusy.
+	y := &dirBusy{}
+	tab.setBusy(d, y)
+	if d.busy() != y || d.span.nbusy != 1 {
+		t.Fatalf("busy() = %p after setBusy(%p), %d busy", d.busy(), y, d.span.nbusy)
+	}
+	tab.setBusy(d, nil)
+	if d.busy() != nil || d.span.busy != nil || cap(tab.spare) != len(d.span.ents) {
+		t.Fatalf("idle span keeps %d pointers, spare %d", len(d.span.busy), cap(tab.spare))
 	}
 }
 
@@ -261,8 +274,7 @@ func TestLocalTableBusy(t *testing.T) {
 func TestSeenIDs(t *testing.T) {
 	for _, n := range []int{3, seenDenseMax + 1} {
 		tab := newDirTable(0, n, 1000, func(PageID) NodeID { return 0 })
-		_, seen := tab.at(5)
-		_, other := tab.at(600)
+		seen, other := tab.at(5).seen, tab.at(600).seen
 		ids := []uint64{
 			1_700_000_000_000_000_000, // the first: sets node 1's base
 			1_700_000_000_000_000_007,
