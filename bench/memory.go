@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"github.com/dsmrt/dsm/cluster"
@@ -34,9 +35,18 @@ func (s *suite) memory(ctx context.Context) error {
 	size, nodes := s.cfg.MemRegion, s.cfg.MemNodes
 	tune := func(c *node.Config) { c.Size = size }
 	label := fmt.Sprintf("%d nodes, %d MiB", nodes, size>>20)
+	pages := int(size / uint64(os.Getpagesize()))
+	// The fill is nodes × pages faults one after another, 0.15-0.25 ms
+	// each on a busy two-core machine: 2-3 minutes at 1 GiB, too close to
+	// RunTimeout. Allow a millisecond per fault.
+	if need := time.Duration(nodes*pages) * time.Millisecond; need > s.cfg.RunTimeout {
+		defer func(t time.Duration) { s.cfg.RunTimeout = t }(s.cfg.RunTimeout)
+		s.cfg.RunTimeout = need
+	}
 	return s.withCluster(ctx, label, nodes, tune, func(c *cluster.Cluster, logs *tailBuffer) error {
-		pages := int(size / uint64(os.Getpagesize()))
-		sp := spec{Mode: modeFill, Tag: "fill", First: 0, Pages: pages, Rounds: 1}
+		// K: every node writes; with the default of 2 participants node 2
+		// would only serve as a home, and its figure would say nothing.
+		sp := spec{Mode: modeFill, Tag: "fill", First: 0, Pages: pages, Rounds: 1, K: nodes}
 		if _, err := s.runWorkers(ctx, c, logs, sp); err != nil {
 			return err
 		}

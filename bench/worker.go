@@ -71,7 +71,7 @@ type spec struct {
 	Rounds  int    `json:"rounds"`
 	Content string `json:"content,omitempty"`
 	Seed    uint64 `json:"seed"`
-	K       int    `json:"k,omitempty"`     // invalidate: readers
+	K       int    `json:"k,omitempty"`     // invalidate: readers; fill: writers
 	Depth   int    `json:"depth,omitempty"` // scan: read-ahead depth
 	Iters   int    `json:"iters,omitempty"` // turns: turns per node; locks: pairs or acquisitions per node
 	Lock    string `json:"lock,omitempty"`  // locks: the mutex's name
@@ -121,8 +121,11 @@ type workerResult struct {
 // participants returns how many nodes take part in a run of sp (nodes 0
 // .. n-1); the others exit at once.
 func participants(sp spec) int {
-	if sp.Mode == modeInvalidate {
+	switch sp.Mode {
+	case modeInvalidate:
 		return sp.K + 1
+	case modeFill:
+		return sp.K
 	}
 	return 2
 }

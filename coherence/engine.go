@@ -124,13 +124,24 @@ type Engine struct {
 	// changed: the messages and page versions of one input share it.
 	// Clocks handed out are never changed in place by anybody.
 	snap    clocks.Vector
-	now     uint64 // ticks so far
-	lastReq uint64 // the last request id used
+	zero    clocks.Vector     // see zeroClock
+	floors  map[PageID]uint64 // floors too far above their page's version (aboveBig)
+	now     uint64            // ticks so far
+	lastReq uint64            // the last request id used
 
-	local map[PageID]*localPage
-	dirs  map[PageID]*dirEntry
-	timed map[PageID]struct{} // pages with a request, a confirmation, a kept hand-over or a message waiting
+	local localTable
+	dirs  dirTable
+	timed map[PageID]struct{} // pages with a request, a confirmation, a kept hand-over or a message waiting: the ones with a pageBusy
 	tbuf  []PageID
+	// spareBusy are pageBusy values of pages that went idle, for reuse.
+	spareBusy []*pageBusy
+	// spareDirBusy are dirBusy values of homed pages that went idle, for
+	// reuse with the arrays of their queue and open slices.
+	spareDirBusy []*dirBusy
+	// solo holds NodeID(i) at index i: solo[i:i+1:i+1] is the copy set of
+	// a page whose only copy is node i's, shared by every such page and
+	// never changed in place.
+	solo []NodeID
 
 	out []Output
 	// The Outputs and Actions of the batch being produced, and of the one
@@ -160,22 +171,150 @@ type bugs struct {
 	pipeRead  bool // the home pipelines behind a read too, forgetting the new reader's copy
 }
 
-// localPage is this node's view of one page.
+// localPage is this node's view of one page, kept in the engine's
+// localTable: 24 bytes, since there is one for every page the node touched.
+// What the page waits for, if anything, is its pageBusy, in the table too.
 type localPage struct {
-	state   State
-	version uint64        // the version held (or last held, when Invalid)
-	clock   clocks.Vector // that version's vector clock
-	floor   uint64        // never install a version below this (invalidated)
-	req     *request      // the request in flight or awaiting MsgDone
-	xfer    *Message      // a page handed over, kept until the home releases it
-	xferAt  uint64        // tick of the last hand-over or query
+	version uint64  // the version held (or last held, when Invalid)
+	clockP  *uint64 // that version's vector clock (clock)
+	// above is how far the floor, the version below which this node never
+	// installs a copy (invalidated), lies above version (floor).
+	above  uint32
+	clockN uint16 // the clock's length - 1, when clockP is set
+	state  State
+	flags  pageFlags
+}
 
-	// The minimum hold (Config.Hold) and the messages that wait.
-	hold  bool     // made accessible for a local fault; EndHold has not come since
-	asked bool     // ActHold emitted for this hold
+// pageFlags are the minimum hold's (Config.Hold) part of a localPage.
+type pageFlags uint8
+
+const (
+	pageHold  pageFlags = 1 << iota // made accessible for a local fault; EndHold has not come since
+	pageAsked                       // ActHold emitted for this hold
+)
+
+// aboveBig in localPage.above says that the floor is too far above the
+// version for 32 bits and lives in Engine.floors. Versions differ by that
+// much only after billions of writes to a page while this node did not
+// look; the floor is exact all the same.
+const aboveBig = ^uint32(0)
+
+func (lp *localPage) hold() bool { return lp.flags&pageHold != 0 }
+
+func (lp *localPage) asked() bool { return lp.flags&pageAsked != 0 }
+
+// setHold sets whether the page is in its hold and whether ActHold was
+// emitted for it.
+func (lp *localPage) setHold(hold, asked bool) {
+	lp.flags = 0
+	if hold {
+		lp.flags |= pageHold
+	}
+	if asked {
+		lp.flags |= pageAsked
+	}
+}
+
+// floor returns the version below which this node never installs a copy of
+// page p, or its version if that is higher: the two checks that use the
+// floor (onData, onGrant) come to the same with either, since a valid copy
+// is never replaced by an older one and an Invalid page's floor is above
+// the version it dropped. Keeping the higher of the two is what makes it
+// fit in 32 bits above the version.
+func (e *Engine) floor(p PageID, lp *localPage) uint64 {
+	if lp.above == aboveBig {
+		return e.floors[p]
+	}
+	return lp.version + uint64(lp.above)
+}
+
+// raiseFloor makes f the floor of page p if it is higher.
+func (e *Engine) raiseFloor(p PageID, lp *localPage, f uint64) {
+	e.setFloor(p, lp, max(e.floor(p, lp), f))
+}
+
+// setVersion makes v, which is not below the page's version, the version
+// this node holds of page p.
+func (e *Engine) setVersion(p PageID, lp *localPage, v uint64) {
+	f := e.floor(p, lp)
+	lp.version = v
+	e.setFloor(p, lp, max(f, v))
+}
+
+// setFloor stores floor f >= lp.version.
+func (e *Engine) setFloor(p PageID, lp *localPage, f uint64) {
+	if lp.above == aboveBig {
+		delete(e.floors, p)
+	}
+	if d := f - lp.version; d < uint64(aboveBig) {
+		lp.above = uint32(d)
+		return
+	}
+	if e.floors == nil {
+		e.floors = map[PageID]uint64{}
+	}
+	lp.above, e.floors[p] = aboveBig, f
+}
+
+// pageBusy is the part of a page's state that only a page in flight has:
+// the pages with one are the engine's timed set, and it is recycled when
+// the page waits for nothing again (untime).
+type pageBusy struct {
+	req    *request // the request in flight or awaiting MsgDone
+	xfer   *Message // a page handed over, kept until the home releases it
+	xferAt uint64   // tick of the last hand-over or query
+
+	// The messages that wait for the minimum hold or for a copy.
 	held  *Message // a forward for the copy this node holds, waiting for the hold to end
 	early *Message // a forward for the copy this node's request will bring (pipelined)
 	inval *Message // an invalidation that waits for the hold to end
+}
+
+// spareBusyMax bounds the recycled pageBusy values an engine keeps.
+const spareBusyMax = 64
+
+// clock returns the clock of the version the page holds (or last held).
+func (lp *localPage) clock() clocks.Vector {
+	if lp.clockP == nil {
+		return nil
+	}
+	return clockOf(lp.clockP, uint32(lp.clockN)+1)
+}
+
+// setClock makes c the clock of the page's version. Its length is at most
+// Nodes (Step checks it), so length - 1 fits in 16 bits.
+func (lp *localPage) setClock(c clocks.Vector) {
+	p, n := clockPtr(c)
+	lp.clockP, lp.clockN = p, uint16(n-1)
+}
+
+// The fields of a pageBusy that may be nil (the page waits for nothing).
+
+func (x *pageBusy) request() *request {
+	if x == nil {
+		return nil
+	}
+	return x.req
+}
+
+func (x *pageBusy) handedOver() *Message {
+	if x == nil {
+		return nil
+	}
+	return x.xfer
+}
+
+func (x *pageBusy) waitingInval() *Message {
+	if x == nil {
+		return nil
+	}
+	return x.inval
+}
+
+// pending reports whether x has a request in flight (not confirming).
+func (x *pageBusy) pending() bool {
+	r := x.request()
+	return r != nil && !r.confirming
 }
 
 // request is a fault this node is resolving.
@@ -214,9 +353,12 @@ func New(cfg Config) (*Engine, error) {
 		pipe:    cfg.Hold && !cfg.NoPipeline,
 		lastReq: cfg.ReqBase,
 		clock:   clocks.NewVector(cfg.Nodes),
-		local:   map[PageID]*localPage{},
-		dirs:    map[PageID]*dirEntry{},
+		local:   localTable{pages: cfg.Pages},
 		timed:   map[PageID]struct{}{},
+		solo:    make([]NodeID, cfg.Nodes),
+	}
+	for i := range e.solo {
+		e.solo[i] = NodeID(i)
 	}
 	if e.retry == 0 {
 		e.retry = DefaultRetryTicks
@@ -225,6 +367,7 @@ func New(cfg Config) (*Engine, error) {
 		n := cfg.Nodes
 		e.home = func(p PageID) NodeID { return NodeID(int(p) % n) }
 	}
+	e.dirs = newDirTable(cfg.ID, cfg.Nodes, cfg.Pages, e.home)
 	return e, nil
 }
 
@@ -255,7 +398,7 @@ func (e *Engine) Fault(p PageID, a Access) error {
 		return err
 	}
 	e.tick()
-	lp := e.page(p)
+	lp := e.local.at(p)
 	switch {
 	case a == Read:
 		e.stats.ReadFaults++
@@ -267,12 +410,12 @@ func (e *Engine) Fault(p PageID, a Access) error {
 	switch {
 	case lp.state == Exclusive || (a == Read && lp.state == Shared):
 		e.stats.Wakes++
-		e.act(Action{Kind: ActWake, Page: p, Version: lp.version, Clock: lp.clock})
-	case lp.req != nil && !lp.req.confirming:
+		e.act(Action{Kind: ActWake, Page: p, Version: lp.version, Clock: lp.clock()})
+	case e.local.busy(p).pending():
 		e.stats.Coalesced++
-		if a == Write && lp.req.access == Read {
+		if r := e.local.busy(p).req; a == Write && r.access == Read {
 			// Ask for ownership as soon as the read copy is in.
-			lp.req.wantWrite = true
+			r.wantWrite = true
 		}
 	default:
 		// A request awaiting MsgDone is replaced: the home takes a newer
@@ -361,8 +504,8 @@ func (e *Engine) Tick() {
 	}
 	slices.Sort(e.tbuf) // deterministic output order
 	for _, p := range e.tbuf {
-		lp := e.local[p]
-		if r := lp.req; r != nil && e.now-r.sentAt >= e.retry {
+		lp, x := e.local.get(p), e.local.busy(p)
+		if r := x.request(); r != nil && e.now-r.sentAt >= e.retry {
 			r.sentAt = e.now
 			e.stats.Retransmits++
 			if r.confirming {
@@ -371,10 +514,10 @@ func (e *Engine) Tick() {
 				e.sendRequest(p, lp, r)
 			}
 		}
-		if lp.xfer != nil && e.now-lp.xferAt >= e.retry {
-			lp.xferAt = e.now
+		if h := x.handedOver(); h != nil && e.now-x.xferAt >= e.retry {
+			x.xferAt = e.now
 			e.stats.Retransmits++
-			e.send(&Message{Type: MsgXferQuery, To: e.home(p), Page: p, Version: lp.xfer.Version})
+			e.send(&Message{Type: MsgXferQuery, To: e.home(p), Page: p, Version: h.Version})
 		}
 	}
 	e.drain()
@@ -423,7 +566,7 @@ func (e *Engine) Fill(m *Message, data, meta []byte) *Message {
 	} else {
 		e.unfilled--
 	}
-	if lp := e.local[m.Page]; lp != nil && lp.xfer == m {
+	if e.local.busy(m.Page).handedOver() == m {
 		data, meta = slices.Clone(data), slices.Clone(meta)
 	}
 	m.Data, m.Meta, m.NeedData = data, meta, false
@@ -456,7 +599,7 @@ func (e *Engine) HasReady() bool { return len(e.out) > 0 }
 // State returns the local state of page p (Invalid for a page outside the
 // region).
 func (e *Engine) State(p PageID) State {
-	if lp := e.local[p]; lp != nil {
+	if lp := e.local.get(p); lp != nil {
 		return lp.state
 	}
 	return Invalid
@@ -465,8 +608,8 @@ func (e *Engine) State(p PageID) State {
 // Version returns the version of page p this node holds and its vector
 // clock; for an Invalid page, the version it last held (0 and nil if none).
 func (e *Engine) Version(p PageID) (uint64, clocks.Vector) {
-	if lp := e.local[p]; lp != nil {
-		return lp.version, lp.clock.Clone()
+	if lp := e.local.get(p); lp != nil {
+		return lp.version, lp.clock().Clone()
 	}
 	return 0, nil
 }
@@ -476,7 +619,7 @@ func (e *Engine) Version(p PageID) (uint64, clocks.Vector) {
 func (e *Engine) Pending() int {
 	n := 0
 	for p := range e.timed {
-		if r := e.local[p].req; r != nil && !r.confirming {
+		if e.local.busy(p).pending() {
 			n++
 		}
 	}
@@ -491,12 +634,12 @@ func (e *Engine) Idle() bool {
 	if len(e.timed) > 0 {
 		return false
 	}
-	for _, d := range e.dirs {
-		if len(d.open) > 0 || len(d.queue) > 0 {
-			return false
-		}
-	}
-	return true
+	idle := true
+	e.dirs.allBusy(func(x *dirBusy) bool {
+		idle = len(x.open) == 0 && len(x.queue) == 0
+		return idle
+	})
+	return idle
 }
 
 // EndHold tells the engine that the minimum hold of page p has passed: the
@@ -507,12 +650,12 @@ func (e *Engine) Idle() bool {
 // is ignored.
 func (e *Engine) EndHold(p PageID) {
 	e.input("EndHold")
-	lp := e.local[p]
-	if lp == nil || !lp.asked {
+	lp := e.local.get(p)
+	if lp == nil || !lp.asked() {
 		return
 	}
 	e.tick()
-	lp.hold, lp.asked = false, false
+	lp.setHold(false, false)
 	e.settle(p, lp)
 	e.drain()
 }
@@ -534,16 +677,32 @@ func (e *Engine) clockNow() clocks.Vector {
 	return e.snap
 }
 
+// zeroClock returns the clock of a page never written: all zeros, one
+// vector shared by every such page (nobody changes a clock in place).
+func (e *Engine) zeroClock() clocks.Vector {
+	if e.zero == nil {
+		e.zero = clocks.NewVector(e.n)
+	}
+	return e.zero
+}
+
 // Stats returns the engine's counters.
 func (e *Engine) Stats() Stats { return e.stats }
 
-func (e *Engine) page(p PageID) *localPage {
-	lp := e.local[p]
-	if lp == nil {
-		lp = &localPage{}
-		e.local[p] = lp
+// busy returns lp's pageBusy, making it if lp has none (from the ones
+// recycled, if any), and puts page p in the timed set.
+func (e *Engine) busy(p PageID) *pageBusy {
+	x := e.local.busy(p)
+	if x == nil {
+		if k := len(e.spareBusy); k > 0 {
+			x, e.spareBusy = e.spareBusy[k-1], e.spareBusy[:k-1]
+		} else {
+			x = &pageBusy{}
+		}
+		e.local.setBusy(p, x)
+		e.timed[p] = struct{}{}
 	}
-	return lp
+	return x
 }
 
 // act queues a page action. Its Clock is shared, not copied: a page's clock
@@ -610,9 +769,19 @@ func (e *Engine) dispatch(m *Message) {
 
 func (e *Engine) stale() { e.stats.Stale++ }
 
-func (e *Engine) untime(p PageID, lp *localPage) {
-	if lp.req == nil && lp.xfer == nil && lp.held == nil && lp.early == nil && lp.inval == nil {
-		delete(e.timed, p)
+// untime takes page p out of the timed set and recycles its pageBusy if it
+// waits for nothing any more. Callers do not use the page's pageBusy, nor
+// its request, after it.
+func (e *Engine) untime(p PageID) {
+	x := e.local.busy(p)
+	if x == nil || x.req != nil || x.xfer != nil || x.held != nil || x.early != nil || x.inval != nil {
+		return
+	}
+	delete(e.timed, p)
+	e.local.setBusy(p, nil)
+	if len(e.spareBusy) < spareBusyMax {
+		*x = pageBusy{}
+		e.spareBusy = append(e.spareBusy, x)
 	}
 }
 
@@ -621,8 +790,7 @@ func (e *Engine) untime(p PageID, lp *localPage) {
 func (e *Engine) newRequest(p PageID, lp *localPage, a Access) {
 	e.lastReq++
 	r := &request{id: e.lastReq, access: a, sentAt: e.now}
-	lp.req = r
-	e.timed[p] = struct{}{}
+	e.busy(p).req = r
 	e.stats.Requests++
 	e.sendRequest(p, lp, r)
 }
@@ -637,13 +805,13 @@ func (e *Engine) sendRequest(p PageID, lp *localPage, r *request) {
 
 func (e *Engine) sendConfirm(p PageID, lp *localPage, r *request) {
 	e.send(&Message{Type: MsgConfirm, To: e.home(p), Page: p, Req: r.id, Requester: e.id,
-		Version: lp.version, PageClock: lp.clock})
+		Version: lp.version, PageClock: lp.clock()})
 }
 
 // inFlight returns the page's request if m answers it.
 func (e *Engine) inFlight(m *Message) (*localPage, *request) {
-	lp := e.page(m.Page)
-	r := lp.req
+	lp := e.local.at(m.Page)
+	r := e.local.busy(m.Page).request()
 	if r == nil || r.confirming || r.id != m.Req || m.Requester != e.id {
 		return lp, nil
 	}
@@ -652,7 +820,7 @@ func (e *Engine) inFlight(m *Message) (*localPage, *request) {
 
 func (e *Engine) onData(m *Message) {
 	lp, r := e.inFlight(m)
-	if r == nil || m.Version < lp.floor || (lp.state != Invalid && m.Version < lp.version) {
+	if r == nil || m.Version < e.floor(m.Page, lp) || (lp.state != Invalid && m.Version < lp.version) {
 		e.stale()
 		return
 	}
@@ -685,18 +853,21 @@ func (e *Engine) install(p PageID, lp *localPage, r *request, m *Message) {
 	if lp.state != Invalid {
 		// Cannot happen: a node asks for data only without a copy.
 		e.stats.Anomalies++
-		e.act(Action{Kind: ActDrop, Page: p, Version: lp.version, Clock: lp.clock})
+		e.act(Action{Kind: ActDrop, Page: p, Version: lp.version, Clock: lp.clock()})
 	}
 	var c clocks.Vector
 	switch {
 	case m.Writable:
 		c = e.clockNow() // a new version starts here
 	case m.PageClock != nil:
-		c = m.PageClock.Clone()
+		// Shared, not copied: nobody changes a message once it is out
+		// (Step's contract), and neither does the engine.
+		c = m.PageClock
 	default:
-		c = clocks.NewVector(e.n)
+		c = e.zeroClock()
 	}
-	lp.version, lp.clock = m.Version, c
+	e.setVersion(p, lp, m.Version)
+	lp.setClock(c)
 	lp.state = Shared
 	if m.Writable {
 		lp.state = Exclusive
@@ -707,7 +878,7 @@ func (e *Engine) install(p PageID, lp *localPage, r *request, m *Message) {
 	e.stats.Installs++
 	e.act(Action{Kind: ActInstall, Page: p, Writable: m.Writable, Zero: m.Zero, Data: m.Data, Meta: m.Meta,
 		From: m.From, Version: m.Version, Clock: c})
-	lp.hold, lp.asked = e.hold, false
+	lp.setHold(e.hold, false)
 	e.complete(p, lp, r)
 	e.settle(p, lp)
 }
@@ -719,14 +890,16 @@ func (e *Engine) onGrant(m *Message) {
 		return
 	}
 	switch {
-	case m.Writable && r.access == Write && lp.state == Shared && lp.version+1 == m.Version && m.Version >= lp.floor:
-		lp.state, lp.version, lp.clock = Exclusive, m.Version, e.clockNow()
+	case m.Writable && r.access == Write && lp.state == Shared && lp.version+1 == m.Version && m.Version >= e.floor(m.Page, lp):
+		lp.state = Exclusive
+		e.setVersion(m.Page, lp, m.Version)
+		lp.setClock(e.clockNow())
 		e.stats.Upgrades++
-		e.act(Action{Kind: ActUnprotect, Page: m.Page, Writable: true, Version: lp.version, Clock: lp.clock})
-		lp.hold, lp.asked = e.hold, false
+		e.act(Action{Kind: ActUnprotect, Page: m.Page, Writable: true, Version: lp.version, Clock: lp.clock()})
+		lp.setHold(e.hold, false)
 	case lp.state != Invalid && lp.version == m.Version && (!m.Writable || lp.state == Exclusive):
 		// The directory says this node already holds what it asked for.
-		e.act(Action{Kind: ActWake, Page: m.Page, Version: lp.version, Clock: lp.clock})
+		e.act(Action{Kind: ActWake, Page: m.Page, Version: lp.version, Clock: lp.clock()})
 	default:
 		e.stale()
 		return
@@ -747,13 +920,13 @@ func (e *Engine) complete(p PageID, lp *localPage, r *request) {
 }
 
 func (e *Engine) onDone(m *Message) {
-	lp := e.page(m.Page)
-	if r := lp.req; r == nil || !r.confirming || r.id != m.Req || m.Requester != e.id {
+	x := e.local.busy(m.Page)
+	if r := x.request(); r == nil || !r.confirming || r.id != m.Req || m.Requester != e.id {
 		e.stale()
 		return
 	}
-	lp.req = nil
-	e.untime(m.Page, lp)
+	x.req = nil
+	e.untime(m.Page)
 }
 
 // Holder side.
@@ -761,18 +934,17 @@ func (e *Engine) onDone(m *Message) {
 // onInval drops the copy older than the invalidated version and
 // acknowledges; during the page's hold the invalidation waits for EndHold.
 func (e *Engine) onInval(m *Message) {
-	lp := e.page(m.Page)
-	lp.floor = max(lp.floor, m.Version)
-	if lp.hold && !e.bugs.noHold && lp.state != Invalid && lp.version < m.Version {
-		if w := lp.inval; w != nil && w.Version > m.Version {
+	lp := e.local.at(m.Page)
+	e.raiseFloor(m.Page, lp, m.Version)
+	if lp.hold() && !e.bugs.noHold && lp.state != Invalid && lp.version < m.Version {
+		if w := e.local.busy(m.Page).waitingInval(); w != nil && w.Version > m.Version {
 			// Cannot be current: the newer one's transaction started after
 			// this one was acknowledged. No acknowledgement while the copy
 			// is here.
 			e.stale()
 			return
 		}
-		lp.inval = m
-		e.timed[m.Page] = struct{}{}
+		e.busy(m.Page).inval = m
 		e.askHold(m.Page, lp)
 		return
 	}
@@ -783,7 +955,7 @@ func (e *Engine) applyInval(p PageID, lp *localPage, m *Message) {
 	if lp.state != Invalid && lp.version < m.Version {
 		lp.state = Invalid
 		e.stats.InvalidationsApplied++
-		e.act(Action{Kind: ActDrop, Page: p, Version: lp.version, Clock: lp.clock})
+		e.act(Action{Kind: ActDrop, Page: p, Version: lp.version, Clock: lp.clock()})
 	} else {
 		e.stale() // already gone or newer; acknowledge again all the same
 	}
@@ -798,12 +970,12 @@ func (e *Engine) seal(p PageID, lp *localPage) {
 		return
 	}
 	lp.state = Shared
-	lp.clock = e.clockNow()
+	lp.setClock(e.clockNow())
 	e.stats.Downgrades++
 	if e.bugs.noProtect {
 		return
 	}
-	e.act(Action{Kind: ActProtect, Page: p, Version: lp.version, Clock: lp.clock})
+	e.act(Action{Kind: ActProtect, Page: p, Version: lp.version, Clock: lp.clock()})
 }
 
 // servable reports whether this node holds the copy forward m asks for: the
@@ -833,8 +1005,8 @@ func (lp *localPage) takes(m *Message) bool {
 // node can have one of each: the owner of a Shared copy whose own write
 // request was pipelined behind the hand-over of that copy.
 func (e *Engine) onForward(m *Message) {
-	lp := e.page(m.Page)
-	if x := lp.xfer; m.Type == MsgFwdWrite && x != nil && x.Req == m.Req && x.Requester == m.Requester && x.Version == m.Version {
+	lp := e.local.at(m.Page)
+	if x := e.local.busy(m.Page).handedOver(); m.Type == MsgFwdWrite && x != nil && x.Req == m.Req && x.Requester == m.Requester && x.Version == m.Version {
 		// The hand-over was lost: send the kept copy again.
 		if x.NeedData {
 			e.stats.Anomalies++ // the daemon did not Fill it
@@ -853,20 +1025,20 @@ func (e *Engine) onForward(m *Message) {
 	switch {
 	case lp.servable(m):
 		e.hand(m.Page, lp, m)
-	case lp.req != nil && !lp.req.confirming:
+	case e.local.busy(m.Page).pending():
 		// The page may be on its way: the home granted this node's
 		// request and forwarded the next one without waiting. Keep the
 		// newest such forward; the copy the request brings decides
 		// whether it is current (settle).
-		if w := lp.early; w != nil && w.Version > m.Version {
+		x := e.local.busy(m.Page)
+		if w := x.early; w != nil && w.Version > m.Version {
 			e.stale()
 			return
 		}
-		if lp.early == nil {
+		if x.early == nil {
 			e.stats.EarlyFwds++
 		}
-		lp.early = m
-		e.timed[m.Page] = struct{}{}
+		x.early = m
 	default:
 		e.stale()
 	}
@@ -875,15 +1047,16 @@ func (e *Engine) onForward(m *Message) {
 // hand serves forward m, which asks for the copy this node holds, or keeps
 // it until EndHold if serving it would take the page during its hold.
 func (e *Engine) hand(p PageID, lp *localPage, m *Message) {
-	if lp.hold && lp.takes(m) && !e.bugs.noHold {
-		lp.held = m
-		e.timed[p] = struct{}{}
+	if lp.hold() && lp.takes(m) && !e.bugs.noHold {
+		e.busy(p).held = m
 		e.askHold(p, lp)
 		return
 	}
-	lp.held = nil
+	if x := e.local.busy(p); x != nil {
+		x.held = nil
+	}
 	e.serve(p, lp, m)
-	e.untime(p, lp)
+	e.untime(p)
 }
 
 // serve answers forward m, which lp can serve.
@@ -892,29 +1065,29 @@ func (e *Engine) serve(p PageID, lp *localPage, m *Message) {
 	if m.Type == MsgFwdRead {
 		e.stats.CopiesOut++
 		e.send(&Message{Type: MsgData, To: m.Requester, Page: p, Req: m.Req, Requester: m.Requester,
-			Version: lp.version, PageClock: lp.clock, NeedData: true})
+			Version: lp.version, PageClock: lp.clock(), NeedData: true})
 		return
 	}
 	d := &Message{Type: MsgData, To: m.Requester, Page: p, Req: m.Req, Requester: m.Requester,
-		Version: m.Version, PageClock: lp.clock, NeedData: true, Writable: true}
+		Version: m.Version, PageClock: lp.clock(), NeedData: true, Writable: true}
 	e.send(d)
 	lp.state = Invalid
-	lp.floor = max(lp.floor, m.Version)
-	e.act(Action{Kind: ActDrop, Page: p, Version: lp.version, Clock: lp.clock})
+	e.raiseFloor(p, lp, m.Version)
+	e.act(Action{Kind: ActDrop, Page: p, Version: lp.version, Clock: lp.clock()})
 	e.send(&Message{Type: MsgDropped, To: m.Requester, Page: p, Req: m.Req, Requester: m.Requester, Version: m.Version})
-	lp.xfer, lp.xferAt = d, e.now
-	e.timed[p] = struct{}{}
+	x := e.busy(p)
+	x.xfer, x.xferAt = d, e.now
 	e.stats.MigrationsOut++
 }
 
 // askHold asks the daemon for EndHold, once per hold.
 func (e *Engine) askHold(p PageID, lp *localPage) {
-	if lp.asked {
+	if lp.asked() {
 		return
 	}
-	lp.asked = true
+	lp.flags |= pageAsked
 	e.stats.Holds++
-	e.act(Action{Kind: ActHold, Page: p, Version: lp.version, Clock: lp.clock})
+	e.act(Action{Kind: ActHold, Page: p, Version: lp.version, Clock: lp.clock()})
 }
 
 // settle handles the messages that wait on page p after its state or its
@@ -923,39 +1096,47 @@ func (e *Engine) askHold(p PageID, lp *localPage) {
 // takes the page), an early one is kept while this node's request may
 // still bring that, and the others are dropped as stale.
 func (e *Engine) settle(p PageID, lp *localPage) {
-	if m := lp.inval; m != nil && !lp.hold {
-		lp.inval = nil
+	x := e.local.busy(p)
+	if x == nil {
+		return // nothing waits
+	}
+	// x stays the page's until untime: hand and serve only add to it.
+	if m := x.inval; m != nil && !lp.hold() {
+		x.inval = nil
 		e.applyInval(p, lp, m)
 	}
-	if m := lp.held; m != nil {
+	if m := x.held; m != nil {
 		if lp.servable(m) {
 			e.hand(p, lp, m)
+			if x = e.local.busy(p); x == nil {
+				return // hand served it and the page waits for nothing else
+			}
 		} else {
-			lp.held = nil
+			x.held = nil
 			e.stale()
 		}
 	}
-	if m := lp.early; m != nil && lp.held == nil {
+	if m := x.early; m != nil && x.held == nil {
 		switch {
 		case lp.servable(m):
-			lp.early = nil
+			x.early = nil
 			e.hand(p, lp, m)
-		case lp.req != nil && !lp.req.confirming:
+		case x.pending():
 			// Still on its way.
 		default:
-			lp.early = nil
+			x.early = nil
 			e.stale()
 		}
 	}
-	e.untime(p, lp)
+	e.untime(p)
 }
 
 func (e *Engine) onRelease(m *Message) {
-	lp := e.page(m.Page)
-	if lp.xfer == nil || lp.xfer.Version > m.Version {
+	x := e.local.busy(m.Page)
+	if h := x.handedOver(); h == nil || h.Version > m.Version {
 		e.stale()
 		return
 	}
-	lp.xfer = nil
-	e.untime(m.Page, lp)
+	x.xfer = nil
+	e.untime(m.Page)
 }

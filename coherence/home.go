@@ -29,16 +29,128 @@ type dirView struct {
 	owner    NodeID
 	hasOwner bool
 	excl     bool
-	copies   []NodeID // ascending; includes the owner
+	copies   []NodeID // ascending; includes the owner; never changed in place
 }
 
-// dirEntry is the directory entry of a page homed on this node.
+// dirEntry is the directory entry of a page homed on this node, kept in the
+// engine's dirTable: 24 bytes, since there is one for every homed page. The
+// request ids the home accepted for the page, and its dirBusy if it has
+// one, are in the dirTable too (dirRef).
 type dirEntry struct {
-	dirView                   // the state the closed transactions left
-	clock   clocks.Vector     // the current version's clock, as last confirmed
-	seen    map[NodeID]uint64 // the newest request id accepted from each node
-	queue   []queued          // FIFO, at most one entry per node
-	open    []*txn            // transactions in progress, oldest first
+	version uint64  // the version the closed transactions left (0: never written)
+	clockP  *uint64 // the current version's clock, as last confirmed (clockOf)
+	clockN  uint32
+	owner   NodeID // valid with dirHasOwner
+	flags   dirFlags
+}
+
+// dirFlags are the yes/no parts of a dirEntry.
+type dirFlags uint8
+
+const (
+	dirHasOwner dirFlags = 1 << iota // the page was written: owner is valid
+	dirExcl                          // the owner holds the page Exclusive
+	// dirSole: the owner's is the only copy, and dirBusy.copies is not
+	// used. After a write that is the case, so the copy set of a page
+	// nobody read since costs nothing.
+	dirSole
+)
+
+// dirBusy is the part of a directory entry that a page in flight or with
+// readers needs: copies besides a sole owner's, requests. It is recycled
+// when the page has neither (idle).
+type dirBusy struct {
+	copies []NodeID // the copy set, ascending, unless dirSole; owned by this entry
+	queue  []queued // FIFO, at most one entry per node
+	open   []*txn   // transactions in progress, oldest first
+}
+
+// spareDirBusyMax bounds the recycled dirBusy values an engine keeps.
+const spareDirBusyMax = 64
+
+func (d *dirEntry) clock() clocks.Vector { return clockOf(d.clockP, d.clockN) }
+
+func (d *dirEntry) has(f dirFlags) bool { return d.flags&f != 0 }
+
+func (d *dirEntry) set(f dirFlags, on bool) {
+	if on {
+		d.flags |= f
+	} else {
+		d.flags &^= f
+	}
+}
+
+func (d dirRef) openTxns() []*txn {
+	if x := d.busy(); x != nil {
+		return x.open
+	}
+	return nil
+}
+
+func (d dirRef) queued() []queued {
+	if x := d.busy(); x != nil {
+		return x.queue
+	}
+	return nil
+}
+
+// soloCopy returns the copy set {n}, shared and never changed in place.
+func (e *Engine) soloCopy(n NodeID) []NodeID { return e.solo[n : n+1 : n+1] }
+
+// closed returns the state the closed transactions left.
+func (e *Engine) closed(d dirRef) dirView {
+	v := dirView{version: d.version, owner: d.owner, hasOwner: d.has(dirHasOwner), excl: d.has(dirExcl)}
+	if d.has(dirSole) {
+		v.copies = e.soloCopy(d.owner)
+	} else if x := d.busy(); x != nil {
+		v.copies = x.copies
+	}
+	return v
+}
+
+// dirBusy returns d's dirBusy, making it if d has none (from the ones
+// recycled, if any).
+func (e *Engine) dirBusy(d dirRef) *dirBusy {
+	x := d.busy()
+	if x == nil {
+		if k := len(e.spareDirBusy); k > 0 {
+			x, e.spareDirBusy = e.spareDirBusy[k-1], e.spareDirBusy[:k-1]
+		} else {
+			x = &dirBusy{}
+		}
+		e.dirs.setBusy(d, x)
+	}
+	return x
+}
+
+// dirIdle recycles d's dirBusy if the page has no reader besides a sole
+// owner, no queued request and no open transaction.
+func (e *Engine) dirIdle(d dirRef) {
+	x := d.busy()
+	if x == nil || (x.copies != nil && !d.has(dirSole)) || len(x.queue) > 0 || len(x.open) > 0 {
+		return
+	}
+	e.dirs.setBusy(d, nil)
+	if len(e.spareDirBusy) < spareDirBusyMax {
+		// The queue and open slices keep their arrays for the next page
+		// (they are empty, and slices.Delete cleared what they held).
+		x.copies = nil
+		e.spareDirBusy = append(e.spareDirBusy, x)
+	}
+}
+
+// addCopy adds node n to the copy set of d.
+func (e *Engine) addCopy(d dirRef, n NodeID) {
+	cur := e.closed(d).copies
+	i, ok := slices.BinarySearch(cur, n)
+	if ok {
+		return
+	}
+	if d.has(dirSole) {
+		// The shared {owner} has no room: Insert makes the entry's own.
+		d.set(dirSole, false)
+	}
+	e.dirBusy(d).copies = slices.Insert(cur, i, n)
 }
 
 // queued is a request waiting at the home.
@@ -84,38 +196,25 @@ func (e *Engine) DirEntry(p PageID) (DirEntry, bool) {
 	if int(p) >= e.pages || e.home(p) != e.id {
 		return DirEntry{}, false
 	}
-	d := e.dirs[p]
-	if d == nil {
+	d := e.dirs.get(p)
+	if d.dirEntry == nil {
 		return DirEntry{}, true
 	}
+	v := e.closed(d)
+	open := d.openTxns()
 	de := DirEntry{
-		Version: d.version, Clock: d.clock.Clone(), Owner: d.owner, HasOwner: d.hasOwner,
-		Exclusive: d.excl, Copies: slices.Clone(d.copies), Open: len(d.open), Queue: len(d.queue),
+		Version: v.version, Clock: d.clock().Clone(), Owner: v.owner, HasOwner: v.hasOwner,
+		Exclusive: v.excl, Copies: slices.Clone(v.copies), Open: len(open), Queue: len(d.queued()),
 	}
-	if len(d.open) > 0 {
-		de.Busy, de.Requester = true, d.open[0].from
+	if len(open) > 0 {
+		de.Busy, de.Requester = true, open[0].from
 	}
 	return de, true
-}
-
-func (e *Engine) dir(p PageID) *dirEntry {
-	d := e.dirs[p]
-	if d == nil {
-		d = &dirEntry{seen: map[NodeID]uint64{}}
-		e.dirs[p] = d
-	}
-	return d
 }
 
 func (v *dirView) has(n NodeID) bool {
 	_, ok := slices.BinarySearch(v.copies, n)
 	return ok
-}
-
-func (v *dirView) addCopy(n NodeID) {
-	if i, ok := slices.BinarySearch(v.copies, n); !ok {
-		v.copies = slices.Insert(v.copies, i, n)
-	}
 }
 
 // others returns the copies except the given nodes.
@@ -131,40 +230,41 @@ func (v *dirView) others(except ...NodeID) []NodeID {
 
 // find returns the index of the open transaction of node n (a node has at
 // most one), or -1.
-func (d *dirEntry) find(n NodeID) int {
-	return slices.IndexFunc(d.open, func(t *txn) bool { return t.from == n })
+func (d dirRef) find(n NodeID) int {
+	return slices.IndexFunc(d.openTxns(), func(t *txn) bool { return t.from == n })
 }
 
 // view returns the state of the page once the open transactions close,
 // when the last one is base (nil: none is open). The home pipelines only
 // behind a transaction that makes its requester the sole, Exclusive holder,
 // so that state is known without waiting for it.
-func (d *dirEntry) view(base *txn) dirView {
+func (e *Engine) view(d dirRef, base *txn) dirView {
 	switch {
 	case base == nil:
-		return d.dirView
+		return e.closed(d)
 	case base.kind == tkReadFwd:
 		// Only under bugs.pipeRead: the new reader is forgotten.
-		return dirView{version: base.version, owner: base.source, hasOwner: true, copies: []NodeID{base.source}}
+		return dirView{version: base.version, owner: base.source, hasOwner: true, copies: e.soloCopy(base.source)}
 	}
-	return dirView{version: base.version, owner: base.from, hasOwner: true, excl: true, copies: []NodeID{base.from}}
+	return dirView{version: base.version, owner: base.from, hasOwner: true, excl: true, copies: e.soloCopy(base.from)}
 }
 
 func (e *Engine) onRequest(m *Message) {
-	d := e.dir(m.Page)
-	last := d.seen[m.From]
+	d := e.dirs.at(m.Page)
+	defer e.dirIdle(d)
+	last := e.dirs.lastSeen(m.Page, d.seen, m.From)
 	if m.Req <= last {
-		if i := d.find(m.From); i >= 0 && d.open[i].req == m.Req {
+		if i := d.find(m.From); i >= 0 && d.busy().open[i].req == m.Req {
 			// The requester is still waiting: something was lost.
 			e.stats.Redrives++
-			e.drive(m.Page, d.open[i])
+			e.drive(m.Page, d.busy().open[i])
 			return
 		}
 		e.stale() // queued already, or finished
 		return
 	}
 	if i := d.find(m.From); i >= 0 {
-		if !d.open[i].granted {
+		if !d.busy().open[i].granted {
 			// Cannot happen: the requester has not been served yet, so
 			// it cannot have a newer request.
 			e.stats.Anomalies++
@@ -174,12 +274,13 @@ func (e *Engine) onRequest(m *Message) {
 		// the last one: this closes its transaction and the ones before.
 		e.closeThrough(m.Page, d, i, nil)
 	}
-	if i := slices.IndexFunc(d.queue, func(q queued) bool { return q.from == m.From }); i >= 0 {
+	x := e.dirBusy(d)
+	if i := slices.IndexFunc(x.queue, func(q queued) bool { return q.from == m.From }); i >= 0 {
 		e.stats.Anomalies++ // a node has one request per page at a time
-		d.queue = slices.Delete(d.queue, i, i+1)
+		x.queue = slices.Delete(x.queue, i, i+1)
 	}
-	d.seen[m.From] = m.Req
-	d.queue = append(d.queue, queued{from: m.From, req: m.Req, access: m.Access, have: m.Have, haveVersion: m.HaveVersion})
+	e.dirs.setSeen(m.Page, d.seen, m.From, m.Req)
+	x.queue = append(x.queue, queued{from: m.From, req: m.Req, access: m.Access, have: m.Have, haveVersion: m.HaveVersion})
 	e.next(m.Page, d)
 }
 
@@ -187,27 +288,27 @@ func (e *Engine) onRequest(m *Message) {
 // transaction is open; when pipelining, also the ones behind a granted
 // transaction that makes its requester the sole holder (the pending
 // owner), which the home forwards to it at once.
-func (e *Engine) next(p PageID, d *dirEntry) {
-	for len(d.queue) > 0 {
+func (e *Engine) next(p PageID, d dirRef) {
+	for x := d.busy(); x != nil && len(x.queue) > 0; {
 		var base *txn
-		if n := len(d.open); n > 0 {
-			base = d.open[n-1]
+		if n := len(x.open); n > 0 {
+			base = x.open[n-1]
 			ok := base.owns() || (e.bugs.pipeRead && base.kind == tkReadFwd)
-			if !e.pipe || !base.granted || !ok || base.from == d.queue[0].from {
+			if !e.pipe || !base.granted || !ok || base.from == x.queue[0].from {
 				return
 			}
 			e.stats.Pipelined++
 		}
-		q := d.queue[0]
-		d.queue = slices.Delete(d.queue, 0, 1)
+		q := x.queue[0]
+		x.queue = slices.Delete(x.queue, 0, 1)
 		e.start(p, d, q, base)
 	}
 }
 
 // start plans the transaction for request q on the state the open
 // transactions leave (base is the last of them, or nil) and drives it.
-func (e *Engine) start(p PageID, d *dirEntry, q queued, base *txn) {
-	v := d.view(base)
+func (e *Engine) start(p PageID, d dirRef, q queued, base *txn) {
+	v := e.view(d, base)
 	t := &txn{queued: q}
 	holds := v.has(q.from) && q.have && q.haveVersion == v.version
 	if v.has(q.from) && !holds {
@@ -233,7 +334,8 @@ func (e *Engine) start(p PageID, d *dirEntry, q queued, base *txn) {
 	if e.bugs.skipInval {
 		t.waiting = nil
 	}
-	d.open = append(d.open, t)
+	x := d.busy() // the dirBusy whose queue q came from
+	x.open = append(x.open, t)
 	e.stats.InvalidationsSent += uint64(len(t.waiting))
 	e.drive(p, t)
 }
@@ -267,17 +369,17 @@ func (e *Engine) drive(p PageID, t *txn) {
 }
 
 func (e *Engine) onInvalAck(m *Message) {
-	d := e.dirs[m.Page]
-	if d == nil {
+	d := e.dirs.get(m.Page)
+	if d.dirEntry == nil {
 		e.stale()
 		return
 	}
 	i := d.find(m.Requester)
-	if i < 0 || d.open[i].req != m.Req || d.open[i].granted {
+	if i < 0 || d.busy().open[i].req != m.Req || d.busy().open[i].granted {
 		e.stale()
 		return
 	}
-	t := d.open[i]
+	t := d.busy().open[i]
 	j := slices.Index(t.waiting, m.From)
 	if j < 0 {
 		e.stale()
@@ -287,22 +389,24 @@ func (e *Engine) onInvalAck(m *Message) {
 	if len(t.waiting) == 0 {
 		e.drive(m.Page, t)
 		e.next(m.Page, d)
+		e.dirIdle(d)
 	}
 }
 
 func (e *Engine) onConfirm(m *Message) {
-	d := e.dir(m.Page)
-	if i := d.find(m.From); i >= 0 && d.open[i].req == m.Req {
-		if !d.open[i].granted {
+	d := e.dirs.at(m.Page)
+	if i := d.find(m.From); i >= 0 && d.busy().open[i].req == m.Req {
+		if !d.busy().open[i].granted {
 			e.stats.Anomalies++
 			return
 		}
 		e.closeThrough(m.Page, d, i, m.PageClock)
 		e.send(&Message{Type: MsgDone, To: m.From, Page: m.Page, Req: m.Req, Requester: m.From, Version: m.Version})
 		e.next(m.Page, d)
+		e.dirIdle(d)
 		return
 	}
-	if m.Req <= d.seen[m.From] {
+	if m.Req <= e.dirs.lastSeen(m.Page, d.seen, m.From) {
 		// Closed already (the MsgDone was lost): say so again.
 		e.stale()
 		e.send(&Message{Type: MsgDone, To: m.From, Page: m.Page, Req: m.Req, Requester: m.From, Version: m.Version})
@@ -316,21 +420,23 @@ func (e *Engine) onConfirm(m *Message) {
 // The earlier ones are complete too: each handed the page on to the next
 // (a transaction pipelined behind another gets its copy from that one's
 // requester). Their requesters get MsgDone, in case they still wait for it.
-func (e *Engine) closeThrough(p PageID, d *dirEntry, i int, pageClock clocks.Vector) {
-	for k, t := range d.open[:i+1] {
+func (e *Engine) closeThrough(p PageID, d dirRef, i int, pageClock clocks.Vector) {
+	x := d.busy() // non-nil: the transactions are open
+	for k, t := range x.open[:i+1] {
 		switch t.kind {
 		case tkReadFwd:
-			d.excl = false
-			d.addCopy(t.from)
+			d.set(dirExcl, false)
+			e.addCopy(d, t.from)
 		case tkReadZero:
-			d.addCopy(t.from)
+			e.addCopy(d, t.from)
 		case tkWriteFwd, tkWriteZero, tkUpgrade:
 			if t.kind == tkWriteFwd {
 				e.send(&Message{Type: MsgRelease, To: t.source, Page: p, Version: t.version})
 			}
 			d.version = t.version
-			d.owner, d.hasOwner, d.excl = t.from, true, true
-			d.copies = append(d.copies[:0], t.from)
+			d.owner = t.from
+			d.flags = dirHasOwner | dirExcl | dirSole
+			x.copies = nil
 		}
 		if k < i {
 			e.send(&Message{Type: MsgDone, To: t.from, Page: p, Req: t.req, Requester: t.from, Version: t.version})
@@ -338,14 +444,18 @@ func (e *Engine) closeThrough(p PageID, d *dirEntry, i int, pageClock clocks.Vec
 		e.stats.Transactions++
 	}
 	if pageClock != nil {
-		d.clock = pageClock.Clone()
+		// Shared, not copied: nobody changes a message once it is out.
+		d.clockP, d.clockN = clockPtr(pageClock)
 	}
-	d.open = slices.Delete(d.open, 0, i+1)
+	x.open = slices.Delete(x.open, 0, i+1)
 }
 
 func (e *Engine) onXferQuery(m *Message) {
-	d := e.dir(m.Page)
-	if d.version < m.Version {
+	var version uint64 // a page nobody asked for is at version 0
+	if d := e.dirs.get(m.Page); d.dirEntry != nil {
+		version = d.version
+	}
+	if version < m.Version {
 		e.stale() // the transfer is still in progress
 		return
 	}

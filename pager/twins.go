@@ -1,6 +1,12 @@
 package pager
 
-import "github.com/dsmrt/dsm/coherence"
+import (
+	"runtime"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dsmrt/dsm/coherence"
+)
 
 // Twins. When a page becomes writable here, the daemon keeps a copy of it
 // as it was (its twin): the difference when the page leaves is what this
@@ -13,6 +19,13 @@ import "github.com/dsmrt/dsm/coherence"
 // for, were made writable recently. A page whose twin was forgotten leaves
 // without written ranges (the analyzer counts it as unknown) and its hold
 // lasts MinHold, as a read's does.
+//
+// The buffers live outside the Go heap, in one anonymous mapping of the
+// budget's size made at the first twin: the collector lets the heap grow to
+// twice what is live before it collects (GOGC=100), so a buffer on the heap
+// costs about twice its size in resident memory, while the twins are a
+// fixed set of pointer-free buffers, reused, that live as long as the
+// daemon. In the mapping they cost their size, and only once touched.
 
 // twinStore holds at most max twins and forgets the oldest first.
 type twinStore struct {
@@ -23,6 +36,13 @@ type twinStore struct {
 	seq   uint64
 	free  [][]byte // buffers of forgotten twins, for reuse
 	size  int      // page size
+
+	// arena holds max buffers of size bytes, outside the Go heap; used of
+	// them were handed out. Nil until the first twin, and if the mapping
+	// failed (the buffers are then made on the heap).
+	arena  []byte
+	used   int
+	mapped bool // the mapping was tried
 }
 
 type twin struct {
@@ -62,7 +82,7 @@ func (s *twinStore) put(p coherence.PageID, data []byte) {
 		if k := len(s.free); k > 0 {
 			t.buf, s.free = s.free[k-1], s.free[:k-1]
 		} else {
-			t.buf = make([]byte, s.size)
+			t.buf = s.newBuf()
 		}
 	}
 	copy(t.buf, data)
@@ -75,6 +95,29 @@ func (s *twinStore) put(p coherence.PageID, data []byte) {
 		s.fifo = append(s.fifo[:0], s.fifo[s.head:]...)
 		s.head = 0
 	}
+}
+
+// newBuf returns a buffer of a page for a twin: the arena's next, or one on
+// the heap if the arena could not be mapped. Buffers are never given back
+// (drop keeps them for reuse), so the store never needs more than max.
+func (s *twinStore) newBuf() []byte {
+	if !s.mapped {
+		s.mapped = true
+		arena, err := unix.Mmap(-1, 0, s.max*s.size, unix.PROT_READ|unix.PROT_WRITE,
+			unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+		if err == nil {
+			s.arena = arena
+			// Unmapped when the store is unreachable: nodes made and
+			// closed by tests leave nothing behind.
+			runtime.AddCleanup(s, func(b []byte) { unix.Munmap(b) }, arena)
+		}
+	}
+	if s.arena == nil || s.used == s.max {
+		return make([]byte, s.size)
+	}
+	off := s.used * s.size
+	s.used++
+	return s.arena[off : off+s.size : off+s.size]
 }
 
 // drop forgets page p's twin.

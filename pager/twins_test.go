@@ -2,6 +2,7 @@ package pager
 
 import (
 	"bytes"
+	"runtime"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -48,4 +49,29 @@ func TestTwinStoreStaysWithinBudget(t *testing.T) {
 	require.LessOrEqual(t, s.len(), 64)
 	require.Less(t, cap(s.fifo), 8*1024, "the queue of ages is reclaimed")
 	require.LessOrEqual(t, len(s.free)+s.len(), 64, "no more buffers than the budget")
+}
+
+// The twins' buffers live outside the Go heap, where the collector's
+// headroom does not double them: a full store adds little to the heap.
+func TestTwinStoreBuffersAreOffTheHeap(t *testing.T) {
+	heap := func() uint64 {
+		var ms runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	const n, size = 1024, 4096
+	before := heap()
+	s := newTwinStore(n, size)
+	for p := coherence.PageID(0); p < n; p++ {
+		s.put(p, bytes.Repeat([]byte{byte(p)}, size))
+	}
+	grew := int64(heap()) - int64(before)
+	require.Less(t, grew, int64(n*size/8), "the heap grew by %d bytes for %d twins of %d bytes", grew, n, size)
+	for p := coherence.PageID(0); p < n; p++ {
+		got, ok := s.get(p)
+		require.True(t, ok)
+		require.Equal(t, bytes.Repeat([]byte{byte(p)}, size), got, "page %d", p)
+	}
+	runtime.KeepAlive(s)
 }
