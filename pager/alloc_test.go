@@ -132,9 +132,10 @@ func TestAllocationsPerFault(t *testing.T) {
 	// allocates nothing. The ceiling is what that costs today (77 before
 	// the pager reused its waiting lists, fault timelines, encoded pages
 	// and written ranges, 59 before a decoded message's two clocks and its
-	// data and metadata shared an allocation each).
-	if got > 56 {
-		t.Errorf("%.0f allocations per cycle, more than the 56 of the engines and the decoder", got)
+	// data and metadata shared an allocation each, 56 before the engine kept
+	// its page states in tables of values).
+	if got > 54 {
+		t.Errorf("%.0f allocations per cycle, more than the 54 of the engines and the decoder", got)
 	}
 	if ins := gs[1].Counters().Installs; ins < 200 {
 		t.Fatalf("node 1 installed %d copies: the cycle does not fault remotely", ins)
