@@ -689,7 +689,7 @@ func (e *Engine) zeroClock() clocks.Vector {
 // Stats returns the engine's counters.
 func (e *Engine) Stats() Stats { return e.stats }
 
-// busy returns lp's pageBusy, making it if lp has none (from the ones
+// busy returns page p's pageBusy, making it if it has none (from the ones
 // recycled, if any), and puts page p in the timed set.
 func (e *Engine) busy(p PageID) *pageBusy {
 	x := e.local.busy(p)
