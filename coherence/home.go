@@ -252,7 +252,7 @@ func (e *Engine) view(d dirRef, base *txn) dirView {
 func (e *Engine) onRequest(m *Message) {
 	d := e.dirs.at(m.Page)
 	defer e.dirIdle(d)
-	last := e.dirs.lastSeen(m.Page, d.seen, m.From)
+	last := e.dirs.lastSeen(m.Page, d, m.From)
 	if m.Req <= last {
 		if i := d.find(m.From); i >= 0 && d.busy().open[i].req == m.Req {
 			// The requester is still waiting: something was lost.
@@ -279,7 +279,7 @@ func (e *Engine) onRequest(m *Message) {
 		e.stats.Anomalies++ // a node has one request per page at a time
 		x.queue = slices.Delete(x.queue, i, i+1)
 	}
-	e.dirs.setSeen(m.Page, d.seen, m.From, m.Req)
+	e.dirs.setSeen(m.Page, d, m.From, m.Req)
 	x.queue = append(x.queue, queued{from: m.From, req: m.Req, access: m.Access, have: m.Have, haveVersion: m.HaveVersion})
 	e.next(m.Page, d)
 }
@@ -406,7 +406,7 @@ func (e *Engine) onConfirm(m *Message) {
 		e.dirIdle(d)
 		return
 	}
-	if m.Req <= e.dirs.lastSeen(m.Page, d.seen, m.From) {
+	if m.Req <= e.dirs.lastSeen(m.Page, d, m.From) {
 		// Closed already (the MsgDone was lost): say so again.
 		e.stale()
 		e.send(&Message{Type: MsgDone, To: m.From, Page: m.Page, Req: m.Req, Requester: m.From, Version: m.Version})

@@ -46,17 +46,17 @@ type localChunkPages struct {
 // get returns page p's state, or nil if no page of its chunk was touched
 // (the state of such a page is the zero localPage: Invalid, never held).
 func (t *localTable) get(p PageID) *localPage {
-	c := int(p) / localChunk
+	c := int(uint(p) / localChunk)
 	if c >= len(t.chunks) || t.chunks[c] == nil {
 		return nil
 	}
-	return &t.chunks[c].pages[int(p)%localChunk]
+	return &t.chunks[c].pages[int(uint(p)%localChunk)]
 }
 
 // at returns page p's state, allocating its chunk if needed. The pointer
 // stays valid: chunks never move.
 func (t *localTable) at(p PageID) *localPage {
-	c := int(p) / localChunk
+	c := int(uint(p) / localChunk)
 	if c >= len(t.chunks) {
 		t.chunks = append(t.chunks, make([]*localChunkPages, c+1-len(t.chunks))...)
 	}
@@ -65,21 +65,21 @@ func (t *localTable) at(p PageID) *localPage {
 		// few pages (the simulator runs thousands) stays small.
 		t.chunks[c] = &localChunkPages{pages: make([]localPage, min(localChunk, t.pages-c*localChunk))}
 	}
-	return &t.chunks[c].pages[int(p)%localChunk]
+	return &t.chunks[c].pages[int(uint(p)%localChunk)]
 }
 
 // busy returns the pageBusy of page p, or nil.
 func (t *localTable) busy(p PageID) *pageBusy {
-	k := int(p) / localChunk
+	k := int(uint(p) / localChunk)
 	if k >= len(t.chunks) || t.chunks[k] == nil || t.chunks[k].busy == nil {
 		return nil
 	}
-	return t.chunks[k].busy[int(p)%localChunk]
+	return t.chunks[k].busy[int(uint(p)%localChunk)]
 }
 
 // setBusy makes x (nil: none) the pageBusy of page p, whose state exists.
 func (t *localTable) setBusy(p PageID, x *pageBusy) {
-	c, i := t.chunks[int(p)/localChunk], int(p)%localChunk
+	c, i := t.chunks[int(uint(p)/localChunk)], int(uint(p)%localChunk)
 	if c.busy == nil {
 		if x == nil {
 			return
@@ -170,9 +170,9 @@ type dirTable struct {
 	seenSet  []bool
 	seenBig  map[uint64]uint64
 	// stray holds the entries of pages that Config.Home did not place
-	// here when their span was made: only a Home that is not
-	// deterministic, as it must be, puts any there.
-	stray map[PageID]*strayEntry
+	// here when their span was made, each in a span of its own: only a
+	// Home that is not deterministic, as it must be, puts any there.
+	stray map[PageID]*dirEntries
 	// spare is the busy array of a span that went idle, for the next one.
 	spare []*dirBusy
 }
@@ -190,30 +190,18 @@ type dirEntries struct {
 	nbusy int
 }
 
-// strayEntry is an entry in dirTable.stray.
-type strayEntry struct {
-	d    dirEntry
-	seen []uint32
-	x    *dirBusy
-}
-
-// dirRef is a page's directory entry (nil if it has none), with the
-// request ids accepted for it (nil if they live in dirTable.seen) and
-// where its dirBusy is kept.
+// dirRef is a page's directory entry (nil if it has none) and the span
+// that holds it, where its request ids and dirBusy are. Three words: it is
+// passed around by value on every message to the home.
 type dirRef struct {
 	*dirEntry
-	seen  []uint32
-	span  *dirEntries // nil for a stray entry
-	k     int         // the entry's index in span
-	stray *strayEntry
+	span *dirEntries
+	k    int // the entry's index in span
 }
 
 // busy returns the page's dirBusy, or nil.
 func (r dirRef) busy() *dirBusy {
-	switch {
-	case r.span == nil:
-		return r.stray.x
-	case r.span.busy == nil:
+	if r.span.busy == nil {
 		return nil
 	}
 	return r.span.busy[r.k]
@@ -226,31 +214,27 @@ func newDirTable(id NodeID, n, pages int, home func(PageID) NodeID) dirTable {
 // get returns page p's directory entry, whose dirEntry is nil if it has
 // none yet.
 func (t *dirTable) get(p PageID) dirRef {
-	c := int(p) / dirSpan
+	c := int(uint(p) / dirSpan)
 	if c < len(t.spans) && t.spans[c] != nil {
-		if r := t.spans[c].entry(p, t.n); r.dirEntry != nil {
+		if r := t.spans[c].entry(p); r.dirEntry != nil {
 			return r
 		}
 	}
 	if s := t.stray[p]; s != nil {
-		return dirRef{dirEntry: &s.d, seen: s.seen, stray: s}
+		return dirRef{dirEntry: &s.ents[0], span: s}
 	}
 	return dirRef{}
 }
 
 // entry returns page p's entry in the span, if p is homed here.
-func (s *dirEntries) entry(p PageID, n int) dirRef {
-	i := int(p) % dirSpan
+func (s *dirEntries) entry(p PageID) dirRef {
+	i := int(uint(p) % dirSpan)
 	w, bit := i/64, uint64(1)<<(i%64)
 	if s.homed[w]&bit == 0 {
 		return dirRef{}
 	}
 	k := int(s.below[w]) + bits.OnesCount64(s.homed[w]&(bit-1))
-	r := dirRef{dirEntry: &s.ents[k], span: s, k: k}
-	if s.seen != nil {
-		r.seen = s.seen[k*n : (k+1)*n : (k+1)*n]
-	}
-	return r
+	return dirRef{dirEntry: &s.ents[k], span: s, k: k}
 }
 
 // at returns page p's directory entry, making its span if needed. The
@@ -259,34 +243,30 @@ func (t *dirTable) at(p PageID) dirRef {
 	if r := t.get(p); r.dirEntry != nil {
 		return r
 	}
-	c := int(p) / dirSpan
+	c := int(uint(p) / dirSpan)
 	if c >= len(t.spans) {
 		t.spans = append(t.spans, make([]*dirEntries, c+1-len(t.spans))...)
 	}
 	if t.spans[c] == nil {
 		t.spans[c] = t.newSpan(c)
-		if r := t.spans[c].entry(p, t.n); r.dirEntry != nil {
+		if r := t.spans[c].entry(p); r.dirEntry != nil {
 			return r
 		}
 	}
 	if t.stray == nil {
-		t.stray = map[PageID]*strayEntry{}
+		t.stray = map[PageID]*dirEntries{}
 	}
-	s := &strayEntry{}
+	s := &dirEntries{ents: make([]dirEntry, 1)}
 	if t.n <= seenDenseMax {
 		s.seen = make([]uint32, t.n)
 	}
 	t.stray[p] = s
-	return dirRef{dirEntry: &s.d, seen: s.seen, stray: s}
+	return dirRef{dirEntry: &s.ents[0], span: s}
 }
 
 // setBusy makes x (nil: none) the dirBusy of r.
 func (t *dirTable) setBusy(r dirRef, x *dirBusy) {
 	s := r.span
-	if s == nil {
-		r.stray.x = x
-		return
-	}
 	if s.busy == nil {
 		if x == nil {
 			return
@@ -316,20 +296,26 @@ func (t *dirTable) setBusy(r dirRef, x *dirBusy) {
 // allBusy calls f for every dirBusy until f returns false.
 func (t *dirTable) allBusy(f func(*dirBusy) bool) {
 	for _, s := range t.spans {
-		if s == nil || s.busy == nil {
-			continue
-		}
-		for _, x := range s.busy {
-			if x != nil && !f(x) {
-				return
-			}
-		}
-	}
-	for _, s := range t.stray {
-		if s.x != nil && !f(s.x) {
+		if s != nil && !s.eachBusy(f) {
 			return
 		}
 	}
+	for _, s := range t.stray {
+		if !s.eachBusy(f) {
+			return
+		}
+	}
+}
+
+// eachBusy calls f for every dirBusy of the span until f returns false,
+// and reports whether f never did.
+func (s *dirEntries) eachBusy(f func(*dirBusy) bool) bool {
+	for _, x := range s.busy {
+		if x != nil && !f(x) {
+			return false
+		}
+	}
+	return true
 }
 
 // newSpan makes the entries of span c.
@@ -357,12 +343,12 @@ func (t *dirTable) newSpan(c int) *dirEntries {
 func seenKey(p PageID, n NodeID) uint64 { return uint64(p)<<16 | uint64(n) }
 
 // lastSeen returns the newest request id accepted from node n for page p,
-// whose entry came with seen (0: none).
-func (t *dirTable) lastSeen(p PageID, seen []uint32, n NodeID) uint64 {
-	if seen == nil {
+// whose entry is r (0: none).
+func (t *dirTable) lastSeen(p PageID, r dirRef, n NodeID) uint64 {
+	if r.span.seen == nil {
 		return t.seen[seenKey(p, n)]
 	}
-	switch v := seen[n]; v {
+	switch v := r.span.seen[r.k*t.n+int(n)]; v {
 	case seenNone:
 		return 0
 	case seenBig:
@@ -373,9 +359,9 @@ func (t *dirTable) lastSeen(p PageID, seen []uint32, n NodeID) uint64 {
 }
 
 // setSeen records req as the newest request id accepted from node n for
-// page p, whose entry came with seen.
-func (t *dirTable) setSeen(p PageID, seen []uint32, n NodeID, req uint64) {
-	if seen == nil {
+// page p, whose entry is r.
+func (t *dirTable) setSeen(p PageID, r dirRef, n NodeID, req uint64) {
+	if r.span.seen == nil {
 		if t.seen == nil {
 			t.seen = map[uint64]uint64{}
 		}
@@ -389,16 +375,17 @@ func (t *dirTable) setSeen(p PageID, seen []uint32, n NodeID, req uint64) {
 		// Room for ids below the first one, which may come later.
 		t.seenBase[n], t.seenSet[n] = max(req, 1<<31)-1<<31, true
 	}
-	if seen[n] == seenBig {
+	v := &r.span.seen[r.k*t.n+int(n)]
+	if *v == seenBig {
 		delete(t.seenBig, seenKey(p, n))
 	}
 	if base := t.seenBase[n]; req > base && req-base < uint64(seenBig) {
-		seen[n] = uint32(req - base)
+		*v = uint32(req - base)
 		return
 	}
 	if t.seenBig == nil {
 		t.seenBig = map[uint64]uint64{}
 	}
-	seen[n] = seenBig
+	*v = seenBig
 	t.seenBig[seenKey(p, n)] = req
 }

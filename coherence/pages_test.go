@@ -204,7 +204,7 @@ func TestDirTableStrayEntry(t *testing.T) {
 	}
 	tab := newDirTable(0, 2, 100, home)
 	d := tab.at(2)
-	if d.dirEntry == nil || len(d.seen) != 2 {
+	if d.dirEntry == nil || len(d.span.seen) != 2*len(d.span.ents) {
 		t.Fatalf("at(2) = %+v", d)
 	}
 	if d := tab.get(7); d.dirEntry != nil {
@@ -212,11 +212,11 @@ func TestDirTableStrayEntry(t *testing.T) {
 	}
 	moved = true
 	d7 := tab.at(7)
-	tab.setSeen(7, d7.seen, 1, 42)
+	tab.setSeen(7, d7, 1, 42)
 	d7.version = 3
 	x := &dirBusy{}
 	tab.setBusy(d7, x)
-	if d := tab.get(7); d.dirEntry != d7.dirEntry || tab.lastSeen(7, d.seen, 1) != 42 || d.busy() != x {
+	if d := tab.get(7); d.dirEntry != d7.dirEntry || tab.lastSeen(7, d, 1) != 42 || d.busy() != x {
 		t.Fatalf("get(7) = %+v; at(7) gave %+v", d, d7)
 	}
 	var busy []*dirBusy
@@ -275,7 +275,7 @@ func TestLocalTableBusy(t *testing.T) {
 func TestSeenIDs(t *testing.T) {
 	for _, n := range []int{3, seenDenseMax + 1} {
 		tab := newDirTable(0, n, 1000, func(PageID) NodeID { return 0 })
-		seen, other := tab.at(5).seen, tab.at(600).seen
+		seen, other := tab.at(5), tab.at(600)
 		ids := []uint64{
 			1_700_000_000_000_000_000, // the first: sets node 1's base
 			1_700_000_000_000_000_007,
