@@ -244,9 +244,6 @@ func (g *Pager) Detach(pr *Prog) {
 	}
 }
 
-// Programs returns the number of programs attached.
-func (g *Pager) Programs() int { return len(g.progs) }
-
 // Counters returns what the pager counted.
 func (g *Pager) Counters() Counters { return g.c }
 
