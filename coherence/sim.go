@@ -100,6 +100,7 @@ type SimResult struct {
 	Lost       int     // messages the network lost
 	Duplicated int     // messages the network delivered twice
 	Holds      int     // EndHold calls the daemons made
+	Prefetches int     // prefetch hints given to daemons (SimPrefetcher)
 	Stats      []Stats // each engine's counters at the end
 }
 
@@ -113,6 +114,7 @@ func (r *SimResult) Add(o SimResult) {
 	r.Lost += o.Lost
 	r.Duplicated += o.Duplicated
 	r.Holds += o.Holds
+	r.Prefetches += o.Prefetches
 }
 
 // ErrViolation is wrapped by every *Violation.
@@ -421,6 +423,9 @@ func (s *sim) once() (*simNode, error) {
 		s.tracef("node %d: tick", n.id)
 		if n.d != nil {
 			n.d.Tick(s.now())
+			if s.err == nil && s.chaos && s.rng.IntN(16) == 0 {
+				s.prefetch(n)
+			}
 			return n, s.daemonHolds(n)
 		}
 		n.eng.Tick()

@@ -33,6 +33,15 @@ type SimDaemon interface {
 	NextHold() time.Time
 }
 
+// SimPrefetcher is a SimDaemon that also takes prefetch hints: a program
+// asking for a page ahead of its access, with no thread waiting on it
+// (dsm's Region.Prefetch). The simulator gives one, at random, after some
+// fault batches and some ticks; the invariants hold whatever the daemon
+// makes of it.
+type SimPrefetcher interface {
+	Prefetch(p PageID, write bool)
+}
+
 // SimFault is a fault of a simulated program: Prog is an index into
 // SimWorld.Programs; WP marks a write to a page present but write
 // protected; At is when the daemon read it.
@@ -151,6 +160,9 @@ func (s *sim) daemonInput(n *simNode, ev simEvent) error {
 			s.tracef("node %d: fault of program %d on p%d (write %v, wp %v), in a batch of %d", n.id, f.Prog, f.Page, f.Write, f.WP, len(batch))
 		}
 		n.d.Faults(batch)
+		if s.err == nil && s.chaos && s.rng.IntN(16) == 0 {
+			s.prefetch(n)
+		}
 	} else {
 		m, err := UnmarshalMessage(ev.msg)
 		if err != nil {
@@ -165,6 +177,19 @@ func (s *sim) daemonInput(n *simNode, ev simEvent) error {
 		return s.err
 	}
 	return s.daemonHolds(n)
+}
+
+// prefetch gives node n's daemon a prefetch hint for a random page, when
+// it takes them.
+func (s *sim) prefetch(n *simNode) {
+	pf, ok := n.d.(SimPrefetcher)
+	if !ok {
+		return
+	}
+	p, write := PageID(s.rng.IntN(s.cfg.Pages)), s.rng.IntN(2) == 0
+	s.tracef("node %d: prefetch of p%d (write %v)", n.id, p, write)
+	s.res.Prefetches++
+	pf.Prefetch(p, write)
 }
 
 func (s *sim) daemonHolds(n *simNode) error {

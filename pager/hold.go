@@ -100,7 +100,10 @@ func (g *Pager) ServeHolds(now time.Time) time.Time {
 		since := now.Sub(h.at)
 		over := since >= maxHold || (!h.writable && since >= minHold)
 		if !over && h.writable {
-			over = g.written(h.page)
+			// Without its twin (the store evicted it for newer ones) a
+			// write cannot be seen: the hold lasts MinHold, as a read's.
+			w, known := g.written(h.page)
+			over = w || !known && since >= minHold
 		}
 		if over {
 			ended = append(ended, h.page)
@@ -133,17 +136,18 @@ func (g *Pager) ServeHolds(now time.Time) time.Time {
 }
 
 // written reports whether page p differs from its twin: the program wrote
-// it since it was made accessible. pread reads a hole as zeros, so this is
-// safe whatever the page's state.
-func (g *Pager) written(p coherence.PageID) bool {
+// it since it was made accessible. known is false when the twin is gone
+// (evicted by newer ones, or the page dropped). pread reads a hole as
+// zeros, so this is safe whatever the page's state.
+func (g *Pager) written(p coherence.PageID) (written, known bool) {
 	twin, ok := g.twins.get(p)
 	if !ok {
-		return true // dropped meanwhile: nothing left to hold
+		return false, false
 	}
 	if err := g.cfg.Store.ReadPage(p, g.buf); err != nil {
-		return true
+		return true, true
 	}
-	return !bytes.Equal(g.buf, twin)
+	return !bytes.Equal(g.buf, twin), true
 }
 
 // NextHold returns when ServeHolds must be called again: zero when no hold

@@ -136,6 +136,7 @@ type Counters struct {
 	ReadFaults, WriteFaults, WPFaults uint64
 	Installs, Drops, Holds            uint64
 	ReadAheads                        uint64
+	Prefetches                        uint64 // pages asked for by Prefetch
 	MigrationsIn, MigrationsOut       uint64
 }
 
@@ -332,6 +333,43 @@ func (g *Pager) fault(f Fault) {
 	if a == coherence.Read {
 		g.readAhead(pr, p)
 	}
+}
+
+// Prefetch asks for pages [from, to) ahead of a program's accesses: as
+// read copies, or writable when write. It is what a fault on each page
+// would ask the engine for, with no thread waiting: a page installed
+// for it is placed in the store and the programs find it present; a
+// program that touches a page before it comes faults and waits on the
+// same request. Pages already present with the access, and pages a fault
+// already waits on, are left alone. It returns the pages it asked for.
+//
+// A prefetch is a hint, like read-ahead: a page asked for writable takes
+// ownership from its holder as a write fault would, so a wrong hint costs
+// the same migrations as a wrong guess.
+func (g *Pager) Prefetch(from, to coherence.PageID, write bool) int {
+	to = min(to, coherence.PageID(g.pages))
+	a := coherence.Read
+	if write {
+		a = coherence.Write
+	}
+	asked := 0
+	for p := from; p < to; p++ {
+		if len(g.waiting[p]) > 0 {
+			continue
+		}
+		switch st := g.eng.State(p); {
+		case st == coherence.Exclusive, st == coherence.Shared && !write:
+			continue
+		}
+		if err := g.eng.Fault(p, a); err != nil {
+			g.log.Warn("prefetch refused by the engine", "page", p, "err", err)
+			break
+		}
+		g.c.Prefetches++
+		asked++
+	}
+	g.Flush()
+	return asked
 }
 
 // Wait records a fault of pr on page p without telling the engine: for a

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -77,7 +78,15 @@ func (d *simDaemon) Faults(fs []coherence.SimFault) {
 	}
 	d.g.Faults(d.batch)
 }
-func (d *simDaemon) Step(m *coherence.Message) error    { return d.g.Step(m) }
+func (d *simDaemon) Step(m *coherence.Message) error { return d.g.Step(m) }
+
+// simPrefetched counts the pages the pagers of the simulations asked
+// their engines for on a prefetch hint.
+var simPrefetched atomic.Int64
+
+func (d *simDaemon) Prefetch(p coherence.PageID, write bool) {
+	simPrefetched.Add(int64(d.g.Prefetch(p, p+1, write)))
+}
 func (d *simDaemon) Tick(now time.Time)                 { d.g.Tick(now) }
 func (d *simDaemon) ServeHolds(now time.Time) time.Time { return d.g.ServeHolds(now) }
 func (d *simDaemon) NextHold() time.Time                { return d.g.NextHold() }
@@ -118,6 +127,7 @@ func TestSimulatorThroughPager(t *testing.T) {
 		return
 	}
 	n := *schedulesFlag
+	prefetched := simPrefetched.Load()
 	if testing.Short() || raceEnabled {
 		n /= 5
 	}
@@ -139,10 +149,10 @@ func TestSimulatorThroughPager(t *testing.T) {
 	if firstErr != nil {
 		t.Fatalf("%v\nlast steps of the schedule:\n%s\n%s", firstErr, traceTail(simConfig(firstSeed), 80), replayHint(firstSeed))
 	}
-	t.Logf("%d schedules through the pager: %d steps, %d reads, %d writes, %d faults, %d messages (%d lost, %d duplicated); engines: %d holds, %d pipelined, %d migrations, %d upgrades",
+	t.Logf("%d schedules through the pager: %d steps, %d reads, %d writes, %d faults, %d messages (%d lost, %d duplicated), %d prefetch hints (%d pages asked for); engines: %d holds, %d pipelined, %d migrations, %d upgrades",
 		n, total.Steps, total.Reads, total.Writes, total.Faults, total.Sent, total.Lost, total.Duplicated,
-		eng.Holds, eng.Pipelined, eng.MigrationsIn, eng.Upgrades)
-	if total.Reads == 0 || total.Writes == 0 || total.Lost == 0 || total.Duplicated == 0 || eng.Holds == 0 || eng.MigrationsIn == 0 || eng.Upgrades == 0 {
+		total.Prefetches, simPrefetched.Load()-prefetched, eng.Holds, eng.Pipelined, eng.MigrationsIn, eng.Upgrades)
+	if total.Reads == 0 || total.Writes == 0 || total.Lost == 0 || total.Duplicated == 0 || eng.Holds == 0 || eng.MigrationsIn == 0 || eng.Upgrades == 0 || simPrefetched.Load() == prefetched {
 		t.Fatalf("the schedules exercised too little: %+v, engines %+v", total, eng)
 	}
 }
