@@ -104,6 +104,7 @@ var requiredFigures = []string{
 	"rc/acquire/notices=1",
 	"stencil/nodes=1",
 	"stencil/nodes=2",
+	"stencil/noprefetch/nodes=2",
 	"stencil/rc/nodes=1",
 	"stencil/rc/nodes=2",
 }
@@ -237,7 +238,7 @@ func TestSuiteQuick(t *testing.T) {
 	assert.Equal(t, "locks/floor/sync_mutex_handoff", figs["locks/handoff"].Floor)
 	// The stencil passed its check on every node, and each cluster size is
 	// compared with the one-node run.
-	for _, k := range []string{"stencil/nodes=1", "stencil/nodes=2"} {
+	for _, k := range []string{"stencil/nodes=1", "stencil/nodes=2", "stencil/noprefetch/nodes=2"} {
 		assert.Equal(t, "passed", figs[k].Params["check"], k)
 		assert.Positive(t, figs[k].Params["ms_per_iter"], k)
 		assert.Equal(t, "stencil/nodes=1", figs[k].Floor, k)

@@ -40,6 +40,13 @@ func keyStencil(nodes int) string { return fmt.Sprintf("stencil/nodes=%d", nodes
 // are release-consistent.
 func keyStencilRC(nodes int) string { return fmt.Sprintf("stencil/rc/nodes=%d", nodes) }
 
+// keyStencilNoPrefetch is the key of the figure of a cluster of nodes
+// whose stencil sends no prefetch hints (jacobi.Config.NoPrefetch): the
+// halo comes by faults, as a program unaware of Region.Prefetch gets it.
+func keyStencilNoPrefetch(nodes int) string {
+	return fmt.Sprintf("stencil/noprefetch/nodes=%d", nodes)
+}
+
 // nodesName is "1 node", "2 nodes", ...
 func nodesName(n int) string {
 	if n == 1 {
@@ -50,10 +57,11 @@ func nodesName(n int) string {
 
 // stencilSpec is what the stencil worker on every node needs.
 type stencilSpec struct {
-	N       int           `json:"n"`
-	Iters   int           `json:"iters"`
-	RC      bool          `json:"rc,omitempty"` // release-consistent grids
-	Timeout time.Duration `json:"timeout"`
+	N          int           `json:"n"`
+	Iters      int           `json:"iters"`
+	RC         bool          `json:"rc,omitempty"`          // release-consistent grids
+	NoPrefetch bool          `json:"no_prefetch,omitempty"` // no prefetch hints
+	Timeout    time.Duration `json:"timeout"`
 }
 
 // stencilGrid returns the grid size and the iterations of the part:
@@ -90,22 +98,38 @@ func (s *suite) stencil(ctx context.Context) error {
 	if uint64(need) > s.cfg.RegionSize {
 		return fmt.Errorf("the two %d×%d grids need %d bytes, the region has %d: enlarge the region", n, n, need, s.cfg.RegionSize)
 	}
-	for _, rc := range []bool{false, true} {
+	// The sequentially consistent grids with prefetch hints on every
+	// cluster size, then without them on 2 nodes (what they save), then
+	// the release-consistent grids.
+	type variant struct {
+		nodes []int
+		stencilSpec
+	}
+	for _, v := range []variant{
+		{stencilNodes, stencilSpec{}},
+		{[]int{2}, stencilSpec{NoPrefetch: true}},
+		{stencilNodes, stencilSpec{RC: true}},
+	} {
 		var tune func(*node.Config)
-		if rc {
+		if v.RC {
 			rcSize := uint64(roundUp(need, 64<<10))
 			if rcSize+(1<<20) > s.cfg.RegionSize {
 				return fmt.Errorf("the two %d×%d grids need %d release-consistent bytes, the region has %d: enlarge the region", n, n, rcSize, s.cfg.RegionSize)
 			}
 			tune = func(c *node.Config) { c.RCSize = rcSize }
 		}
-		for _, nodes := range stencilNodes {
+		for _, nodes := range v.nodes {
 			label := nodesName(nodes)
-			if rc {
+			switch {
+			case v.RC:
 				label += ", release-consistent grids"
+			case v.NoPrefetch:
+				label += ", no prefetch"
 			}
+			sp := v.stencilSpec
+			sp.N, sp.Iters, sp.Timeout = n, iters, s.cfg.RunTimeout
 			err := s.withCluster(ctx, label, nodes, tune, func(c *cluster.Cluster, logs *tailBuffer) error {
-				return s.stencilRun(ctx, c, logs, n, iters, rc)
+				return s.stencilRun(ctx, c, logs, sp)
 			})
 			if err != nil {
 				return err
@@ -118,9 +142,9 @@ func (s *suite) stencil(ctx context.Context) error {
 // stencilRun runs the stencil worker on every node of c and records the
 // figure of the cluster's size. A failed check is recorded too, then
 // returned as the error.
-func (s *suite) stencilRun(ctx context.Context, c *cluster.Cluster, logs *tailBuffer, n, iters int, rc bool) error {
-	nodes := len(c.Daemons)
-	js, err := json.Marshal(stencilSpec{N: n, Iters: iters, RC: rc, Timeout: s.cfg.RunTimeout})
+func (s *suite) stencilRun(ctx context.Context, c *cluster.Cluster, logs *tailBuffer, sp stencilSpec) error {
+	nodes, n, iters := len(c.Daemons), sp.N, sp.Iters
+	js, err := json.Marshal(sp)
 	if err != nil {
 		return err
 	}
@@ -176,14 +200,14 @@ func (s *suite) stencilRun(ctx context.Context, c *cluster.Cluster, logs *tailBu
 			return fmt.Errorf("no result from node(s) %s\n%s", strings.Join(missing, ", "), logs.String())
 		}
 	}
-	s.addStencilFigure(n, iters, byNode, mismatches, rc)
+	s.addStencilFigure(sp, byNode, mismatches)
 	return checkErr
 }
 
 // addStencilFigure records the figure of a run on len(byNode) nodes: node
 // 0's time per iteration; mismatches are the nodes' failed checks.
-func (s *suite) addStencilFigure(n, iters int, byNode []*jacobi.Result, mismatches []string, rc bool) {
-	nodes := len(byNode)
+func (s *suite) addStencilFigure(sp stencilSpec, byNode []*jacobi.Result, mismatches []string) {
+	nodes, n, iters := len(byNode), sp.N, sp.Iters
 	r0 := byNode[0]
 	st := summarize(r0.IterNs)
 	check := "passed"
@@ -206,8 +230,13 @@ func (s *suite) addStencilFigure(n, iters int, byNode []*jacobi.Result, mismatch
 	note := fmt.Sprintf("%s; median sweep of a band (its halo faults included): %s; mean %s per iteration",
 		strings.Join(bands, ", "), strings.Join(sweeps, ", "), fmtNs(st.Mean))
 	key, one, name := keyStencil(nodes), keyStencil(1), ""
-	if rc {
+	switch {
+	case sp.RC:
 		key, one, name = keyStencilRC(nodes), keyStencilRC(1), ", release-consistent grids homed in blocks"
+	case sp.NoPrefetch:
+		key, name = keyStencilNoPrefetch(nodes), ", no prefetch hints (the halo comes by faults)"
+	case nodes > 1:
+		name = ", halo prefetched (Region.Prefetch) while the interior is swept"
 	}
 	if nodes > 1 {
 		if fl, ok := s.res.figure(one); ok && fl.Latency.Median > 0 {
@@ -254,7 +283,7 @@ func stencilWorker(js string) error {
 		// Each band's pages at home on the node that writes it.
 		opts = append(opts, dsm.ReleaseConsistent, dsm.BlockHomes)
 	}
-	res, err := jacobi.Run(ctx, r, sp.N, sp.Iters, opts...)
+	res, err := jacobi.Run(ctx, r, jacobi.Config{N: sp.N, Iters: sp.Iters, Alloc: opts, NoPrefetch: sp.NoPrefetch})
 	if err != nil && !errors.Is(err, jacobi.ErrMismatch) {
 		return err
 	}

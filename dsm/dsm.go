@@ -414,6 +414,58 @@ func (r *Region) Acquire(ctx context.Context) error {
 	return nil
 }
 
+// Intent says what a program will do with memory it prefetches.
+type Intent uint8
+
+const (
+	// ForRead fetches read copies: the pages another node owns stay
+	// writable nowhere until someone writes them.
+	ForRead Intent = iota
+	// ForWrite takes ownership, as a write fault would: the other nodes'
+	// copies are invalidated.
+	ForWrite
+)
+
+// Prefetch asks this node's daemon to fetch the pages holding the bytes
+// [off, off+n) of the region ahead of the program's accesses, and returns
+// at once: the daemon asks for every page that is not already here with
+// the access intent wants, as a fault on it would, and the program goes
+// on computing meanwhile. An access to a page still on its way faults and
+// waits for the same transfer, so a prefetch never makes an access wait
+// longer than it would have. It is a hint: nothing says when the pages
+// come, or that they are still here when the program gets to them (another
+// node may take them back), and memory stays coherent either way.
+//
+// Prefetch pays when a program knows which remote pages it needs next and
+// has other work to do meanwhile: a stencil asks for its halo rows (and
+// for ownership of its edge rows) after a barrier and sweeps its interior
+// while they come. A wrong ForWrite hint costs what a needless write
+// fault costs: the page moves here and back.
+//
+// Release-consistent memory is left alone: its pages come at an acquire.
+// A range outside the region is an error, and so is an unknown intent.
+func (r *Region) Prefetch(off, n int, intent Intent) error {
+	if off < 0 || n < 0 || off > len(r.mem) || n > len(r.mem)-off {
+		return fmt.Errorf("dsm: prefetch of %d bytes at offset %d: outside the region of %d bytes", n, off, len(r.mem))
+	}
+	if intent != ForRead && intent != ForWrite {
+		return fmt.Errorf("dsm: prefetch intent %d: use dsm.ForRead or dsm.ForWrite", intent)
+	}
+	if n == 0 {
+		return nil
+	}
+	m := ctl.LockMsg{Op: ctl.LockOpPrefetch, Token: uint64(off), Limit: uint64(n)}
+	if intent == ForWrite {
+		m.Flags = ctl.PrefetchWrite
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.sendLockLocked(&m); err != nil {
+		return fmt.Errorf("dsm: prefetch: %w", err)
+	}
+	return nil
+}
+
 // Ptr returns a pointer to the byte at offset off of the region.
 func (r *Region) Ptr(off int) unsafe.Pointer {
 	return unsafe.Pointer(&r.mem[off])

@@ -118,7 +118,41 @@ func (n *Node) lockBinary(ctx context.Context, c *net.UnixConn, p *prog, b []byt
 		n.log.Warn("malformed lock request dropped", "pid", p.pid, "err", err)
 		return
 	}
+	if m.Op == ctl.LockOpPrefetch {
+		n.prefetch(ctx, p, m.Token, m.Limit, m.Flags&ctl.PrefetchWrite != 0)
+		return
+	}
 	n.serveLock(ctx, c, p, m, true)
+}
+
+// prefetch serves a program's prefetch hint for the bytes [off, off+size)
+// of the region (dsm's Region.Prefetch): the pager asks for the pages
+// that are not there yet, as faults would, and nobody waits for them. The
+// release-consistent area is left alone: its pages come at an acquire.
+// The program checked the range; a hint outside the region is dropped
+// and logged, as nobody waits for an answer.
+func (n *Node) prefetch(ctx context.Context, p *prog, off, size uint64, write bool) {
+	if size == 0 {
+		return
+	}
+	if off >= n.cfg.Size || size > n.cfg.Size-off {
+		n.log.Warn("prefetch outside the region dropped", "pid", p.pid, "offset", off, "size", size, "region", n.cfg.Size)
+		return
+	}
+	ps := uint64(n.ps)
+	lo, hi := coherence.PageID(off/ps), coherence.PageID((off+size+ps-1)/ps)
+	n.do(ctx, func() {
+		if n.rcs != nil {
+			// Two pieces at most: below and above the area.
+			if lo < n.rcs.lo {
+				n.pg.Prefetch(lo, min(hi, n.rcs.lo), write)
+			}
+			lo = max(lo, n.rcs.hi)
+		}
+		if lo < hi {
+			n.pg.Prefetch(lo, hi, write)
+		}
+	})
 }
 
 // lockAnswer sends the answer to request id of a program, in the encoding

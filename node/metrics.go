@@ -238,6 +238,8 @@ var (
 		"Requests for a page served only after the minimum hold of a local fault.", nil, nil)
 	descReadAhead = prometheus.NewDesc("dsm_read_ahead_pages_total",
 		"Pages asked for ahead of a sequential reader.", nil, nil)
+	descPrefetch = prometheus.NewDesc("dsm_prefetch_pages_total",
+		"Pages asked for on a program's prefetch hint (Region.Prefetch).", nil, nil)
 	descCoherenceBytes = prometheus.NewDesc("dsm_coherence_sent_bytes_total",
 		"Bytes of coherence messages (pages included) handed to the transport.", nil, nil)
 	descRequests = prometheus.NewDesc("dsm_coherence_requests_total",
@@ -295,7 +297,7 @@ type collector struct {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descFaults, descResolved, descFaultsWaiting, descFaultLatency, descFaultStage,
-		descPages, descMigrations, descInstalls, descDrops, descHolds, descReadAhead,
+		descPages, descMigrations, descInstalls, descDrops, descHolds, descReadAhead, descPrefetch,
 		descCoherenceBytes, descRequests, descCoherenceRetransmits, descAnomalies,
 		descPrograms, descAttaches, descLockWait, descLocksWaiting,
 		descPeersUp, descPeerUp, descPeerRTT, descPeerSessions,
@@ -321,7 +323,7 @@ type metricsSnapshot struct {
 	locksWaiting                      int
 	migrationsIn, migrationsOut       uint64
 	installs, drops, holds            uint64
-	readAheads, bytesOut              uint64
+	readAheads, prefetches, bytesOut  uint64
 	programs                          int
 	attaches                          uint64
 	eng                               coherence.Stats
@@ -343,7 +345,7 @@ func (c *collector) snapshot() metricsSnapshot {
 		lockWaits: s.metrics.lockWaits, locksWaiting: len(n.locks.pending),
 		migrationsIn: pc.MigrationsIn, migrationsOut: pc.MigrationsOut,
 		installs: pc.Installs, drops: pc.Drops, holds: pc.Holds,
-		readAheads: pc.ReadAheads, bytesOut: s.bytesOut,
+		readAheads: pc.ReadAheads, prefetches: pc.Prefetches, bytesOut: s.bytesOut,
 		programs: len(n.progs), attaches: s.attaches,
 		eng: n.eng.Stats(),
 	}
@@ -403,6 +405,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descDrops, s.drops)
 	counter(descHolds, s.holds)
 	counter(descReadAhead, s.readAheads)
+	counter(descPrefetch, s.prefetches)
 	counter(descCoherenceBytes, s.bytesOut)
 	counter(descRequests, s.eng.Requests)
 	counter(descCoherenceRetransmits, s.eng.Retransmits)

@@ -122,6 +122,7 @@ func (n *Node) status() Status {
 			"in": c.MigrationsIn, "out": c.MigrationsOut,
 			"installs": c.Installs, "drops": c.Drops, "holds": c.Holds,
 			"read_ahead": c.ReadAheads,
+			"prefetch":   c.Prefetches,
 		},
 		BytesOut:  n.stats.bytesOut,
 		Latency:   n.stats.lat.percentiles(),

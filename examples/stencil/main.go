@@ -65,9 +65,10 @@ const resultPrefix = "RESULT "
 
 // workerParams are what every node's copy of the program needs.
 type workerParams struct {
-	N       int           `json:"n"`
-	Iters   int           `json:"iters"`
-	Timeout time.Duration `json:"timeout"`
+	N          int           `json:"n"`
+	Iters      int           `json:"iters"`
+	Timeout    time.Duration `json:"timeout"`
+	NoPrefetch bool          `json:"no_prefetch,omitempty"`
 }
 
 // Summary is the outcome of a run: what -json prints.
@@ -79,6 +80,9 @@ type Summary struct {
 	// barrier's release to the next; MeanMsPerIter is the mean.
 	MsPerIter     float64 `json:"ms_per_iter"`
 	MeanMsPerIter float64 `json:"mean_ms_per_iter"`
+	// Prefetch reports that the nodes asked for their halo ahead
+	// (jacobi.Run).
+	Prefetch bool `json:"prefetch"`
 	// Bands are the nodes' bands, by node, and the median time of their
 	// sweeps (halo faults included).
 	Bands []Band `json:"bands"`
@@ -110,6 +114,7 @@ func main() {
 	iters := flag.Int("iters", 100, "iterations")
 	asJSON := flag.Bool("json", false, "print one JSON object with the figures and the check instead of text")
 	readAhead := flag.Int("read-ahead", 0, "pages the daemons read ahead of sequential read faults (0: their default, -1: none)")
+	prefetch := flag.Bool("prefetch", true, "ask for the halo ahead and sweep the interior while it comes (false: sweep top to bottom, the halo comes by faults)")
 	timeout := flag.Duration("timeout", 5*time.Minute, "give up when the workers have not finished after this long")
 	flag.Parse()
 	switch {
@@ -131,9 +136,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if !*asJSON {
-		explain(*nodes, *n, *iters, *readAhead)
+		explain(*nodes, *n, *iters, *readAhead, *prefetch)
 	}
-	sum, err := run(ctx, workerParams{N: *n, Iters: *iters, Timeout: *timeout}, *nodes, *readAhead)
+	sum, err := run(ctx, workerParams{N: *n, Iters: *iters, Timeout: *timeout, NoPrefetch: !*prefetch}, *nodes, *readAhead)
 	if err != nil && !errors.Is(err, jacobi.ErrMismatch) {
 		fatal(err)
 	}
@@ -155,7 +160,7 @@ func fatal(err error) {
 }
 
 // explain says what the run does before it starts.
-func explain(nodes, n, iters, readAhead int) {
+func explain(nodes, n, iters, readAhead int, prefetch bool) {
 	ps := os.Getpagesize()
 	row := n * jacobi.CellBytes
 	on := "1 node"
@@ -177,6 +182,11 @@ func explain(nodes, n, iters, readAhead int) {
 		// read to the daemons (pager/readahead.go).
 		fmt.Println("The daemons' read-ahead also fetches a few pages past the halo, which their owner must then take")
 		fmt.Println("back when it writes them (-read-ahead -1 turns read-ahead off).")
+	}
+	if nodes > 1 && prefetch {
+		fmt.Println("Each iteration starts with prefetch hints (Region.Prefetch): the halo rows, and ownership of the band's")
+		fmt.Println("edge rows, which the neighbours read last time; the interior is swept while they come, the edge rows")
+		fmt.Println("last (-prefetch=false sweeps top to bottom and lets the halo come by faults).")
 	}
 	fmt.Println()
 }
@@ -312,6 +322,7 @@ func summarize(results []jacobi.Result, nodes, n, iters int) (Summary, error) {
 		}
 	}
 	if r0 := byNode[0]; r0 != nil {
+		s.Prefetch = r0.Prefetch
 		s.MsPerIter = medianMs(r0.IterNs)
 		var total int64
 		for _, d := range r0.IterNs {
@@ -359,7 +370,7 @@ func worker(js string) error {
 		return err
 	}
 	defer r.Close()
-	res, err := jacobi.Run(ctx, r, p.N, p.Iters)
+	res, err := jacobi.Run(ctx, r, jacobi.Config{N: p.N, Iters: p.Iters, NoPrefetch: p.NoPrefetch})
 	if err == nil || errors.Is(err, jacobi.ErrMismatch) {
 		b, merr := json.Marshal(res)
 		if merr != nil {

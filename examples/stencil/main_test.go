@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
@@ -57,9 +58,14 @@ func runDemo(t *testing.T, args ...string) (stdout, stderr string, err error) {
 func TestStencilPassesItsCheck(t *testing.T) {
 	uffdtest.Require(t)
 	const n, iters = 128, 5
-	for _, nodes := range []int{1, 2} {
-		t.Run("nodes="+strconv.Itoa(nodes), func(t *testing.T) {
-			stdout, stderr, err := runDemo(t, "-nodes", strconv.Itoa(nodes), "-n", strconv.Itoa(n), "-iters", strconv.Itoa(iters), "-json")
+	for _, c := range []struct {
+		nodes    int
+		prefetch bool
+	}{{1, true}, {2, true}, {3, true}, {2, false}} {
+		nodes := c.nodes
+		t.Run(fmt.Sprintf("nodes=%d/prefetch=%v", nodes, c.prefetch), func(t *testing.T) {
+			stdout, stderr, err := runDemo(t, "-nodes", strconv.Itoa(nodes), "-n", strconv.Itoa(n), "-iters", strconv.Itoa(iters), "-json",
+				"-prefetch="+strconv.FormatBool(c.prefetch))
 			require.NoError(t, err, "demo failed:\n%s\n%s", stdout, stderr)
 			var s Summary
 			require.NoError(t, json.Unmarshal([]byte(stdout), &s), stdout)
@@ -68,6 +74,7 @@ func TestStencilPassesItsCheck(t *testing.T) {
 			require.Equal(t, nodes, s.Nodes)
 			require.Equal(t, n, s.N)
 			require.Equal(t, iters, s.Iters)
+			require.Equal(t, nodes > 1 && c.prefetch, s.Prefetch, "prefetch hints are sent on more than one node unless turned off")
 			require.Positive(t, s.MsPerIter)
 			require.Positive(t, s.MeanMsPerIter)
 			// One band per node, covering every row in order, each

@@ -47,15 +47,21 @@ const (
 	LockOpReply                        // daemon → program: the answer to ID; Text is the error, if any
 	LockOpRecalled                     // daemon → program, unsolicited: another node wants Client's cached lock
 	LockOpLost                         // daemon → program, unsolicited: Client lost its lock (lease, home down)
+	// LockOpPrefetch is no lock operation: a prefetch hint rides the
+	// binary encoding because it is on the program's fast path, and wants
+	// no answer (ID 0). Token is the offset in the region, Limit the
+	// length, Flags PrefetchWrite or not.
+	LockOpPrefetch
 	lockOpLimit
 )
 
 // Flags of a LockMsg.
 const (
-	LockHeld   uint8 = 1 << iota // holding: the client still holds the lock
-	LockLeader                   // leader: a leader is known
-	LockRecall                   // reply to LockOpLockCached: others wait, do not keep it
-	LockFailed                   // reply: the request failed, Text says why
+	LockHeld      uint8 = 1 << iota // holding: the client still holds the lock
+	LockLeader                      // leader: a leader is known
+	LockRecall                      // reply to LockOpLockCached: others wait, do not keep it
+	LockFailed                      // reply: the request failed, Text says why
+	PrefetchWrite                   // LockOpPrefetch: the program will write the pages
 )
 
 // LockMsg is a binary lock message. Which fields count depends on Op.

@@ -19,6 +19,8 @@ type Result struct {
 	// Lo and Hi are the node's band: rows Lo..Hi-1.
 	Lo int `json:"lo"`
 	Hi int `json:"hi"`
+	// Prefetch reports that the node asked for its halo ahead (Run).
+	Prefetch bool `json:"prefetch"`
 	// IterNs is the time of each iteration in nanoseconds, from the
 	// release of one barrier to the release of the next: the sweep, the
 	// halo's page faults in it, and the wait for the slowest node.
@@ -40,31 +42,52 @@ const (
 	barrierChecked = "stencil/checked"
 )
 
+// Config is what every node of the cluster must give Run alike.
+type Config struct {
+	N     int // the grid is N×N cells
+	Iters int // iterations
+	// Alloc is given to the grids' allocation: dsm.ReleaseConsistent puts
+	// them in release-consistent memory, where the barrier is what
+	// carries each band's rows to the nodes that read them.
+	Alloc []dsm.AllocOption
+	// NoPrefetch sweeps each band top to bottom and lets the halo come
+	// by faults, instead of asking for it ahead (see Run).
+	NoPrefetch bool
+}
+
 // Run is the program each node of the cluster runs, with r attached to its
-// daemon: it allocates the two n×n grids in the shared region (page
+// daemon: it allocates the two N×N grids in the shared region (page
 // aligned, the same offsets on every node), initializes its band of both,
-// and then, iters times, sweeps its band of the new grid from the old one
+// and then, Iters times, sweeps its band of the new grid from the old one
 // and meets the other nodes at a barrier before the grids swap. At the end
 // it checks the whole final grid, as this node sees it, against Reference.
 //
-// Every node must call Run with the same n, iters and opts. opts are given
-// to the grids' allocation: dsm.ReleaseConsistent puts them in
-// release-consistent memory, where the barrier is what carries each band's
-// rows to the nodes that read them. The error wraps ErrMismatch when the
-// check failed; the Result is complete then too.
-func Run(ctx context.Context, r *dsm.Region, n, iters int, opts ...dsm.AllocOption) (Result, error) {
+// On more than one node, each iteration starts with prefetch hints
+// (Region.Prefetch): the neighbours' rows next to the band (the halo,
+// read copies) and ownership of the band's edge rows, which the
+// neighbours read as their halo the iteration before. The interior rows,
+// which need neither, are swept while those pages come, and the edge rows
+// last. The result is the same bit for bit: each row depends on the old
+// grid only.
+//
+// The error wraps ErrMismatch when the check failed; the Result is
+// complete then too.
+func Run(ctx context.Context, r *dsm.Region, cfg Config) (Result, error) {
+	n, iters := cfg.N, cfg.Iters
 	id, nodes, ps := r.NodeID(), r.Nodes(), r.PageSize()
-	res := Result{Node: id, Nodes: nodes, N: n, Iters: iters}
+	res := Result{Node: id, Nodes: nodes, N: n, Iters: iters, Prefetch: nodes > 1 && !cfg.NoPrefetch}
 	if n < 3 || nodes > n || iters < 1 {
 		return res, fmt.Errorf("jacobi: a %d×%d grid on %d nodes for %d iterations: want n >= 3, at most n nodes and at least one iteration", n, n, nodes, iters)
 	}
 	var grids [2][]float64
+	var offs [2]int
 	for i := range grids {
-		off, err := r.Alloc(fmt.Sprintf("stencil_grid_%d", i), GridBytes(n), ps, opts...)
+		off, err := r.Alloc(fmt.Sprintf("stencil_grid_%d", i), GridBytes(n), ps, cfg.Alloc...)
 		if err != nil {
 			return res, fmt.Errorf("jacobi: %w", err)
 		}
 		grids[i] = unsafe.Slice((*float64)(r.Ptr(off)), n*n)
+		offs[i] = off
 	}
 	res.Lo, res.Hi = Band(n, ps, nodes, id)
 	Init(grids[0], n, res.Lo, res.Hi)
@@ -76,7 +99,17 @@ func Run(ctx context.Context, r *dsm.Region, n, iters int, opts ...dsm.AllocOpti
 	res.SweepNs = make([]int64, iters)
 	prev := time.Now()
 	for it := 0; it < iters; it++ {
-		Sweep(grids[(it+1)%2], grids[it%2], n, res.Lo, res.Hi)
+		src, dst := grids[it%2], grids[(it+1)%2]
+		if res.Prefetch {
+			if err := prefetch(r, offs[it%2], offs[(it+1)%2], n, res.Lo, res.Hi); err != nil {
+				return res, fmt.Errorf("jacobi: node %d, iteration %d: %w", id, it, err)
+			}
+			Sweep(dst, src, n, res.Lo+1, res.Hi-1)
+			Sweep(dst, src, n, res.Lo, min(res.Lo+1, res.Hi))
+			Sweep(dst, src, n, max(res.Hi-1, res.Lo+1), res.Hi)
+		} else {
+			Sweep(dst, src, n, res.Lo, res.Hi)
+		}
 		swept := time.Now()
 		// No node may start the next sweep, which overwrites the grid
 		// this one read, before every node has finished reading it.
@@ -101,4 +134,33 @@ func Run(ctx context.Context, r *dsm.Region, n, iters int, opts ...dsm.AllocOpti
 		return res, fmt.Errorf("jacobi: node %d: %w", id, checkErr)
 	}
 	return res, nil
+}
+
+// prefetch asks for what the sweep of rows [lo, hi) from the grid at
+// offset srcOff into the one at dstOff needs from the neighbours: read
+// copies of their rows beside the band, and ownership of the band's edge
+// rows of dst, which they read as their halo the iteration before.
+func prefetch(r *dsm.Region, srcOff, dstOff, n, lo, hi int) error {
+	row := n * CellBytes
+	var hints [4]struct {
+		off    int
+		intent dsm.Intent
+	}
+	k := 0
+	if lo > 0 {
+		hints[k].off, hints[k].intent = srcOff+(lo-1)*row, dsm.ForRead
+		hints[k+1].off, hints[k+1].intent = dstOff+lo*row, dsm.ForWrite
+		k += 2
+	}
+	if hi < n {
+		hints[k].off, hints[k].intent = srcOff+hi*row, dsm.ForRead
+		hints[k+1].off, hints[k+1].intent = dstOff+(hi-1)*row, dsm.ForWrite
+		k += 2
+	}
+	for _, h := range hints[:k] {
+		if err := r.Prefetch(h.off, row, h.intent); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -1,0 +1,186 @@
+package dsm_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dsmrt/dsm/dsm"
+	"github.com/dsmrt/dsm/internal/ctl"
+	"github.com/dsmrt/dsm/node"
+)
+
+func init() { workers["prefetch"] = workPrefetch }
+
+// Pages of the prefetch test: node 1 writes both runs; node 0 prefetches
+// the first for reading and the second for writing.
+const (
+	prefetchRead, prefetchWrite, prefetchPages = 40, 80, 16
+)
+
+// ownStatus asks this program's daemon for its status, as dsmnode status
+// does.
+func ownStatus() (node.Status, error) {
+	var st node.Status
+	err := ctl.Call(os.Getenv(dsm.EnvSocket), ctl.Request{Op: ctl.OpStatus}, &st)
+	return st, err
+}
+
+// waitPrefetched waits until the daemon installed k more pages than it
+// had in before.
+func waitPrefetched(before node.Status, k uint64) (node.Status, error) {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st, err := ownStatus()
+		if err != nil {
+			return st, err
+		}
+		if st.Migrations["installs"] >= before.Migrations["installs"]+k {
+			return st, nil
+		}
+		if time.Now().After(deadline) {
+			return st, fmt.Errorf("%d of %d prefetched pages installed after 20 s (status %+v)",
+				st.Migrations["installs"]-before.Migrations["installs"], k, st.Migrations)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func faultCount(st node.Status) uint64 {
+	return st.Faults["read"] + st.Faults["write"] + st.Faults["write_protect"]
+}
+
+// workPrefetch: node 1 writes two runs of pages; node 0 prefetches the
+// first for reading and the second for writing, waits until its daemon
+// installed them, and then reads and writes them all without one fault;
+// node 1 then reads node 0's writes.
+func workPrefetch(r *dsm.Region) error {
+	ctx := context.Background()
+	ps := r.PageSize()
+	val := func(p, w int) uint64 { return uint64(p*ps+w) | 1<<40 }
+	if r.NodeID() == 1 {
+		for _, first := range []int{prefetchRead, prefetchWrite} {
+			for p := first; p < first+prefetchPages; p++ {
+				for w := 0; w < ps; w += 512 {
+					atomic.StoreUint64(word(r, p*ps+w), val(p, w))
+				}
+			}
+		}
+	}
+	if err := r.Barrier(ctx, "written", r.Nodes()); err != nil {
+		return err
+	}
+	if r.NodeID() == 0 {
+		before, err := ownStatus()
+		if err != nil {
+			return err
+		}
+		if err := r.Prefetch(prefetchRead*ps, prefetchPages*ps, dsm.ForRead); err != nil {
+			return err
+		}
+		// Not page aligned: the pages that hold the bytes.
+		if err := r.Prefetch(prefetchWrite*ps+100, prefetchPages*ps-200, dsm.ForWrite); err != nil {
+			return err
+		}
+		after, err := waitPrefetched(before, 2*prefetchPages)
+		if err != nil {
+			return err
+		}
+		for p := prefetchRead; p < prefetchRead+prefetchPages; p++ {
+			for w := 0; w < ps; w += 512 {
+				if got := atomic.LoadUint64(word(r, p*ps+w)); got != val(p, w) {
+					return fmt.Errorf("prefetched page %d word %d = %#x, want %#x", p, w, got, val(p, w))
+				}
+			}
+		}
+		for p := prefetchWrite; p < prefetchWrite+prefetchPages; p++ {
+			for w := 0; w < ps; w += 512 {
+				atomic.AddUint64(word(r, p*ps+w), 1)
+			}
+		}
+		end, err := ownStatus()
+		if err != nil {
+			return err
+		}
+		if n := faultCount(end) - faultCount(before); n != 0 {
+			return fmt.Errorf("%d faults on prefetched pages (before %v, after %v)", n, before.Faults, end.Faults)
+		}
+		fmt.Printf("prefetch ok: %d pages asked for, %d installed, no fault\n",
+			after.Migrations["prefetch"]-before.Migrations["prefetch"], after.Migrations["installs"]-before.Migrations["installs"])
+	}
+	if err := r.Barrier(ctx, "used", r.Nodes()); err != nil {
+		return err
+	}
+	if r.NodeID() == 1 {
+		for p := prefetchWrite; p < prefetchWrite+prefetchPages; p++ {
+			for w := 0; w < ps; w += 512 {
+				if got := atomic.LoadUint64(word(r, p*ps+w)); got != val(p, w)+1 {
+					return fmt.Errorf("page %d word %d = %#x after node 0's write, want %#x", p, w, got, val(p, w)+1)
+				}
+			}
+		}
+		fmt.Println("writes seen")
+	}
+	return r.Barrier(ctx, "done", r.Nodes())
+}
+
+// Prefetched pages come without a fault: read copies and ownership, and
+// the writes made to pages prefetched for writing reach the other node.
+func TestPrefetch(t *testing.T) {
+	c := startCluster(t, 2)
+	out := runWorkers(t, c, "prefetch")
+	t.Log(out)
+	require.Contains(t, out, fmt.Sprintf("prefetch ok: %d pages asked for, %d installed, no fault", 2*prefetchPages, 2*prefetchPages), out)
+	require.Contains(t, out, "writes seen", out)
+}
+
+func init() { workers["prefetchbad"] = workPrefetchBad }
+
+// workPrefetchBad: what Prefetch refuses, and what it takes without
+// asking for anything.
+func workPrefetchBad(r *dsm.Region) error {
+	size := r.Size()
+	for _, c := range []struct {
+		off, n int
+		intent dsm.Intent
+		want   string
+	}{
+		{-1, 10, dsm.ForRead, "outside the region"},
+		{0, -1, dsm.ForRead, "outside the region"},
+		{size - 10, 11, dsm.ForWrite, "outside the region"},
+		{size + 1, 0, dsm.ForRead, "outside the region"},
+		{0, 10, dsm.Intent(7), "use dsm.ForRead or dsm.ForWrite"},
+	} {
+		err := r.Prefetch(c.off, c.n, c.intent)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			return fmt.Errorf("Prefetch(%d, %d, %d) = %v, want an error saying %q", c.off, c.n, c.intent, err, c.want)
+		}
+	}
+	for _, c := range []struct{ off, n int }{{0, 0}, {size, 0}, {size - 1, 1}} {
+		if err := r.Prefetch(c.off, c.n, dsm.ForRead); err != nil {
+			return fmt.Errorf("Prefetch(%d, %d): %w", c.off, c.n, err)
+		}
+	}
+	if err := r.Close(); err != nil {
+		return err
+	}
+	if err := r.Prefetch(0, 10, dsm.ForRead); err == nil || !strings.Contains(err.Error(), "closed") {
+		return fmt.Errorf("Prefetch after Close = %v, want an error saying the region is closed", err)
+	}
+	fmt.Println("refused ok")
+	return nil
+}
+
+// Prefetch refuses ranges outside the region, unknown intents and a closed
+// region, by name; empty ranges are fine.
+func TestPrefetchRefuses(t *testing.T) {
+	c := startCluster(t, 1)
+	out := runWorkers(t, c, "prefetchbad")
+	require.Contains(t, out, "refused ok", out)
+}
