@@ -426,42 +426,65 @@ const (
 	ForWrite
 )
 
+// Hint is one range of a prefetch: the bytes [Off, Off+Len) of the
+// region, and what the program will do with them.
+type Hint struct {
+	Off, Len int
+	Intent   Intent
+}
+
+// maxHints is how many hints travel in one message to the daemon.
+const maxHints = 256
+
 // Prefetch asks this node's daemon to fetch the pages holding the bytes
-// [off, off+n) of the region ahead of the program's accesses, and returns
-// at once: the daemon asks for every page that is not already here with
-// the access intent wants, as a fault on it would, and the program goes
-// on computing meanwhile. An access to a page still on its way faults and
+// of each hint ahead of the program's accesses, and returns at once: the
+// daemon asks for every page that is not already here with the access the
+// hint's intent wants, as a fault on it would, and the program goes on
+// computing meanwhile. An access to a page still on its way faults and
 // waits for the same transfer, so a prefetch never makes an access wait
 // longer than it would have. It is a hint: nothing says when the pages
-// come, or that they are still here when the program gets to them (another
-// node may take them back), and memory stays coherent either way.
+// come, or that they are still here when the program gets to them
+// (another node may take them back), and memory stays coherent either way.
 //
 // Prefetch pays when a program knows which remote pages it needs next and
 // has other work to do meanwhile: a stencil asks for its halo rows (and
 // for ownership of its edge rows) after a barrier and sweeps its interior
-// while they come. A wrong ForWrite hint costs what a needless write
-// fault costs: the page moves here and back.
+// while they come. The hints of one call reach the daemon in one message
+// (up to 256 of them), and the requests they make leave together, sharing
+// datagrams: give them in one call. A wrong ForWrite hint costs what a
+// needless write fault costs: the page moves here and back.
 //
 // Release-consistent memory is left alone: its pages come at an acquire.
-// A range outside the region is an error, and so is an unknown intent.
-func (r *Region) Prefetch(off, n int, intent Intent) error {
-	if off < 0 || n < 0 || off > len(r.mem) || n > len(r.mem)-off {
-		return fmt.Errorf("dsm: prefetch of %d bytes at offset %d: outside the region of %d bytes", n, off, len(r.mem))
-	}
-	if intent != ForRead && intent != ForWrite {
-		return fmt.Errorf("dsm: prefetch intent %d: use dsm.ForRead or dsm.ForWrite", intent)
-	}
-	if n == 0 {
-		return nil
-	}
-	m := ctl.LockMsg{Op: ctl.LockOpPrefetch, Token: uint64(off), Limit: uint64(n)}
-	if intent == ForWrite {
-		m.Flags = ctl.PrefetchWrite
+// A hint outside the region or with an unknown intent is an error, and
+// then no hint of the call is sent.
+func (r *Region) Prefetch(hints ...Hint) error {
+	for _, h := range hints {
+		if h.Off < 0 || h.Len < 0 || h.Off > len(r.mem) || h.Len > len(r.mem)-h.Off {
+			return fmt.Errorf("dsm: prefetch of %d bytes at offset %d: outside the region of %d bytes", h.Len, h.Off, len(r.mem))
+		}
+		if h.Intent != ForRead && h.Intent != ForWrite {
+			return fmt.Errorf("dsm: prefetch intent %d: use dsm.ForRead or dsm.ForWrite", h.Intent)
+		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if err := r.sendLockLocked(&m); err != nil {
-		return fmt.Errorf("dsm: prefetch: %w", err)
+	for len(hints) > 0 {
+		k := min(len(hints), maxHints)
+		var buf [maxHints * ctl.PrefetchHintLen]byte
+		b := buf[:0]
+		for _, h := range hints[:k] {
+			if h.Len > 0 {
+				b = ctl.AppendPrefetchHint(b, uint64(h.Off), uint64(h.Len), h.Intent == ForWrite)
+			}
+		}
+		hints = hints[k:]
+		if len(b) == 0 {
+			continue
+		}
+		m := ctl.LockMsg{Op: ctl.LockOpPrefetch, Text: string(b)}
+		if err := r.sendLockLocked(&m); err != nil {
+			return fmt.Errorf("dsm: prefetch: %w", err)
+		}
 	}
 	return nil
 }

@@ -81,11 +81,11 @@ func workPrefetch(r *dsm.Region) error {
 		if err != nil {
 			return err
 		}
-		if err := r.Prefetch(prefetchRead*ps, prefetchPages*ps, dsm.ForRead); err != nil {
-			return err
-		}
-		// Not page aligned: the pages that hold the bytes.
-		if err := r.Prefetch(prefetchWrite*ps+100, prefetchPages*ps-200, dsm.ForWrite); err != nil {
+		// Two hints in one call; the second not page aligned: the
+		// pages that hold the bytes.
+		err = r.Prefetch(dsm.Hint{Off: prefetchRead * ps, Len: prefetchPages * ps, Intent: dsm.ForRead},
+			dsm.Hint{Off: prefetchWrite*ps + 100, Len: prefetchPages*ps - 200, Intent: dsm.ForWrite})
+		if err != nil {
 			return err
 		}
 		after, err := waitPrefetched(before, 2*prefetchPages)
@@ -157,20 +157,32 @@ func workPrefetchBad(r *dsm.Region) error {
 		{size + 1, 0, dsm.ForRead, "outside the region"},
 		{0, 10, dsm.Intent(7), "use dsm.ForRead or dsm.ForWrite"},
 	} {
-		err := r.Prefetch(c.off, c.n, c.intent)
+		// A bad hint beside a good one: the call is refused.
+		err := r.Prefetch(dsm.Hint{Off: 0, Len: 10}, dsm.Hint{Off: c.off, Len: c.n, Intent: c.intent})
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			return fmt.Errorf("Prefetch(%d, %d, %d) = %v, want an error saying %q", c.off, c.n, c.intent, err, c.want)
 		}
 	}
 	for _, c := range []struct{ off, n int }{{0, 0}, {size, 0}, {size - 1, 1}} {
-		if err := r.Prefetch(c.off, c.n, dsm.ForRead); err != nil {
+		if err := r.Prefetch(dsm.Hint{Off: c.off, Len: c.n}); err != nil {
 			return fmt.Errorf("Prefetch(%d, %d): %w", c.off, c.n, err)
 		}
+	}
+	if err := r.Prefetch(); err != nil {
+		return fmt.Errorf("Prefetch(): %w", err)
+	}
+	// More hints than one message holds.
+	many := make([]dsm.Hint, 600)
+	for i := range many {
+		many[i] = dsm.Hint{Off: i * r.PageSize(), Len: 1, Intent: dsm.Intent(i % 2)}
+	}
+	if err := r.Prefetch(many...); err != nil {
+		return fmt.Errorf("Prefetch of 600 hints: %w", err)
 	}
 	if err := r.Close(); err != nil {
 		return err
 	}
-	if err := r.Prefetch(0, 10, dsm.ForRead); err == nil || !strings.Contains(err.Error(), "closed") {
+	if err := r.Prefetch(dsm.Hint{Off: 0, Len: 10}); err == nil || !strings.Contains(err.Error(), "closed") {
 		return fmt.Errorf("Prefetch after Close = %v, want an error saying the region is closed", err)
 	}
 	fmt.Println("refused ok")

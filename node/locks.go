@@ -119,38 +119,46 @@ func (n *Node) lockBinary(ctx context.Context, c *net.UnixConn, p *prog, b []byt
 		return
 	}
 	if m.Op == ctl.LockOpPrefetch {
-		n.prefetch(ctx, p, m.Token, m.Limit, m.Flags&ctl.PrefetchWrite != 0)
+		n.prefetch(ctx, p, m.Text)
 		return
 	}
 	n.serveLock(ctx, c, p, m, true)
 }
 
-// prefetch serves a program's prefetch hint for the bytes [off, off+size)
-// of the region (dsm's Region.Prefetch): the pager asks for the pages
-// that are not there yet, as faults would, and nobody waits for them. The
+// prefetch serves a program's prefetch hints (dsm's Region.Prefetch): the
+// pager asks for the pages of each range that are not there yet, as
+// faults would, and nobody waits for them. All the hints of a message are
+// served in one batch, so that their requests share datagrams. The
 // release-consistent area is left alone: its pages come at an acquire.
-// The program checked the range; a hint outside the region is dropped
+// The program checked the ranges; hints outside the region are dropped
 // and logged, as nobody waits for an answer.
-func (n *Node) prefetch(ctx context.Context, p *prog, off, size uint64, write bool) {
-	if size == 0 {
-		return
-	}
-	if off >= n.cfg.Size || size > n.cfg.Size-off {
-		n.log.Warn("prefetch outside the region dropped", "pid", p.pid, "offset", off, "size", size, "region", n.cfg.Size)
+func (n *Node) prefetch(ctx context.Context, p *prog, text string) {
+	hints, err := ctl.ParsePrefetchHints(text, nil)
+	if err != nil {
+		n.log.Warn("malformed prefetch hints dropped", "pid", p.pid, "err", err)
 		return
 	}
 	ps := uint64(n.ps)
-	lo, hi := coherence.PageID(off/ps), coherence.PageID((off+size+ps-1)/ps)
 	n.do(ctx, func() {
-		if n.rcs != nil {
-			// Two pieces at most: below and above the area.
-			if lo < n.rcs.lo {
-				n.pg.Prefetch(lo, min(hi, n.rcs.lo), write)
+		for _, h := range hints {
+			if h.Size == 0 {
+				continue
 			}
-			lo = max(lo, n.rcs.hi)
-		}
-		if lo < hi {
-			n.pg.Prefetch(lo, hi, write)
+			if h.Off >= n.cfg.Size || h.Size > n.cfg.Size-h.Off {
+				n.log.Warn("prefetch outside the region dropped", "pid", p.pid, "offset", h.Off, "size", h.Size, "region", n.cfg.Size)
+				continue
+			}
+			lo, hi := coherence.PageID(h.Off/ps), coherence.PageID((h.Off+h.Size+ps-1)/ps)
+			if n.rcs != nil {
+				// Two pieces at most: below and above the area.
+				if lo < n.rcs.lo {
+					n.pg.Prefetch(lo, min(hi, n.rcs.lo), h.Write)
+				}
+				lo = max(lo, n.rcs.hi)
+			}
+			if lo < hi {
+				n.pg.Prefetch(lo, hi, h.Write)
+			}
 		}
 	})
 }

@@ -47,22 +47,61 @@ const (
 	LockOpReply                        // daemon → program: the answer to ID; Text is the error, if any
 	LockOpRecalled                     // daemon → program, unsolicited: another node wants Client's cached lock
 	LockOpLost                         // daemon → program, unsolicited: Client lost its lock (lease, home down)
-	// LockOpPrefetch is no lock operation: a prefetch hint rides the
-	// binary encoding because it is on the program's fast path, and wants
-	// no answer (ID 0). Token is the offset in the region, Limit the
-	// length, Flags PrefetchWrite or not.
+	// LockOpPrefetch is no lock operation: prefetch hints ride the
+	// binary encoding because they are on the program's fast path, and
+	// want no answer (ID 0). Text holds the hints (AppendPrefetchHint).
 	LockOpPrefetch
 	lockOpLimit
 )
 
 // Flags of a LockMsg.
 const (
-	LockHeld      uint8 = 1 << iota // holding: the client still holds the lock
-	LockLeader                      // leader: a leader is known
-	LockRecall                      // reply to LockOpLockCached: others wait, do not keep it
-	LockFailed                      // reply: the request failed, Text says why
-	PrefetchWrite                   // LockOpPrefetch: the program will write the pages
+	LockHeld   uint8 = 1 << iota // holding: the client still holds the lock
+	LockLeader                   // leader: a leader is known
+	LockRecall                   // reply to LockOpLockCached: others wait, do not keep it
+	LockFailed                   // reply: the request failed, Text says why
 )
+
+// PrefetchHintLen is the size of one hint in a LockOpPrefetch message:
+// the offset and the length in the region (8 bytes each, little endian),
+// then 1 if the program will write the bytes, 0 if it will read them.
+const PrefetchHintLen = 17
+
+// AppendPrefetchHint appends one hint of a LockOpPrefetch message to dst.
+func AppendPrefetchHint(dst []byte, off, size uint64, write bool) []byte {
+	dst = binary.LittleEndian.AppendUint64(dst, off)
+	dst = binary.LittleEndian.AppendUint64(dst, size)
+	if write {
+		return append(dst, 1)
+	}
+	return append(dst, 0)
+}
+
+// PrefetchHint is one hint of a LockOpPrefetch message.
+type PrefetchHint struct {
+	Off, Size uint64
+	Write     bool
+}
+
+// ParsePrefetchHints appends the hints of a LockOpPrefetch message's Text
+// to dst.
+func ParsePrefetchHints(text string, dst []PrefetchHint) ([]PrefetchHint, error) {
+	if len(text)%PrefetchHintLen != 0 {
+		return dst, fmt.Errorf("%w: %d bytes of prefetch hints, not a multiple of %d", ErrBadLockMsg, len(text), PrefetchHintLen)
+	}
+	for i := 0; i < len(text); i += PrefetchHintLen {
+		h := text[i : i+PrefetchHintLen]
+		if h[16] > 1 {
+			return dst, fmt.Errorf("%w: prefetch intent %d", ErrBadLockMsg, h[16])
+		}
+		dst = append(dst, PrefetchHint{
+			Off:   binary.LittleEndian.Uint64([]byte(h[:8])),
+			Size:  binary.LittleEndian.Uint64([]byte(h[8:16])),
+			Write: h[16] == 1,
+		})
+	}
+	return dst, nil
+}
 
 // LockMsg is a binary lock message. Which fields count depends on Op.
 type LockMsg struct {

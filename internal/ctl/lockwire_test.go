@@ -4,6 +4,8 @@ import (
 	"errors"
 	"net"
 	"os"
+	"slices"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -106,4 +108,36 @@ func FuzzParseLockMsg(f *testing.F) {
 			t.Fatalf("%+v encodes to a message that parses to %+v (%v)", m, again, err)
 		}
 	})
+}
+
+func TestPrefetchHints(t *testing.T) {
+	var text []byte
+	text = AppendPrefetchHint(text, 4096, 8192, false)
+	text = AppendPrefetchHint(text, 1<<40, 1, true)
+	m := LockMsg{Op: LockOpPrefetch, Text: string(text)}
+	got, err := ParseLockMsg(m.AppendBinary(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hints, err := ParsePrefetchHints(got.Text, nil)
+	want := []PrefetchHint{{Off: 4096, Size: 8192}, {Off: 1 << 40, Size: 1, Write: true}}
+	if err != nil || !slices.Equal(hints, want) {
+		t.Fatalf("ParsePrefetchHints = %v, %v; want %v", hints, err, want)
+	}
+	for _, c := range []struct {
+		name, text, want string
+	}{
+		{"short", string(text[:PrefetchHintLen+3]), "not a multiple of 17"},
+		{"unknown intent", string(append(text[:PrefetchHintLen-1:PrefetchHintLen-1], 2)), "prefetch intent 2"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParsePrefetchHints(c.text, nil)
+			if !errors.Is(err, ErrBadLockMsg) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v, want ErrBadLockMsg saying %q", err, c.want)
+			}
+		})
+	}
+	if none, err := ParsePrefetchHints("", nil); err != nil || len(none) != 0 {
+		t.Fatalf("no hints: %v, %v", none, err)
+	}
 }

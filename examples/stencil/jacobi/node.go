@@ -139,28 +139,21 @@ func Run(ctx context.Context, r *dsm.Region, cfg Config) (Result, error) {
 // prefetch asks for what the sweep of rows [lo, hi) from the grid at
 // offset srcOff into the one at dstOff needs from the neighbours: read
 // copies of their rows beside the band, and ownership of the band's edge
-// rows of dst, which they read as their halo the iteration before.
+// rows of dst, which they read as their halo the iteration before. The
+// hints go in one call, so that the daemon's requests share datagrams.
 func prefetch(r *dsm.Region, srcOff, dstOff, n, lo, hi int) error {
 	row := n * CellBytes
-	var hints [4]struct {
-		off    int
-		intent dsm.Intent
-	}
+	var hints [4]dsm.Hint
 	k := 0
 	if lo > 0 {
-		hints[k].off, hints[k].intent = srcOff+(lo-1)*row, dsm.ForRead
-		hints[k+1].off, hints[k+1].intent = dstOff+lo*row, dsm.ForWrite
+		hints[k] = dsm.Hint{Off: srcOff + (lo-1)*row, Len: row, Intent: dsm.ForRead}
+		hints[k+1] = dsm.Hint{Off: dstOff + lo*row, Len: row, Intent: dsm.ForWrite}
 		k += 2
 	}
 	if hi < n {
-		hints[k].off, hints[k].intent = srcOff+hi*row, dsm.ForRead
-		hints[k+1].off, hints[k+1].intent = dstOff+(hi-1)*row, dsm.ForWrite
+		hints[k] = dsm.Hint{Off: srcOff + hi*row, Len: row, Intent: dsm.ForRead}
+		hints[k+1] = dsm.Hint{Off: dstOff + (hi-1)*row, Len: row, Intent: dsm.ForWrite}
 		k += 2
 	}
-	for _, h := range hints[:k] {
-		if err := r.Prefetch(h.off, row, h.intent); err != nil {
-			return err
-		}
-	}
-	return nil
+	return r.Prefetch(hints[:k]...)
 }
