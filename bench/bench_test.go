@@ -94,6 +94,7 @@ var requiredFigures = []string{
 	"locks/uncontended/home=remote",
 	"locks/reacquire",
 	"locks/handoff",
+	"locks/handoff/held",
 	"heap/floor/go_new",
 	"heap/new",
 	"heap/free",
@@ -236,6 +237,11 @@ func TestSuiteQuick(t *testing.T) {
 	}
 	assert.Equal(t, "locks/floor/sync_mutex_uncontended", figs["locks/uncontended/home=remote"].Floor)
 	assert.Equal(t, "locks/floor/sync_mutex_handoff", figs["locks/handoff"].Floor)
+	// The held hand-off is compared with the fault chain and counts its
+	// hand-offs (how many depends on timing: at least one).
+	held := figs["locks/handoff/held"]
+	assert.Equal(t, "limit/chain", held.Floor)
+	assert.Positive(t, held.Params["handoffs"])
 	// The stencil passed its check on every node, and each cluster size is
 	// compared with the one-node run.
 	for _, k := range []string{"stencil/nodes=1", "stencil/nodes=2", "stencil/noprefetch/nodes=2"} {

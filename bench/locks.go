@@ -37,6 +37,7 @@ const (
 	keyLockRemote       = "locks/uncontended/home=remote"
 	keyLockReacquire    = "locks/reacquire"
 	keyLockHandoff      = "locks/handoff"
+	keyLockHandoffHeld  = "locks/handoff/held"
 	keyFloorUncontended = "locks/floor/sync_mutex_uncontended"
 	keyFloorHandoff     = "locks/floor/sync_mutex_handoff"
 )
@@ -123,58 +124,86 @@ func (s *suite) locks(ctx context.Context) error {
 
 		s.prog.step("2 nodes, contended")
 		sp := spec{Mode: modeLockContend, Tag: "contend", Lock: lockNameHomedOn(2, 0, "bench/lock/contended"), First: firstPage, Iters: s.cfg.LockHandoffs}
-		out, err := s.runWorkers(ctx, c, logs, sp)
-		if err != nil {
+		if err := s.lockHandoffs(ctx, c, logs, sp, keyLockHandoff, keyFloorHandoff,
+			"distributed Mutex hand-off between two nodes under contention (Unlock on one to Lock returning on the other)"); err != nil {
 			return err
 		}
-		var all []int64
-		var first, last int64
-		acq, repeats := 0, 0
-		for _, r := range out.results {
-			if r.Ops != sp.Iters || r.Start == 0 || r.End < r.Start {
-				return fmt.Errorf("contended: node %d reported %d of %d acquisitions", r.Node, r.Ops, sp.Iters)
-			}
-			all = append(all, r.Samples...)
-			acq += r.Ops
-			repeats += r.Repeats
-			if first == 0 || r.Start < first {
-				first = r.Start
-			}
-			last = max(last, r.End)
-		}
-		r0, _ := out.byNode(0)
-		if r0.Final != uint64(acq) {
-			return fmt.Errorf("contended: the counter is %d after %d increments under the lock: increments were lost", r0.Final, acq)
-		}
-		if len(all) == 0 || last <= first {
-			return errors.New("contended: no hand-off between the nodes was seen")
-		}
-		rate := float64(acq) / (float64(last-first) / 1e9)
-		params := map[string]any{"acquisitions_per_node": sp.Iters, "lock": sp.Lock, "lock_home": "node 0"}
-		note := fmt.Sprintf("%d acquisitions, %d by the node that held the lock last; the critical section moves the protected page", acq, repeats)
-		if fr, ok := s.res.figure(keyFloorHandoff); ok && fr.AcquisitionsPerSec > 0 {
-			note += fmt.Sprintf("; sync.Mutex: %s (%s× ours)", fmtRate(fr.AcquisitionsPerSec, "acquisitions/s"), trimFloat(fr.AcquisitionsPerSec/rate, 0))
-		}
-		s.addLatency(Figure{Key: keyLockHandoff, Part: "locks", Nodes: 2, Compare: cmpFloor, Floor: keyFloorHandoff,
-			Name:   "distributed Mutex hand-off between two nodes under contention (Unlock on one to Lock returning on the other)",
-			Params: params, AcquisitionsPerSec: rate, Note: note}, all)
-		for _, d := range []struct {
-			id   int
-			tag  string
-			name string
-		}{
-			{0, "acquirer=home", "hand-off to the lock's home node"},
-			{1, "acquirer=other", "hand-off to the node that is not the lock's home"},
-		} {
-			r, _ := out.byNode(d.id)
-			if len(r.Samples) == 0 {
-				continue
-			}
-			s.addLatency(Figure{Key: keyLockHandoff + "/" + d.tag, Part: "locks", Nodes: 2, Compare: cmpFloor, Floor: keyFloorHandoff,
-				Name: "distributed Mutex " + d.name, Params: params}, r.Samples)
-		}
-		return nil
+		// Back to back, the node that holds the lock cached takes it again
+		// until the other's request recalls it, and one node may finish
+		// before it does: few hand-offs. When each node stays a while in
+		// its critical section, the other's request waits at every
+		// Unlock: nearly every acquisition is a hand-off, and the time
+		// from the Unlock to the other's Lock returning is the hand-off
+		// alone.
+		s.prog.step("2 nodes, contended, lock held")
+		sp = spec{Mode: modeLockContend, Tag: "held", Lock: lockNameHomedOn(2, 0, "bench/lock/held"), First: firstPage + 1,
+			Iters: max(10, s.cfg.LockHandoffs/10), Hold: lockHold}
+		return s.lockHandoffs(ctx, c, logs, sp, keyLockHandoffHeld, keyLimitChain,
+			fmt.Sprintf("distributed Mutex hand-off between two nodes, each holding the lock %v (Unlock on one to Lock returning on the other, which waited)", lockHold))
 	})
+}
+
+// lockHold is how long each node keeps the lock in the held hand-off:
+// longer than a request takes to reach the lock's home, so that the other
+// node waits at every Unlock.
+const lockHold = 500 * time.Microsecond
+
+// lockHandoffs runs the contended lock mode sp on both nodes of c and
+// records the hand-offs as figure key, compared with the figure floor.
+func (s *suite) lockHandoffs(ctx context.Context, c *cluster.Cluster, logs *tailBuffer, sp spec, key, floor, name string) error {
+	out, err := s.runWorkers(ctx, c, logs, sp)
+	if err != nil {
+		return err
+	}
+	var all []int64
+	var first, last int64
+	acq, repeats := 0, 0
+	for _, r := range out.results {
+		if r.Ops != sp.Iters || r.Start == 0 || r.End < r.Start {
+			return fmt.Errorf("%s: node %d reported %d of %d acquisitions", sp.Tag, r.Node, r.Ops, sp.Iters)
+		}
+		all = append(all, r.Samples...)
+		acq += r.Ops
+		repeats += r.Repeats
+		if first == 0 || r.Start < first {
+			first = r.Start
+		}
+		last = max(last, r.End)
+	}
+	r0, _ := out.byNode(0)
+	if r0.Final != uint64(acq) {
+		return fmt.Errorf("%s: the counter is %d after %d increments under the lock: increments were lost", sp.Tag, r0.Final, acq)
+	}
+	if len(all) == 0 || last <= first {
+		return fmt.Errorf("%s: no hand-off between the nodes was seen", sp.Tag)
+	}
+	rate := float64(acq) / (float64(last-first) / 1e9)
+	params := map[string]any{"acquisitions_per_node": sp.Iters, "lock": sp.Lock, "lock_home": "node 0", "handoffs": len(all)}
+	if sp.Hold > 0 {
+		params["hold_ns"] = sp.Hold.Nanoseconds()
+	}
+	note := fmt.Sprintf("%d acquisitions, %d hand-offs, %d by the node that held the lock last; the critical section moves the protected page", acq, len(all), repeats)
+	if fr, ok := s.res.figure(keyFloorHandoff); ok && fr.AcquisitionsPerSec > 0 && sp.Hold == 0 {
+		note += fmt.Sprintf("; sync.Mutex: %s (%s× ours)", fmtRate(fr.AcquisitionsPerSec, "acquisitions/s"), trimFloat(fr.AcquisitionsPerSec/rate, 0))
+	}
+	s.addLatency(Figure{Key: key, Part: "locks", Nodes: 2, Compare: cmpFloor, Floor: floor,
+		Name: name, Params: params, AcquisitionsPerSec: rate, Note: note}, all)
+	for _, d := range []struct {
+		id   int
+		tag  string
+		name string
+	}{
+		{0, "acquirer=home", "hand-off to the lock's home node"},
+		{1, "acquirer=other", "hand-off to the node that is not the lock's home"},
+	} {
+		r, _ := out.byNode(d.id)
+		if len(r.Samples) == 0 {
+			continue
+		}
+		s.addLatency(Figure{Key: key + "/" + d.tag, Part: "locks", Nodes: 2, Compare: cmpFloor, Floor: floor,
+			Name: "distributed Mutex " + d.name, Params: params}, r.Samples)
+	}
+	return nil
 }
 
 // syncFloor is what measureSyncMutex measured.
@@ -404,6 +433,9 @@ func (w *worker) lockContend(res *workerResult) error {
 			}
 			samples = append(samples, d)
 		}
+		if w.sp.Hold > 0 {
+			time.Sleep(w.sp.Hold)
+		}
 		*word(lwCounter)++ // a plain read-modify-write: only the lock keeps it exact
 		*word(lwHolder) = me
 		*word(lwInside) = 0
@@ -413,6 +445,7 @@ func (w *worker) lockContend(res *workerResult) error {
 		if err := m.Unlock(); err != nil {
 			return fmt.Errorf("acquisition %d: %w", i, err)
 		}
+
 	}
 	res.Samples, res.Ops, res.Checked = samples, w.sp.Iters, w.sp.Iters
 	if err := w.barrier("end", 0); err != nil {

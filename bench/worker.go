@@ -75,6 +75,9 @@ type spec struct {
 	Depth   int    `json:"depth,omitempty"` // scan: read-ahead depth
 	Iters   int    `json:"iters,omitempty"` // turns: turns per node; locks: pairs or acquisitions per node
 	Lock    string `json:"lock,omitempty"`  // locks: the mutex's name
+	// Hold is how long each node of the contended lock mode stays in
+	// its critical section (0: only the increment).
+	Hold time.Duration `json:"hold,omitempty"`
 	// Daemons, when set, has node 0 measure what its timed windows cost
 	// the processes (read, owner and scan modes; see FaultCost): every
 	// daemon of the cluster, in node order.
