@@ -87,6 +87,13 @@ type Region struct {
 	cached      map[uint64]*Mutex // lock client -> the Mutex that may keep its lock
 	lockMsgs    atomic.Uint64     // lock messages sent to the daemon
 
+	// Reply connections (replyconn.go), under mu: join is the secret
+	// that joins them ("" when the daemon refused one), replySlots the
+	// slots taken, replyIdle the connections no call waits on.
+	join       string
+	replySlots [ctl.MaxSlots]bool
+	replyIdle  []*replyConn
+
 	hp heapState // the shared heap, as this program sees it
 }
 
@@ -172,11 +179,12 @@ func attach(ctx context.Context, c *net.UnixConn, opts Options) (*Region, error)
 	if rep.Error != "" {
 		return fail(errors.New(rep.Error))
 	}
+	join := rep.Join
 	c.SetDeadline(noDeadline)
 	// The program keeps its own reference to the userfaultfd: if the
 	// daemon dies, faults stay blocked (instead of silently reading zeros)
 	// until the watcher has made the region inaccessible.
-	r := &Region{geo: geo, mem: mem, u: u, conn: c, opts: opts, calls: map[uint64]chan ctl.Reply{}, done: make(chan struct{})}
+	r := &Region{geo: geo, mem: mem, u: u, conn: c, opts: opts, calls: map[uint64]chan ctl.Reply{}, done: make(chan struct{}), join: join}
 	go r.watch()
 	return r, nil
 }
@@ -504,6 +512,7 @@ func (r *Region) Close() error {
 	}
 	r.closing = true
 	lost := r.lost
+	r.closeReplies()
 	r.mu.Unlock()
 	err := uffd.Unmap(r.mem)
 	r.conn.Close()

@@ -58,8 +58,13 @@ type daemonError string
 
 func (e daemonError) Error() string { return string(e) }
 
-// callLock is call for a binary lock request.
+// callLock is call for a binary lock request: its reply is read by the
+// calling goroutine on a reply connection when one is free
+// (replyconn.go), and comes through the reader goroutine otherwise.
 func (r *Region) callLock(ctx context.Context, m *ctl.LockMsg, rep *ctl.LockMsg) error {
+	if rc, ok := r.takeReply(ctx); ok {
+		return r.callLockOn(ctx, rc, m, rep)
+	}
 	r.mu.Lock()
 	if err := r.usable(); err != nil {
 		r.mu.Unlock()

@@ -2,6 +2,8 @@ package node
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,6 +34,23 @@ type prog struct {
 	pid         int
 	u           *uffd.FD
 	conn        *net.UnixConn
+	// join is the secret with which the program joins more connections
+	// (OpJoin); slots are those connections by the number the program
+	// gave each, under n.mu. Its requests still come on conn, in order;
+	// the reply to one marked LockReplyJoined goes on the slot it names,
+	// where the program's calling thread waits for it, so that no reader
+	// goroutine has to hand it over.
+	join  string
+	slots [ctl.MaxSlots]*net.UnixConn
+}
+
+// replyConn returns the connection on which to answer request m of p:
+// the joined one m names, or c. Called with n.mu held.
+func (p *prog) replyConn(c *net.UnixConn, m *ctl.LockMsg) *net.UnixConn {
+	if m.Flags&ctl.LockReplyJoined == 0 || int(m.Node) >= len(p.slots) || p.slots[m.Node] == nil {
+		return c
+	}
+	return p.slots[m.Node]
 }
 
 func (p *prog) close() {
@@ -178,6 +197,8 @@ func (n *Node) serveConn(ctx context.Context, c *net.UnixConn) {
 		reply(c, req.ID, rep, err)
 	case ctl.OpAttach:
 		n.serveProgram(ctx, c, req)
+	case ctl.OpJoin:
+		n.serveJoined(ctx, c, req)
 	default:
 		reply(c, req.ID, nil, fmt.Errorf("unknown op %q as first message", req.Op))
 	}
@@ -230,7 +251,10 @@ func (n *Node) serveProgram(ctx context.Context, c *net.UnixConn, req ctl.Reques
 		reply(c, ureq.ID, nil, fmt.Errorf("attach: %w", err))
 		return
 	}
-	p := &prog{pid: req.PID, u: uffd.NewFD(fds[0]), conn: c, Prog: &pager.Prog{}}
+	var secret [16]byte
+	rand.Read(secret[:])
+	p := &prog{pid: req.PID, u: uffd.NewFD(fds[0]), conn: c, Prog: &pager.Prog{},
+		join: hex.EncodeToString(secret[:])}
 	var attachErr error
 	err = n.do(ctx, func() {
 		// Write-protect the whole range in the new program: pages that are
@@ -246,6 +270,7 @@ func (n *Node) serveProgram(ctx context.Context, c *net.UnixConn, req ctl.Reques
 			return
 		}
 		n.progs[p.id] = p
+		n.joins[p.join] = p
 		p.Prog = n.pg.Attach(p.id, uffdProgram{u: p.u, base: uintptr(n.cfg.Base), ps: n.ps})
 		n.stats.attaches++
 	})
@@ -258,7 +283,7 @@ func (n *Node) serveProgram(ctx context.Context, c *net.UnixConn, req ctl.Reques
 		return
 	}
 	n.log.Info("program attached", "pid", p.pid, "user_mode_only", ureq.UserMod)
-	if err := reply(c, ureq.ID, nil, nil); err == nil {
+	if err := ctl.Write(c, ctl.Reply{ID: ureq.ID, Join: p.join}); err == nil {
 		n.serveRequests(ctx, c, p, buf)
 	}
 	// Detach: the loop stops watching the program's userfaultfd and
@@ -267,6 +292,12 @@ func (n *Node) serveProgram(ctx context.Context, c *net.UnixConn, req ctl.Reques
 		n.unwatch(p.u.Fd())
 		n.pg.Detach(p.Prog)
 		delete(n.progs, p.id)
+		delete(n.joins, p.join)
+		for _, jc := range p.slots {
+			if jc != nil {
+				jc.Close() // its goroutine ends at its read
+			}
+		}
 		n.releaseClientLocks(p)
 		p.close()
 	})
@@ -316,6 +347,83 @@ func (n *Node) serveRequests(ctx context.Context, c *net.UnixConn, p *prog, buf 
 			reply(c, r.ID, nil, fmt.Errorf("unknown op %q", r.Op))
 		}
 	}
+}
+
+// serveJoined serves a connection that an attached program joined to its
+// attachment (OpJoin) in a slot: the daemon only writes replies on it,
+// and reads it to know when it closes. The program proves it is the
+// attached one twice: with the secret its attach reply carried, and by
+// being the same process (SO_PEERCRED). Closing a joined connection does
+// not detach the program.
+func (n *Node) serveJoined(ctx context.Context, c *net.UnixConn, req ctl.Request) {
+	var p *prog
+	n.do(ctx, func() {
+		if q := n.joins[req.Join]; q != nil && req.Join != "" {
+			p = q
+		}
+	})
+	if p == nil {
+		reply(c, req.ID, nil, errors.New("join: no attached program has that secret (attach first, on the same daemon)"))
+		return
+	}
+	pid, err1 := peerPID(c)
+	mainPID, err2 := peerPID(p.conn)
+	if err := errors.Join(err1, err2); err != nil || pid != mainPID {
+		reply(c, req.ID, nil, fmt.Errorf("join: only the attached process may join it (pid %d, attached %d): %w", pid, mainPID, err))
+		return
+	}
+	if req.Slot < 0 || req.Slot >= len(p.slots) {
+		reply(c, req.ID, nil, fmt.Errorf("join: slot %d out of range [0, %d)", req.Slot, len(p.slots)))
+		return
+	}
+	var joinErr error
+	n.do(ctx, func() {
+		if n.progs[p.id] != p {
+			joinErr = errors.New("join: the program detached")
+			return
+		}
+		// A slot joined again replaces its connection: the program closed
+		// the old one (after a call that gave up), and this daemon may not
+		// have seen it yet.
+		if old := p.slots[req.Slot]; old != nil {
+			old.Close()
+		}
+		p.slots[req.Slot] = c
+	})
+	if joinErr != nil {
+		reply(c, req.ID, nil, joinErr)
+		return
+	}
+	if err := reply(c, req.ID, nil, nil); err == nil {
+		// Nothing comes on it: a read ends when the program closes it.
+		var b [1]byte
+		c.Read(b[:])
+	}
+	n.do(context.Background(), func() {
+		if p.slots[req.Slot] == c {
+			p.slots[req.Slot] = nil
+		}
+	})
+	c.Close()
+}
+
+// peerPID returns the process at the other end of c (SO_PEERCRED).
+func peerPID(c *net.UnixConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return 0, err
+	}
+	if cerr != nil {
+		return 0, cerr
+	}
+	return int(cred.Pid), nil
 }
 
 // addVars records named allocations for the analyzer. The same name at the

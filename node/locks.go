@@ -194,6 +194,7 @@ func (n *Node) serveLock(ctx context.Context, c *net.UnixConn, p *prog, a ctl.Lo
 	var now *ctl.LockMsg
 	var nowErr error
 	err := n.do(ctx, func() {
+		c = p.replyConn(c, &a)
 		client := uint64(p.id)<<32 | a.Client
 		set := n.locks.clients[p.id]
 		if set == nil {
@@ -201,7 +202,10 @@ func (n *Node) serveLock(ctx context.Context, c *net.UnixConn, p *prog, a ctl.Lo
 			n.locks.clients[p.id] = set
 		}
 		set[client] = true
-		n.locks.conns[client] = c
+		// Events (recalls, losses) go on the program's first connection,
+		// which its reader goroutine always reads; c may be a joined one,
+		// read only while a call waits on it.
+		n.locks.conns[client] = p.conn
 		e := n.locks.eng
 		wait := func() {
 			n.locks.pending[lockKey{client, a.Req}] = pendingLock{conn: c, id: a.ID, bin: bin, at: time.Now()}

@@ -235,6 +235,7 @@ type Node struct {
 	fatal          error
 	cancel         context.CancelFunc
 	progs          map[int]*prog
+	joins          map[string]*prog // attached programs by their join secret
 	nextID         int
 	pg             *pager.Pager // the page logic: states, waiting faults, twins, holds
 	outbox         []lazyBox    // by node: messages that ride on the next one
@@ -267,6 +268,7 @@ func New(cfg Config) (*Node, error) {
 		pages:   int(cfg.Size / uint64(cfg.PageSize)),
 		done:    make(chan struct{}),
 		progs:   map[int]*prog{},
+		joins:   map[string]*prog{},
 		peerInc: map[uint16]uint64{},
 		vars:    map[string]analyzer.Var{},
 		an:      analyzer.New(cfg.PageSize),

@@ -45,7 +45,16 @@ const (
 	// Offset+Size) in blocks, one per node (dsm.BlockHomes); answered once
 	// every daemon knows
 	OpHomeBlocks = "homeblocks"
+	// program -> daemon, the first message of another connection: it
+	// belongs to the attached program whose attach reply gave Join; the
+	// replies to the lock requests that name its Slot go on it
+	// (LockReplyJoined), and nothing else does; joining a slot again
+	// replaces its connection
+	OpJoin = "join"
 )
+
+// MaxSlots bounds the connections a program joins to its attachment.
+const MaxSlots = 8
 
 // Request is a message to the daemon.
 type Request struct {
@@ -61,6 +70,11 @@ type Request struct {
 	UserMod bool            `json:"user_mode_only,omitempty"`
 	// WaitMS bounds how long an attach waits for the cluster to form.
 	WaitMS int64 `json:"wait_ms,omitempty"`
+	// Join is the attached program's secret, in OpJoin, and Slot the
+	// number by which its requests name the joined connection
+	// (LockReplyJoined).
+	Join string `json:"join,omitempty"`
+	Slot int    `json:"slot,omitempty"`
 	// Bin is a binary lock message (Op is OpBinary); see LockMsg.
 	Bin []byte `json:"-"`
 }
@@ -90,6 +104,9 @@ type Reply struct {
 	Error    string          `json:"error,omitempty"`
 	Geometry *Geometry       `json:"geometry,omitempty"`
 	Body     json.RawMessage `json:"body,omitempty"`
+	// Join, in the reply that completes an attach, is the secret with
+	// which the program joins more connections to its attachment (OpJoin).
+	Join string `json:"join,omitempty"`
 	// Bin is a binary lock message (a reply or an event); see LockMsg.
 	Bin []byte `json:"-"`
 }

@@ -60,6 +60,10 @@ const (
 	LockLeader                   // leader: a leader is known
 	LockRecall                   // reply to LockOpLockCached: others wait, do not keep it
 	LockFailed                   // reply: the request failed, Text says why
+	// LockReplyJoined, on a request: answer on the connection the program
+	// joined to its attachment in slot Node (OpJoin), where the calling
+	// thread waits for it, instead of on this one.
+	LockReplyJoined
 )
 
 // PrefetchHintLen is the size of one hint in a LockOpPrefetch message:

@@ -92,6 +92,8 @@ func FuzzParseLockMsg(f *testing.F) {
 		{Op: LockOpLockCached, ID: 7, Client: 3, Req: 9, Text: "counter"},
 		{Op: LockOpReply, Flags: LockRecall, Token: 1<<32 | 5, Limit: 1<<32 | 0xffff},
 		{Op: LockOpBarrier, Count: 3, Text: "phase"},
+		{Op: LockOpBarrier, Flags: LockReplyJoined, Node: 3, Count: 2, Text: "phase"},
+		{Op: LockOpPrefetch, Text: string(AppendPrefetchHint(AppendPrefetchHint(nil, 4096, 8192, false), 0, 1, true))},
 	} {
 		f.Add(m.AppendBinary(nil))
 	}
@@ -106,6 +108,22 @@ func FuzzParseLockMsg(f *testing.F) {
 		again, err := ParseLockMsg(m.AppendBinary(nil))
 		if err != nil || again != m {
 			t.Fatalf("%+v encodes to a message that parses to %+v (%v)", m, again, err)
+		}
+		if m.Op == LockOpPrefetch {
+			hints, err := ParsePrefetchHints(m.Text, nil)
+			if err != nil {
+				if !errors.Is(err, ErrBadLockMsg) {
+					t.Fatalf("error %v does not wrap ErrBadLockMsg", err)
+				}
+				return
+			}
+			var text []byte
+			for _, h := range hints {
+				text = AppendPrefetchHint(text, h.Off, h.Size, h.Write)
+			}
+			if string(text) != m.Text {
+				t.Fatalf("hints %v encode to %x, not %x", hints, text, m.Text)
+			}
 		}
 	})
 }

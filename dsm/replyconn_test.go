@@ -1,0 +1,212 @@
+package dsm_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dsmrt/dsm/dsm"
+	"github.com/dsmrt/dsm/internal/ctl"
+)
+
+func init() {
+	workers["replies"] = workReplies
+	workers["joins"] = workJoins
+}
+
+// workReplies: lock calls wait for their replies on reply connections,
+// as many as calls wait at once up to ctl.MaxSlots, and the calls beyond
+// that on the first connection; every call completes either way.
+func workReplies(r *dsm.Region) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	n := r.Nodes()
+	for i := range 20 {
+		if err := r.Barrier(ctx, "replies/warm", n); err != nil {
+			return fmt.Errorf("barrier %d: %w", i, err)
+		}
+	}
+	if open, idle := dsm.ReplySlots(r); open != 1 || idle != 1 {
+		return fmt.Errorf("after 20 barriers one after the other: %d reply connections (%d idle), want 1", open, idle)
+	}
+	// More goroutines of node 0 wait at once than there are slots: node
+	// 1's goroutines come to their barriers later.
+	const waiters = ctl.MaxSlots + 4
+	if r.NodeID() == 1 {
+		time.Sleep(300 * time.Millisecond)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, waiters)
+	for g := range waiters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[g] = r.Barrier(ctx, fmt.Sprintf("replies/many/%d", g), n)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if open, _ := dsm.ReplySlots(r); r.NodeID() == 0 && open != ctl.MaxSlots {
+		return fmt.Errorf("%d goroutines waited at once: %d reply connections, want %d", waiters, open, ctl.MaxSlots)
+	}
+	// A call that gives up (its context ends while another node holds
+	// the lock) leaves no reply behind for the next call to take.
+	m := r.Mutex("replies/held")
+	if r.NodeID() == 0 {
+		if err := m.Lock(ctx); err != nil {
+			return err
+		}
+	}
+	if err := r.Barrier(ctx, "replies/locked", n); err != nil {
+		return err
+	}
+	if r.NodeID() == 1 {
+		for i := range 3 {
+			short, cancelShort := context.WithTimeout(ctx, 50*time.Millisecond)
+			err := m.Lock(short)
+			cancelShort()
+			if !errors.Is(err, context.DeadlineExceeded) {
+				return fmt.Errorf("Lock %d while node 0 holds it: %v, want the deadline", i, err)
+			}
+		}
+	}
+	if err := r.Barrier(ctx, "replies/gaveup", n); err != nil {
+		return err
+	}
+	if r.NodeID() == 0 {
+		m.Unlock()
+	}
+	for i := range 50 {
+		if err := m.Lock(ctx); err != nil {
+			return fmt.Errorf("Lock %d after the give-ups: %w", i, err)
+		}
+		m.Unlock()
+		if err := r.Barrier(ctx, "replies/after", n); err != nil {
+			return fmt.Errorf("barrier %d after the give-ups: %w", i, err)
+		}
+	}
+	if open, _ := dsm.ReplySlots(r); open == 0 || dsm.JoinSecret(r) == "" {
+		return fmt.Errorf("after the give-ups: %d reply connections, joining on: %v", open, dsm.JoinSecret(r) != "")
+	}
+	fmt.Println("replies ok")
+	return nil
+}
+
+// Lock calls read their replies on connections of their own (replyconn.go),
+// concurrent calls beyond the slots fall back to the first connection, and
+// calls that gave up leave nothing behind.
+func TestLockRepliesOnJoinedConnections(t *testing.T) {
+	c := startCluster(t, 2)
+	out := runWorkers(t, c, "replies")
+	require.Equal(t, 2, strings.Count(out, "replies ok"), out)
+}
+
+const envJoinSecret = "DSM_TEST_JOIN_SECRET"
+
+// workJoins: a join with a wrong secret, a slot out of range, and one from
+// another process holding the right secret are all refused.
+func workJoins(r *dsm.Region) error {
+	socket := os.Getenv(dsm.EnvSocket)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// One barrier joins slot 0.
+	if err := r.Barrier(ctx, "joins/warm", 1); err != nil {
+		return err
+	}
+	secret := dsm.JoinSecret(r)
+	if secret == "" {
+		return errors.New("the attach reply carried no join secret")
+	}
+	join := func(secret string, slot int) error {
+		c, err := ctl.Dial(socket)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if err := ctl.Write(c, ctl.Request{Op: ctl.OpJoin, Version: ctl.Version, Join: secret, Slot: slot}); err != nil {
+			return err
+		}
+		var rep ctl.Reply
+		if _, err := ctl.Read(c, make([]byte, 64<<10), &rep); err != nil {
+			return err
+		}
+		if rep.Error != "" {
+			return errors.New(rep.Error)
+		}
+		return nil
+	}
+	for _, c := range []struct {
+		name, secret string
+		slot         int
+		want         string
+	}{
+		{"wrong secret", strings.Repeat("0", len(secret)), 1, "no attached program has that secret"},
+		{"no secret", "", 1, "no attached program has that secret"},
+		{"slot out of range", secret, ctl.MaxSlots, "out of range"},
+		{"negative slot", secret, -1, "out of range"},
+	} {
+		if err := join(c.secret, c.slot); err == nil || !strings.Contains(err.Error(), c.want) {
+			return fmt.Errorf("%s: join answered %v, want an error saying %q", c.name, err, c.want)
+		}
+	}
+	// Another process of the same user, with the right secret.
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestJoinOtherProcess$")
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, envWorker+"=") { // a test, not a worker
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, envJoinSecret+"="+secret, envJoinOther+"=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("the other process: %w\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "only the attached process may join it") {
+		return fmt.Errorf("the other process's join was not refused as another process's:\n%s", out)
+	}
+	// The right secret from this process is taken, in a free slot and
+	// again in the same slot (which replaces the first).
+	for i := range 2 {
+		if err := join(secret, ctl.MaxSlots-1); err != nil {
+			return fmt.Errorf("join %d of the attached process: %w", i, err)
+		}
+	}
+	fmt.Println("joins ok")
+	return nil
+}
+
+const envJoinOther = "DSM_TEST_JOIN_OTHER"
+
+// TestJoinOtherProcess is the other process of workJoins (it does nothing
+// unless workJoins runs it).
+func TestJoinOtherProcess(t *testing.T) {
+	if os.Getenv(envJoinOther) == "" {
+		t.Skip("run by TestJoinRefusals")
+	}
+	c, err := ctl.Dial(os.Getenv(dsm.EnvSocket))
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, ctl.Write(c, ctl.Request{Op: ctl.OpJoin, Version: ctl.Version, Join: os.Getenv(envJoinSecret), Slot: 3}))
+	var rep ctl.Reply
+	_, err = ctl.Read(c, make([]byte, 64<<10), &rep)
+	require.NoError(t, err)
+	fmt.Println("join answered:", rep.Error)
+}
+
+// Only the attached process, with its secret, joins connections to its
+// attachment; the daemon refuses the others and says why.
+func TestJoinRefusals(t *testing.T) {
+	c := startCluster(t, 1)
+	out := runWorkers(t, c, "joins")
+	require.Contains(t, out, "joins ok", out)
+}
