@@ -93,6 +93,7 @@ type Region struct {
 	join       string
 	replySlots [ctl.MaxSlots]bool
 	replyIdle  []*replyConn
+	stream     *net.UnixConn // the lock stream, or nil: lock messages go on conn
 
 	hp heapState // the shared heap, as this program sees it
 }
@@ -186,6 +187,9 @@ func attach(ctx context.Context, c *net.UnixConn, opts Options) (*Region, error)
 	// until the watcher has made the region inaccessible.
 	r := &Region{geo: geo, mem: mem, u: u, conn: c, opts: opts, calls: map[uint64]chan ctl.Reply{}, done: make(chan struct{}), join: join}
 	go r.watch()
+	if join != "" {
+		r.joinStream(ctx)
+	}
 	return r, nil
 }
 
@@ -513,6 +517,9 @@ func (r *Region) Close() error {
 	r.closing = true
 	lost := r.lost
 	r.closeReplies()
+	if r.stream != nil {
+		r.stream.Close()
+	}
 	r.mu.Unlock()
 	err := uffd.Unmap(r.mem)
 	r.conn.Close()

@@ -22,3 +22,11 @@ func JoinSecret(r *Region) string {
 	defer r.mu.Unlock()
 	return r.join
 }
+
+// HasLockStream reports whether r sends its lock messages on a lock
+// stream.
+func HasLockStream(r *Region) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stream != nil
+}

@@ -75,7 +75,7 @@ func (r *Region) callLock(ctx context.Context, m *ctl.LockMsg, rep *ctl.LockMsg)
 	ch := make(chan ctl.Reply, 1)
 	r.calls[m.ID] = ch
 	r.lockMsgs.Add(1)
-	err := ctl.WriteLock(r.conn, m)
+	err := r.writeLock(m)
 	if err != nil {
 		delete(r.calls, m.ID)
 	}
@@ -114,7 +114,7 @@ func (r *Region) sendLockLocked(m *ctl.LockMsg) error {
 		return err
 	}
 	r.lockMsgs.Add(1)
-	return ctl.WriteLock(r.conn, m)
+	return r.writeLock(m)
 }
 
 // usable reports why the region can no longer talk to its daemon. The

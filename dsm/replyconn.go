@@ -26,6 +26,60 @@ import (
 // ctl.MaxSlots such connections, as many as calls wait at once; a call
 // that finds none free waits on the first connection as before.
 
+// The program's binary lock messages (requests, unlocks, prefetch hints)
+// go on one more joined connection, its lock stream, which the daemon's
+// event loop reads itself: on the first connection each woke a goroutine
+// of the daemon through Go's netpoller (1.9 switches and 36 µs of the
+// daemon's CPU per one-node barrier). One connection for all of them keeps
+// their order.
+
+// joinStream joins the program's lock stream; without one (a daemon that
+// refused it) the messages go on the first connection.
+func (r *Region) joinStream(ctx context.Context) {
+	c, err := ctl.Dial(r.opts.Socket)
+	if err != nil {
+		return
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(aLongTimeAgo) })
+	ok := false
+	defer func() {
+		if !stop() || !ok {
+			c.Close()
+			return
+		}
+		c.SetDeadline(noDeadline)
+		r.mu.Lock()
+		r.stream = c
+		r.mu.Unlock()
+	}()
+	if err := ctl.Write(c, ctl.Request{Op: ctl.OpJoin, Version: ctl.Version, PID: os.Getpid(), Join: r.join, Stream: true}); err != nil {
+		return
+	}
+	var rep ctl.Reply
+	if _, err := ctl.Read(c, make([]byte, 4096), &rep); err != nil || rep.Error != "" {
+		return
+	}
+	ok = true
+}
+
+// writeLock sends binary lock message m on the lock stream, or on the
+// first connection when there is none or it broke (the daemon closes a
+// stream it cannot read). Called with r.mu held.
+func (r *Region) writeLock(m *ctl.LockMsg) error {
+	if r.stream != nil {
+		err := ctl.WriteLock(r.stream, m)
+		if err == nil {
+			return nil
+		}
+		r.stream.Close()
+		r.stream = nil
+	}
+	return ctl.WriteLock(r.conn, m)
+}
+
 // replyConn is a connection joined to the program's attachment, on which
 // one call at a time reads its reply.
 type replyConn struct {
@@ -153,7 +207,7 @@ func (r *Region) callLockOn(ctx context.Context, rc *replyConn, m *ctl.LockMsg, 
 	m.Flags |= ctl.LockReplyJoined
 	m.Node = uint16(rc.slot)
 	r.lockMsgs.Add(1)
-	err = ctl.WriteLock(r.conn, m)
+	err = r.writeLock(m)
 	r.mu.Unlock()
 	if err != nil {
 		r.putReply(rc, true)

@@ -34,6 +34,9 @@ func workReplies(r *dsm.Region) error {
 			return fmt.Errorf("barrier %d: %w", i, err)
 		}
 	}
+	if !dsm.HasLockStream(r) {
+		return errors.New("no lock stream joined at attach")
+	}
 	if open, idle := dsm.ReplySlots(r); open != 1 || idle != 1 {
 		return fmt.Errorf("after 20 barriers one after the other: %d reply connections (%d idle), want 1", open, idle)
 	}
@@ -181,7 +184,82 @@ func workJoins(r *dsm.Region) error {
 			return fmt.Errorf("join %d of the attached process: %w", i, err)
 		}
 	}
+	if err := joinStream(socket, "bad"); err == nil || !strings.Contains(err.Error(), "no attached program has that secret") {
+		return fmt.Errorf("a lock stream with a wrong secret: %v, want it refused", err)
+	}
+	// A lock stream that sends garbage: the daemon's loop drops what
+	// does not parse, and goes on reading it. (It replaces this program's
+	// own stream, which the daemon closes: the program's next lock call
+	// goes on its first connection.)
+	sc, err := ctl.Dial(socket)
+	if err != nil {
+		return err
+	}
+	defer sc.Close()
+	if err := ctl.Write(sc, ctl.Request{Op: ctl.OpJoin, Version: ctl.Version, Join: secret, Stream: true}); err != nil {
+		return err
+	}
+	var rep ctl.Reply
+	if _, err := ctl.Read(sc, make([]byte, 4096), &rep); err != nil || rep.Error != "" {
+		return fmt.Errorf("join a lock stream: %v %s", err, rep.Error)
+	}
+	before, err := ownStatus()
+	if err != nil {
+		return err
+	}
+	hint := ctl.LockMsg{Op: ctl.LockOpPrefetch, Text: string(ctl.AppendPrefetchHint(nil, 0, uint64(r.PageSize()), false))}
+	for _, b := range [][]byte{
+		[]byte("{not binary}"),
+		{ctl.LockMagic, 99, 0, 0},
+		make([]byte, 100<<10), // longer than the loop reads
+		hint.AppendBinary(nil),
+	} {
+		if _, err := sc.Write(b); err != nil {
+			return fmt.Errorf("write to the lock stream: %w", err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := ownStatus()
+		if err != nil {
+			return fmt.Errorf("the daemon after garbage on a lock stream: %w", err)
+		}
+		if st.Migrations["prefetch"] > before.Migrations["prefetch"] {
+			break
+		}
+		if time.Now().After(deadline) {
+			return errors.New("a prefetch hint after garbage on the lock stream was not served")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := r.Barrier(ctx, "joins/after", 1); err != nil {
+		return fmt.Errorf("a barrier after the daemon closed the program's lock stream: %w", err)
+	}
+	if dsm.HasLockStream(r) {
+		return errors.New("the program still sends on the lock stream the daemon closed")
+	}
 	fmt.Println("joins ok")
+	return nil
+}
+
+// joinStream asks to join a lock stream with secret, and returns the
+// daemon's refusal.
+func joinStream(socket, secret string) error {
+	c, err := ctl.Dial(socket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := ctl.Write(c, ctl.Request{Op: ctl.OpJoin, Version: ctl.Version, Join: secret, Stream: true}); err != nil {
+		return err
+	}
+	var rep ctl.Reply
+	if _, err := ctl.Read(c, make([]byte, 4096), &rep); err != nil {
+		return err
+	}
+	if rep.Error != "" {
+		return errors.New(rep.Error)
+	}
 	return nil
 }
 

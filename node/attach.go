@@ -42,6 +42,12 @@ type prog struct {
 	// goroutine has to hand it over.
 	join  string
 	slots [ctl.MaxSlots]*net.UnixConn
+	// stream is the connection the program sends its binary lock
+	// messages on, read by the loop (readStream), and streamFD its
+	// descriptor; nil until the program joins one. Under n.mu.
+	stream     *net.UnixConn
+	streamFD   int
+	streamDone chan struct{} // closed when the stream is
 }
 
 // replyConn returns the connection on which to answer request m of p:
@@ -298,6 +304,7 @@ func (n *Node) serveProgram(ctx context.Context, c *net.UnixConn, req ctl.Reques
 				jc.Close() // its goroutine ends at its read
 			}
 		}
+		n.closeStream(p)
 		n.releaseClientLocks(p)
 		p.close()
 	})
@@ -372,6 +379,10 @@ func (n *Node) serveJoined(ctx context.Context, c *net.UnixConn, req ctl.Request
 		reply(c, req.ID, nil, fmt.Errorf("join: only the attached process may join it (pid %d, attached %d): %w", pid, mainPID, err))
 		return
 	}
+	if req.Stream {
+		n.joinStream(ctx, c, p, req)
+		return
+	}
 	if req.Slot < 0 || req.Slot >= len(p.slots) {
 		reply(c, req.ID, nil, fmt.Errorf("join: slot %d out of range [0, %d)", req.Slot, len(p.slots)))
 		return
@@ -405,6 +416,61 @@ func (n *Node) serveJoined(ctx context.Context, c *net.UnixConn, req ctl.Request
 		}
 	})
 	c.Close()
+}
+
+// joinStream makes c the lock stream of program p: once the program has
+// the answer, the loop reads c (readStream) and no goroutine does. A
+// stream joined again replaces the first.
+func (n *Node) joinStream(ctx context.Context, c *net.UnixConn, p *prog, req ctl.Request) {
+	fd := -1
+	if rc, err := c.SyscallConn(); err == nil {
+		rc.Control(func(f uintptr) { fd = int(f) })
+	}
+	if fd < 0 {
+		reply(c, req.ID, nil, errors.New("join: the connection has no descriptor"))
+		c.Close()
+		return
+	}
+	var joinErr error
+	done := make(chan struct{})
+	err := n.do(ctx, func() {
+		if n.progs[p.id] != p {
+			joinErr = errors.New("join: the program detached")
+			return
+		}
+		n.closeStream(p)
+		if joinErr = n.watch(fd, streamTag(p.id)); joinErr != nil {
+			return
+		}
+		p.stream, p.streamFD, p.streamDone = c, fd, done
+	})
+	if err == nil {
+		err = joinErr
+	}
+	if err != nil {
+		reply(c, req.ID, nil, err)
+		c.Close()
+		return
+	}
+	// The program sends nothing on it before this answer. The connection
+	// stays open (and counted) until the loop or the detach closes it.
+	reply(c, req.ID, nil, nil)
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// closeStream stops reading program p's lock stream and closes it. Called
+// with n.mu held.
+func (n *Node) closeStream(p *prog) {
+	if p.stream == nil {
+		return
+	}
+	n.unwatch(p.streamFD)
+	p.stream.Close()
+	close(p.streamDone)
+	p.stream, p.streamFD, p.streamDone = nil, -1, nil
 }
 
 // peerPID returns the process at the other end of c (SO_PEERCRED).

@@ -107,7 +107,7 @@ func (n *Node) lockRequest(ctx context.Context, c *net.UnixConn, p *prog, r ctl.
 		reply(c, r.ID, nil, fmt.Errorf("barrier count %d out of range", a.Count))
 		return
 	}
-	n.serveLock(ctx, c, p, ctl.LockMsg{Op: op, ID: r.ID, Client: a.Client, Req: a.Req, Count: uint32(a.Count), Text: a.Name}, false)
+	n.serveLock(func(fn func()) error { return n.do(ctx, fn) }, c, p, ctl.LockMsg{Op: op, ID: r.ID, Client: a.Client, Req: a.Req, Count: uint32(a.Count), Text: a.Name}, false)
 }
 
 // lockBinary serves one lock request from a program in the binary encoding.
@@ -118,11 +118,19 @@ func (n *Node) lockBinary(ctx context.Context, c *net.UnixConn, p *prog, b []byt
 		n.log.Warn("malformed lock request dropped", "pid", p.pid, "err", err)
 		return
 	}
+	run := func(fn func()) error { return n.do(ctx, fn) }
 	if m.Op == ctl.LockOpPrefetch {
-		n.prefetch(ctx, p, m.Text)
+		n.prefetch(run, p, m.Text)
 		return
 	}
-	n.serveLock(ctx, c, p, m, true)
+	n.serveLock(run, c, p, m, true)
+}
+
+// onLoop runs fn at once: for requests the loop serves, which holds n.mu
+// and applies what the engines produced after the batch.
+func onLoop(fn func()) error {
+	fn()
+	return nil
 }
 
 // prefetch serves a program's prefetch hints (dsm's Region.Prefetch): the
@@ -132,14 +140,14 @@ func (n *Node) lockBinary(ctx context.Context, c *net.UnixConn, p *prog, b []byt
 // release-consistent area is left alone: its pages come at an acquire.
 // The program checked the ranges; hints outside the region are dropped
 // and logged, as nobody waits for an answer.
-func (n *Node) prefetch(ctx context.Context, p *prog, text string) {
+func (n *Node) prefetch(run func(func()) error, p *prog, text string) {
 	hints, err := ctl.ParsePrefetchHints(text, nil)
 	if err != nil {
 		n.log.Warn("malformed prefetch hints dropped", "pid", p.pid, "err", err)
 		return
 	}
 	ps := uint64(n.ps)
-	n.do(ctx, func() {
+	run(func() {
 		for _, h := range hints {
 			if h.Size == 0 {
 				continue
@@ -183,17 +191,18 @@ func lockAnswer(c *net.UnixConn, bin bool, id uint64, rep ctl.LockMsg, err error
 	ctl.WriteLock(c, &rep)
 }
 
-// serveLock serves one lock request, on the connection's goroutine under
-// the node's lock. Requests that wait (lock, rlock, barrier, campaign) are
+// serveLock serves one lock request that came on connection c, with run:
+// n.do on the connection's goroutine, or onLoop on the loop (the program's
+// lock stream). Requests that wait (lock, rlock, barrier, campaign) are
 // answered when the engine's event comes.
-func (n *Node) serveLock(ctx context.Context, c *net.UnixConn, p *prog, a ctl.LockMsg, bin bool) {
+func (n *Node) serveLock(run func(func()) error, c *net.UnixConn, p *prog, a ctl.LockMsg, bin bool) {
 	if a.Client >= 1<<32 {
 		lockAnswer(c, bin, a.ID, ctl.LockMsg{}, errors.New("lock client id out of range"))
 		return
 	}
 	var now *ctl.LockMsg
 	var nowErr error
-	err := n.do(ctx, func() {
+	err := run(func() {
 		c = p.replyConn(c, &a)
 		client := uint64(p.id)<<32 | a.Client
 		set := n.locks.clients[p.id]

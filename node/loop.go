@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dsmrt/dsm/coherence"
+	"github.com/dsmrt/dsm/internal/ctl"
 	"github.com/dsmrt/dsm/pager"
 	"github.com/dsmrt/dsm/uffd"
 )
@@ -36,11 +37,21 @@ import (
 // nothing is due.
 
 // Epoll tags of the loop's own descriptors; a program's userfaultfd is
-// tagged with the program's id (positive).
+// tagged with the program's id (positive), its lock stream with
+// streamTag.
 const (
 	tagSocket int32 = -1
 	tagKick   int32 = -2
+	// tagStreams and below: lock streams.
+	tagStreams int32 = -16
 )
+
+// streamTag is the epoll tag of the lock stream of the program with id.
+func streamTag(id int) int32 { return tagStreams - int32(id) }
+
+// maxStreamMsgs bounds the lock messages read from one program per
+// wake-up before the loop looks at the rest.
+const maxStreamMsgs = 64
 
 // maxReceive bounds the datagrams served per wake-up before the loop looks
 // at the userfaultfds again.
@@ -54,6 +65,7 @@ type eventLoop struct {
 	events [64]unix.EpollEvent
 	msgs   [64]uffd.Msg
 	faults []pager.Fault // scratch: the faults of one read
+	ctlBuf [64 << 10]byte // scratch: a lock message read from a stream
 	// rawWait: wait with a raw system call (see wait).
 	rawWait bool
 
@@ -166,7 +178,11 @@ func (n *Node) runLoop(ctx context.Context) error {
 				var b [8]byte
 				unix.Read(lp.evfd, b[:])
 			default:
-				if pr := n.progs[int(ev.Fd)]; pr != nil {
+				if ev.Fd <= tagStreams {
+					if pr := n.progs[int(tagStreams-ev.Fd)]; pr != nil {
+						n.readStream(pr)
+					}
+				} else if pr := n.progs[int(ev.Fd)]; pr != nil {
 					n.readFaults(pr, ev.Events)
 				}
 			}
@@ -242,6 +258,41 @@ func (lp *eventLoop) wait(d time.Duration) (int, error) {
 		return 0, e
 	}
 	return int(k), nil
+}
+
+// readStream serves the lock messages waiting on program pr's lock stream,
+// inline: no goroutine or netpoller is woken for them (a program's lock
+// call, a barrier arrival, a prefetch hint). What they send leaves with
+// the rest of the batch. Called by the loop with n.mu held.
+func (n *Node) readStream(pr *prog) {
+	for range maxStreamMsgs {
+		if pr.stream == nil {
+			return
+		}
+		k, _, err := unix.Recvfrom(pr.streamFD, n.lp.ctlBuf[:], unix.MSG_TRUNC|unix.MSG_DONTWAIT)
+		switch {
+		case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
+			return
+		case err != nil || k == 0:
+			// Closed by the program (or broken): its first connection
+			// says whether it detached.
+			n.closeStream(pr)
+			return
+		case k > len(n.lp.ctlBuf):
+			n.log.Warn("lock message too long dropped", "pid", pr.pid, "bytes", k)
+			continue
+		}
+		m, err := ctl.ParseLockMsg(n.lp.ctlBuf[:k])
+		if err != nil {
+			n.log.Warn("malformed lock message dropped", "pid", pr.pid, "err", err)
+			continue
+		}
+		if m.Op == ctl.LockOpPrefetch {
+			n.prefetch(onLoop, pr, m.Text)
+			continue
+		}
+		n.serveLock(onLoop, pr.conn, pr, m, true)
+	}
 }
 
 // readFaults reads the faults waiting on program pr's userfaultfd and

@@ -49,7 +49,8 @@ const (
 	// belongs to the attached program whose attach reply gave Join; the
 	// replies to the lock requests that name its Slot go on it
 	// (LockReplyJoined), and nothing else does; joining a slot again
-	// replaces its connection
+	// replaces its connection. With Stream, it is instead where the
+	// program sends its binary lock messages.
 	OpJoin = "join"
 )
 
@@ -75,6 +76,10 @@ type Request struct {
 	// (LockReplyJoined).
 	Join string `json:"join,omitempty"`
 	Slot int    `json:"slot,omitempty"`
+	// Stream, in OpJoin, joins the connection as the program's lock
+	// stream instead of a slot: the program sends its binary lock
+	// messages on it, and the daemon's event loop reads them.
+	Stream bool `json:"stream,omitempty"`
 	// Bin is a binary lock message (Op is OpBinary); see LockMsg.
 	Bin []byte `json:"-"`
 }
