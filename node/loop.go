@@ -64,7 +64,7 @@ type eventLoop struct {
 	evfd   int
 	events [64]unix.EpollEvent
 	msgs   [64]uffd.Msg
-	faults []pager.Fault // scratch: the faults of one read
+	faults []pager.Fault  // scratch: the faults of one read
 	ctlBuf [64 << 10]byte // scratch: a lock message read from a stream
 	// rawWait: wait with a raw system call (see wait).
 	rawWait bool
