@@ -20,21 +20,24 @@ import (
 // The event loop. A remote fault costs what its thread wake-ups cost (see
 // DESIGN.md: the bytes on the wire are a small part), so the daemon's fault
 // path runs on one locked OS thread that waits in a single epoll_wait on the
-// transport's UDP socket, on every attached program's userfaultfd and on an
-// eventfd. A fault is read, decided and its request sent; a request is
+// transport's UDP socket, on every attached program's userfaultfd and lock
+// stream, and on an eventfd. A fault is read, decided and its request sent; a request is
 // served and answered; a page is received, installed and its thread woken:
 // all inline on that thread, with no goroutine hand-off, channel, netpoller
 // or runtime timer in between. The timers (the engines' ticks, the
 // transport's retransmissions, delayed acknowledgements and heartbeats, the
 // fault timeout) are the loop's own epoll_wait deadline.
 //
-// The rest of the daemon (control connections: attach, detach, locks,
-// status) runs on ordinary goroutines. They do their work under n.mu, which
-// the loop holds while it serves events, and wake the loop through the
-// eventfd only when what they did needs the loop sooner than it planned to
-// wake (a message they sent must be retransmitted before then): see
-// offLoop. A control request thus costs no extra wake-up of the loop when
-// nothing is due.
+// A program's lock messages (requests, unlocks, barrier arrivals, prefetch
+// hints) come on its lock stream, a connection the loop watches too and
+// serves inline (readStream). The rest of the daemon (control connections:
+// attach, detach, allocations, status, and the lock messages of programs
+// without a stream) runs on ordinary goroutines. They do their work under
+// n.mu, which the loop holds while it serves events, and wake the loop
+// through the eventfd only when what they did needs the loop sooner than
+// it planned to wake (a message they sent must be retransmitted before
+// then): see offLoop. A control request thus costs no extra wake-up of the
+// loop when nothing is due.
 
 // Epoll tags of the loop's own descriptors; a program's userfaultfd is
 // tagged with the program's id (positive), its lock stream with
