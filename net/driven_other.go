@@ -25,3 +25,12 @@ func (c *rawConn) writeTo([]byte, netip.AddrPort) error { return errWouldBlock }
 func recvFrom(int, []byte) (int, netip.AddrPort, error) {
 	return 0, netip.AddrPort{}, errWouldBlock
 }
+
+// recvBatch reads datagrams in batches, which needs Linux.
+type recvBatch struct{}
+
+func newRecvBatch(int, int) *recvBatch { return &recvBatch{} }
+
+func (*recvBatch) read(int, int) (int, error) { return 0, errWouldBlock }
+
+func (*recvBatch) datagram(int) ([]byte, netip.AddrPort) { return nil, netip.AddrPort{} }

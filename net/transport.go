@@ -69,9 +69,9 @@ type Transport struct {
 
 	// Reader goroutine only (in driven mode, the caller of Receive and
 	// Tick).
-	rx    payload
-	rxBuf []byte // a datagram read by Receive
-	rxFEC payload
+	rx      payload
+	rxBatch *recvBatch // the datagrams of one read by Receive
+	rxFEC   payload
 	// rxMsgs are the messages the datagram being served completed, for
 	// the handler; rxArena holds those that were not reassembled from
 	// parts. Both are reused for the next datagram, so that a message
@@ -129,7 +129,7 @@ func Listen(cfg Config) (*Transport, error) {
 	}
 	if raw != nil {
 		t.fd = raw.fd
-		t.rxBuf = make([]byte, MaxMTU+1)
+		t.rxBatch = newRecvBatch(rxBatch, MaxMTU+1)
 	}
 	if c.WrapConn != nil {
 		t.conn = c.WrapConn(conn)
@@ -704,6 +704,9 @@ func (t *Transport) Tick(now time.Time) time.Time {
 	return t.Deadline()
 }
 
+// rxBatch is how many datagrams Receive reads with one system call.
+const rxBatch = 8
+
 // Receive reads and serves the datagrams waiting on a driven transport's
 // socket, calling Handler and OnPeer, until none waits or max have been
 // read; it returns how many it read. It never blocks. Only one goroutine
@@ -712,18 +715,26 @@ func (t *Transport) Receive(max int) int {
 	if !t.driven {
 		return 0
 	}
-	for i := 0; i < max; i++ {
+	for i := 0; i < max; {
 		if t.closed.Load() {
 			return i
 		}
-		n, src, err := recvFrom(t.fd, t.rxBuf)
+		want := min(max-i, rxBatch)
+		k, err := t.rxBatch.read(t.fd, want)
 		if err != nil {
 			if err != errWouldBlock {
 				t.warnOnce("read-error", "reading the UDP socket failed", "err", err)
 			}
 			return i
 		}
-		t.handleDatagram(t.rxBuf[:n], srcAddr{ap: src})
+		for j := range k {
+			b, src := t.rxBatch.datagram(j)
+			t.handleDatagram(b, srcAddr{ap: src})
+		}
+		i += k
+		if k < want {
+			return i // the socket was empty after these
+		}
 	}
 	return max
 }
