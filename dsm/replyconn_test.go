@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -131,22 +132,11 @@ func workJoins(r *dsm.Region) error {
 		return errors.New("the attach reply carried no join secret")
 	}
 	join := func(secret string, slot int) error {
-		c, err := ctl.Dial(socket)
-		if err != nil {
-			return err
+		c, err := joinConn(socket, ctl.Request{Join: secret, Slot: slot})
+		if c != nil {
+			c.Close()
 		}
-		defer c.Close()
-		if err := ctl.Write(c, ctl.Request{Op: ctl.OpJoin, Version: ctl.Version, Join: secret, Slot: slot}); err != nil {
-			return err
-		}
-		var rep ctl.Reply
-		if _, err := ctl.Read(c, make([]byte, 64<<10), &rep); err != nil {
-			return err
-		}
-		if rep.Error != "" {
-			return errors.New(rep.Error)
-		}
-		return nil
+		return err
 	}
 	for _, c := range []struct {
 		name, secret string
@@ -184,25 +174,21 @@ func workJoins(r *dsm.Region) error {
 			return fmt.Errorf("join %d of the attached process: %w", i, err)
 		}
 	}
-	if err := joinStream(socket, "bad"); err == nil || !strings.Contains(err.Error(), "no attached program has that secret") {
+	if c, err := joinConn(socket, ctl.Request{Join: "bad", Stream: true}); err == nil || !strings.Contains(err.Error(), "no attached program has that secret") {
+		if c != nil {
+			c.Close()
+		}
 		return fmt.Errorf("a lock stream with a wrong secret: %v, want it refused", err)
 	}
 	// A lock stream that sends garbage: the daemon's loop drops what
 	// does not parse, and goes on reading it. (It replaces this program's
 	// own stream, which the daemon closes: the program's next lock call
 	// goes on its first connection.)
-	sc, err := ctl.Dial(socket)
+	sc, err := joinConn(socket, ctl.Request{Join: secret, Stream: true})
 	if err != nil {
-		return err
+		return fmt.Errorf("join a lock stream: %w", err)
 	}
 	defer sc.Close()
-	if err := ctl.Write(sc, ctl.Request{Op: ctl.OpJoin, Version: ctl.Version, Join: secret, Stream: true}); err != nil {
-		return err
-	}
-	var rep ctl.Reply
-	if _, err := ctl.Read(sc, make([]byte, 4096), &rep); err != nil || rep.Error != "" {
-		return fmt.Errorf("join a lock stream: %v %s", err, rep.Error)
-	}
 	before, err := ownStatus()
 	if err != nil {
 		return err
@@ -242,25 +228,27 @@ func workJoins(r *dsm.Region) error {
 	return nil
 }
 
-// joinStream asks to join a lock stream with secret, and returns the
-// daemon's refusal.
-func joinStream(socket, secret string) error {
+// joinConn opens a connection to the daemon at socket and asks to join it
+// with req (its Op and Version set here): the connection on success, the
+// daemon's refusal otherwise (with the connection nil).
+func joinConn(socket string, req ctl.Request) (*net.UnixConn, error) {
 	c, err := ctl.Dial(socket)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer c.Close()
-	if err := ctl.Write(c, ctl.Request{Op: ctl.OpJoin, Version: ctl.Version, Join: secret, Stream: true}); err != nil {
-		return err
-	}
+	req.Op, req.Version = ctl.OpJoin, ctl.Version
 	var rep ctl.Reply
-	if _, err := ctl.Read(c, make([]byte, 4096), &rep); err != nil {
-		return err
+	if err = ctl.Write(c, req); err == nil {
+		_, err = ctl.Read(c, make([]byte, 64<<10), &rep)
 	}
-	if rep.Error != "" {
-		return errors.New(rep.Error)
+	if err == nil && rep.Error != "" {
+		err = errors.New(rep.Error)
 	}
-	return nil
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 const envJoinOther = "DSM_TEST_JOIN_OTHER"
@@ -271,14 +259,11 @@ func TestJoinOtherProcess(t *testing.T) {
 	if os.Getenv(envJoinOther) == "" {
 		t.Skip("run by TestJoinRefusals")
 	}
-	c, err := ctl.Dial(os.Getenv(dsm.EnvSocket))
-	require.NoError(t, err)
-	defer c.Close()
-	require.NoError(t, ctl.Write(c, ctl.Request{Op: ctl.OpJoin, Version: ctl.Version, Join: os.Getenv(envJoinSecret), Slot: 3}))
-	var rep ctl.Reply
-	_, err = ctl.Read(c, make([]byte, 64<<10), &rep)
-	require.NoError(t, err)
-	fmt.Println("join answered:", rep.Error)
+	c, err := joinConn(os.Getenv(dsm.EnvSocket), ctl.Request{Join: os.Getenv(envJoinSecret), Slot: 3})
+	if c != nil {
+		c.Close()
+	}
+	fmt.Println("join answered:", err)
 }
 
 // Only the attached process, with its secret, joins connections to its
