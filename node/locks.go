@@ -196,14 +196,14 @@ func lockAnswer(c *net.UnixConn, bin bool, id uint64, rep ctl.LockMsg, err error
 // lock stream). Requests that wait (lock, rlock, barrier, campaign) are
 // answered when the engine's event comes.
 func (n *Node) serveLock(run func(func()) error, c *net.UnixConn, p *prog, a ctl.LockMsg, bin bool) {
-	if a.Client >= 1<<32 {
-		lockAnswer(c, bin, a.ID, ctl.LockMsg{}, errors.New("lock client id out of range"))
-		return
-	}
 	var now *ctl.LockMsg
 	var nowErr error
 	err := run(func() {
 		c = p.replyConn(c, &a)
+		if a.Client >= 1<<32 {
+			now, nowErr = &ctl.LockMsg{}, errors.New("lock client id out of range")
+			return
+		}
 		client := uint64(p.id)<<32 | a.Client
 		set := n.locks.clients[p.id]
 		if set == nil {
