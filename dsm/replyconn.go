@@ -19,12 +19,13 @@ import (
 // readied caller). Read by the caller, the reply wakes the one thread
 // that waits in the netpoller and the caller runs on it.
 //
-// The request itself still goes on the first connection, after every
-// message before it (an Unlock sent without waiting must reach the daemon
-// before the next Lock of the same lock); it names the slot of the
-// connection to answer on (ctl.LockReplyJoined). A program joins up to
-// ctl.MaxSlots such connections, as many as calls wait at once; a call
-// that finds none free waits on the first connection as before.
+// The request itself goes where every other lock message of the program
+// goes (the lock stream, below), after every message before it (an Unlock
+// sent without waiting must reach the daemon before the next Lock of the
+// same lock); it names the slot of the connection to answer on
+// (ctl.LockReplyJoined). A program joins up to ctl.MaxSlots such
+// connections, as many as calls wait at once; a call that finds none free
+// waits on the first connection as before.
 
 // The program's binary lock messages (requests, unlocks, prefetch hints)
 // go on one more joined connection, its lock stream, which the daemon's
@@ -34,35 +35,15 @@ import (
 // their order.
 
 // joinStream joins the program's lock stream; without one (a daemon that
-// refused it) the messages go on the first connection.
+// refused it, or did not answer) the messages go on the first connection.
 func (r *Region) joinStream(ctx context.Context) {
-	c, err := ctl.Dial(r.opts.Socket)
+	c, err := r.dialJoin(ctx, ctl.Request{Stream: true})
 	if err != nil {
 		return
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(aLongTimeAgo) })
-	ok := false
-	defer func() {
-		if !stop() || !ok {
-			c.Close()
-			return
-		}
-		c.SetDeadline(noDeadline)
-		r.mu.Lock()
-		r.stream = c
-		r.mu.Unlock()
-	}()
-	if err := ctl.Write(c, ctl.Request{Op: ctl.OpJoin, Version: ctl.Version, PID: os.Getpid(), Join: r.join, Stream: true}); err != nil {
-		return
-	}
-	var rep ctl.Reply
-	if _, err := ctl.Read(c, make([]byte, 4096), &rep); err != nil || rep.Error != "" {
-		return
-	}
-	ok = true
+	r.mu.Lock()
+	r.stream = c
+	r.mu.Unlock()
 }
 
 // writeLock sends binary lock message m on the lock stream, or on the
@@ -135,6 +116,17 @@ var errJoinUnreachable = errors.New("no answer")
 // joinReply opens a connection to the daemon and joins it to the
 // program's attachment in slot.
 func (r *Region) joinReply(ctx context.Context, slot int) (*replyConn, error) {
+	c, err := r.dialJoin(ctx, ctl.Request{Slot: slot})
+	if err != nil {
+		return nil, err
+	}
+	return &replyConn{c: c, slot: slot, buf: make([]byte, 64<<10)}, nil
+}
+
+// dialJoin opens a connection to the daemon and joins it to the program's
+// attachment as req says (a slot, or the lock stream). A refusal is the
+// daemon's error; a join that got no answer wraps errJoinUnreachable.
+func (r *Region) dialJoin(ctx context.Context, req ctl.Request) (*net.UnixConn, error) {
 	c, err := ctl.Dial(r.opts.Socket)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errJoinUnreachable, err)
@@ -144,27 +136,25 @@ func (r *Region) joinReply(ctx context.Context, slot int) (*replyConn, error) {
 	}
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(aLongTimeAgo) })
 	defer stop()
-	rc := &replyConn{c: c, slot: slot, buf: make([]byte, 64<<10)}
-	if err := ctl.Write(c, ctl.Request{Op: ctl.OpJoin, Version: ctl.Version, PID: os.Getpid(), Join: r.join, Slot: slot}); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("%w: %w", errJoinUnreachable, err)
-	}
+	req.Op, req.Version, req.PID, req.Join = ctl.OpJoin, ctl.Version, os.Getpid(), r.join
 	var rep ctl.Reply
-	if _, err := ctl.Read(c, rc.buf, &rep); err != nil {
+	if err = ctl.Write(c, req); err == nil {
+		_, err = ctl.Read(c, make([]byte, 4096), &rep)
+	}
+	switch {
+	case err != nil:
 		c.Close()
 		return nil, fmt.Errorf("%w: %w", errJoinUnreachable, err)
-	}
-	if rep.Error != "" {
+	case rep.Error != "":
 		c.Close()
 		return nil, errors.New(rep.Error)
-	}
-	if !stop() {
+	case !stop():
 		// The context ended meanwhile: its deadline may be set now.
 		c.Close()
 		return nil, fmt.Errorf("%w: %w", errJoinUnreachable, ctx.Err())
 	}
 	c.SetDeadline(noDeadline)
-	return rc, nil
+	return c, nil
 }
 
 // putReply gives rc back after a call; a connection that broke, or whose
@@ -192,7 +182,7 @@ func (r *Region) closeReplies() {
 }
 
 // callLockOn is callLock with the reply read from rc: the request goes on
-// the first connection, naming rc's slot, and the calling goroutine reads
+// the lock stream, naming rc's slot, and the calling goroutine reads
 // rc until the reply to it comes (a reply to an earlier call that was
 // cancelled may come first, and is skipped).
 func (r *Region) callLockOn(ctx context.Context, rc *replyConn, m *ctl.LockMsg, rep *ctl.LockMsg) (err error) {
