@@ -86,6 +86,9 @@ func (s *suite) locks(ctx context.Context) error {
 			fl.acquisitions, fl.seconds, fl.acquisitions-len(fl.handoffs)),
 	})
 
+	if err := s.barriers(ctx); err != nil {
+		return err
+	}
 	return s.withCluster(ctx, "2 nodes", 2, nil, func(c *cluster.Cluster, logs *tailBuffer) error {
 		for _, h := range []struct {
 			mode, tag, label, key, name, note string

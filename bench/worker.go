@@ -71,7 +71,7 @@ type spec struct {
 	Rounds  int    `json:"rounds"`
 	Content string `json:"content,omitempty"`
 	Seed    uint64 `json:"seed"`
-	K       int    `json:"k,omitempty"`     // invalidate: readers; fill: writers
+	K       int    `json:"k,omitempty"`     // invalidate: readers; fill: writers; barrier: nodes
 	Depth   int    `json:"depth,omitempty"` // scan: read-ahead depth
 	Iters   int    `json:"iters,omitempty"` // turns: turns per node; locks: pairs or acquisitions per node
 	Lock    string `json:"lock,omitempty"`  // locks: the mutex's name
@@ -127,7 +127,7 @@ func participants(sp spec) int {
 	switch sp.Mode {
 	case modeInvalidate:
 		return sp.K + 1
-	case modeFill:
+	case modeFill, modeBarrier:
 		return sp.K
 	}
 	return 2
@@ -195,6 +195,8 @@ func workerMain(js string) error {
 		err = w.lockSolo(&res)
 	case modeLockContend:
 		err = w.lockContend(&res)
+	case modeBarrier:
+		err = w.barrierLoop(&res)
 	case modeHeap:
 		err = w.heapWork(&res)
 	case modeRC:
