@@ -25,6 +25,10 @@ type SimConfig struct {
 	Threads    int     // program threads per node
 	Ops        int     // accesses per thread
 	WriteRatio float64 // share of accesses that are writes
+	// Sequential is the probability that a thread's next access is to the
+	// page after its last one (wrapping), as a scan's is; the others go to
+	// a random page. It makes the runs of faults read-ahead acts on.
+	Sequential float64
 	Loss       float64 // probability that a message is lost (chaotic phase)
 	Dup        float64 // probability that a message is delivered twice (chaotic phase)
 	MaxDelay   int     // a message is delivered 0..MaxDelay steps after it is sent
@@ -464,7 +468,11 @@ func (s *sim) access(n *simNode, th *simThread) error {
 	if !th.busy {
 		th.left--
 		th.busy = true
-		th.page = PageID(s.rng.IntN(s.cfg.Pages))
+		if s.cfg.Sequential > 0 && s.rng.Float64() < s.cfg.Sequential {
+			th.page = (th.page + 1) % PageID(s.cfg.Pages)
+		} else {
+			th.page = PageID(s.rng.IntN(s.cfg.Pages))
+		}
 		th.access = Read
 		if s.rng.Float64() < s.cfg.WriteRatio {
 			th.access = Write

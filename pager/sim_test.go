@@ -76,8 +76,15 @@ func (d *simDaemon) Faults(fs []coherence.SimFault) {
 	for _, f := range fs {
 		d.batch = append(d.batch, Fault{Prog: d.progs[f.Prog], Page: f.Page, Write: f.Write, WP: f.WP, At: f.At})
 	}
+	ahead := d.g.Counters().ReadAheads
 	d.g.Faults(d.batch)
+	simReadAheads.Add(int64(d.g.Counters().ReadAheads - ahead))
 }
+
+// simReadAheads counts the pages the pagers of the simulations asked for
+// ahead of sequential read faults.
+var simReadAheads atomic.Int64
+
 func (d *simDaemon) Step(m *coherence.Message) error { return d.g.Step(m) }
 
 // simPrefetched counts the pages the pagers of the simulations asked
@@ -220,5 +227,40 @@ func TestSimulatorThroughPagerCatchesBugs(t *testing.T) {
 			}
 			t.Fatalf("no schedule of 3000 found the bug")
 		})
+	}
+}
+
+// TestSimulatorReadAhead runs schedules whose threads mostly read pages
+// in order, over more pages than the others, so that the pagers read
+// ahead (read copies nobody faulted on yet, which writers then take back)
+// while the invariants are checked.
+func TestSimulatorReadAhead(t *testing.T) {
+	n := *schedulesFlag / 50
+	if testing.Short() || raceEnabled {
+		n = 20
+	}
+	first := uint64(1)
+	if *seedFlag != 0 {
+		first, n = *seedFlag, 1
+	}
+	ahead := simReadAheads.Load()
+	config := func(seed uint64) coherence.SimConfig {
+		cfg := simConfig(seed)
+		cfg.Pages = 8 + int(seed%17)
+		cfg.Ops = 20 + int(seed%20)
+		cfg.Sequential = 0.9
+		cfg.WriteRatio = []float64{0.05, 0.2, 0.5}[seed%3]
+		return cfg
+	}
+	for seed := first; seed < first+uint64(n); seed++ {
+		if _, err := coherence.Simulate(config(seed)); err != nil {
+			t.Fatalf("%v\nlast steps of the schedule:\n%s\nreplay with: go test ./pager -run TestSimulatorReadAhead -seed=%d -v",
+				err, traceTail(config(seed), 80), seed)
+		}
+	}
+	got := simReadAheads.Load() - ahead
+	t.Logf("%d schedules of mostly sequential reads: %d pages asked for ahead of a fault", n, got)
+	if got == 0 {
+		t.Fatal("no page was read ahead: the schedules did not exercise read-ahead")
 	}
 }
