@@ -53,6 +53,31 @@
 // release did not end until the home had the diff, and the acquire
 // invalidated the copy that did not have it.
 //
+// # Pages written in place
+//
+// A page may be written in place by its home (Config.InPlace: the daemon
+// says so of the pages homed in blocks, where each node writes its own
+// band). Until another node asks for it, such a page is private to its
+// home: the home's program memory is its master, the home's program
+// writes it with no twin, no diff and no notice, and a release costs
+// nothing for it. No other node can have a stale copy, since none has a
+// copy at all, and one that asks later fetches what the memory holds then.
+//
+// The first fetch makes it an ordinary page: the engine asks the daemon
+// for it (Ready.Shares); the daemon write-protects it in the program's
+// memory, so that every write from then on is tracked, reads it and hands
+// it back (Shared); the engine makes it the master, the home's copy gets a
+// twin, and the fetch is answered. The master is stamped with the home's
+// closed intervals only: if the home writes the page again in the interval
+// it was shared in, that write's notice invalidates the copies taken
+// before it. A page never goes back to private.
+//
+// The price is in the race reports: writes a home made in place before the
+// page was first shared are in no diff, so a race between one of them and
+// another node's later write of the same bytes is not reported (the later
+// write wins). The simulator's race invariant leaves such pairs out and
+// checks every other one.
+//
 // # Races
 //
 // The home remembers, for every byte of a page it received a diff for,

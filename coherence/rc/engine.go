@@ -23,6 +23,11 @@ type Config struct {
 	PageSize int
 	// Home returns the home of a page; every node must use the same one.
 	Home func(PageID) NodeID
+	// InPlace, when set, names the pages whose home writes them in place
+	// (see "Pages written in place" in the package doc): the home's
+	// program memory is their master copy until another node asks for
+	// one. Every node must use the same.
+	InPlace func(PageID) bool
 	// Retry is how many ticks a fetch or a diff waits for its answer
 	// before it is sent again (default 3).
 	Retry int
@@ -45,6 +50,7 @@ type bugs struct {
 	noRaces      bool // the home reports no race
 	noRefresh    bool // a copy whose writes lost a race is not refreshed
 	noTruncate   bool // an answer that lacks forgotten notices does not say so
+	keepOwn      bool // a shared in-place page's home copy stays untracked
 }
 
 // Kind is a message type.
@@ -140,7 +146,11 @@ type Race struct {
 // Install asks the daemon to install page data as the node's copy.
 type Install struct {
 	Page PageID
-	Data []byte
+	Data []byte // nil with Own: a page of zeros
+	// Own: the page is one this node is the home of and writes in place
+	// (Config.InPlace): install it writable and do not track its writes
+	// until Ready asks to share it.
+	Own bool
 }
 
 // Done reports the end of a Release or an Acquire.
@@ -156,6 +166,11 @@ type Ready struct {
 	Invalidates []PageID
 	Done        []Done
 	Races       []Race
+	// Shares are pages this node is the home of and writes in place that
+	// another node asked for: write-protect each in the program's memory
+	// (so that later writes are tracked as for any copy), read it, and
+	// hand it to Shared.
+	Shares []PageID
 }
 
 // PageData is the current contents of a page the program wrote.
@@ -176,6 +191,9 @@ type Stats struct {
 	// RemoteDiffs counts the diffs sent to another node (the others were
 	// applied here, at their home).
 	RemoteDiffs int
+	// Shares counts the in-place pages another node first asked for
+	// (Shared).
+	Shares int
 }
 
 // Engine is one node's side of the protocol, and the home side for the
@@ -192,6 +210,12 @@ type Engine struct {
 	need   map[PageID]clocks.Vector
 	copies map[PageID]*copyState
 	homed  map[PageID]*master
+	// sharing holds the fetches of in-place pages that wait for Shared.
+	sharing map[PageID][]Message
+	// fetchingSet and lostSet hold the pages whose copy is being fetched
+	// and whose copy lost bytes to a race (some may have been invalidated
+	// since): Tick and an acquire's end look at these, not at every copy.
+	fetchingSet, lostSet map[PageID]struct{}
 
 	fetchSeq, diffSeq, askSeq uint64
 	diffs                     map[uint64]*pendingDiff
@@ -214,6 +238,9 @@ type copyState struct {
 	// lost: bytes this node wrote lost a race at the home, so the copy
 	// differs from the master; the next acquire refreshes it.
 	lost bool
+	// own: the copy is the master (an in-place page no other node has
+	// asked for): no twin, no diff, never invalidated.
+	own bool
 }
 
 type pendingDiff struct {
@@ -253,12 +280,15 @@ func New(cfg Config) (*Engine, error) {
 		cfg.MaxNotices = 4096
 	}
 	return &Engine{
-		cfg:    cfg,
-		clock:  clocks.NewVector(cfg.Nodes),
-		need:   map[PageID]clocks.Vector{},
-		copies: map[PageID]*copyState{},
-		homed:  map[PageID]*master{},
-		diffs:  map[uint64]*pendingDiff{},
+		cfg:         cfg,
+		clock:       clocks.NewVector(cfg.Nodes),
+		need:        map[PageID]clocks.Vector{},
+		copies:      map[PageID]*copyState{},
+		homed:       map[PageID]*master{},
+		sharing:     map[PageID][]Message{},
+		fetchingSet: map[PageID]struct{}{},
+		lostSet:     map[PageID]struct{}{},
+		diffs:       map[uint64]*pendingDiff{},
 	}, nil
 }
 
@@ -286,15 +316,7 @@ func (e *Engine) Busy() bool { return e.op != nil }
 
 // Idle reports whether nothing waits for an answer.
 func (e *Engine) Idle() bool {
-	if e.op != nil || len(e.diffs) > 0 {
-		return false
-	}
-	for _, c := range e.copies {
-		if c.fetching {
-			return false
-		}
-	}
-	return true
+	return e.op == nil && len(e.diffs) == 0 && len(e.fetchingSet) == 0
 }
 
 func (e *Engine) me() NodeID { return e.cfg.ID }
@@ -325,6 +347,13 @@ func (e *Engine) Fault(p PageID) error {
 		return nil
 	}
 	e.stats.Fetches++
+	if home == e.me() && e.private(p) {
+		// Nothing was ever installed: the page is zeros, and the
+		// program's memory is its master from now on.
+		c.valid, c.own = true, true
+		e.rd.Installs = append(e.rd.Installs, Install{Page: p, Own: true})
+		return nil
+	}
 	if home == e.me() {
 		m := e.master(p)
 		e.install(p, c, m.applied.Clone(), slices.Clone(m.data))
@@ -332,12 +361,14 @@ func (e *Engine) Fault(p PageID) error {
 	}
 	e.fetchSeq++
 	c.fetching, c.seq, c.sentAt = true, e.fetchSeq, e.now
+	e.fetchingSet[p] = struct{}{}
 	e.send(Message{Kind: MsgFetch, To: home, Page: p, Seq: c.seq})
 	return nil
 }
 
 func (e *Engine) install(p PageID, c *copyState, clock clocks.Vector, data []byte) {
 	c.valid, c.fetching, c.lost = true, false, false
+	delete(e.fetchingSet, p)
 	c.clock = clock
 	c.twin = data
 	e.rd.Installs = append(e.rd.Installs, Install{Page: p, Data: slices.Clone(data)})
@@ -363,6 +394,14 @@ func (e *Engine) Step(m *Message) error {
 	case MsgFetch:
 		if e.cfg.Home(m.Page) != e.me() {
 			return fmt.Errorf("rc: fetch of page %d from %d, whose home is %d", m.Page, m.From, e.cfg.Home(m.Page))
+		}
+		if e.private(m.Page) {
+			q := e.sharing[m.Page]
+			if len(q) == 0 {
+				e.rd.Shares = append(e.rd.Shares, m.Page)
+			}
+			e.sharing[m.Page] = append(q, *m)
+			return nil
 		}
 		ms := e.master(m.Page)
 		e.send(Message{Kind: MsgPage, To: m.From, Page: m.Page, Seq: m.Seq, Clock: ms.applied.Clone(), Data: slices.Clone(ms.data)})
@@ -390,6 +429,9 @@ func (e *Engine) Step(m *Message) error {
 		if e.cfg.Home(m.Page) != e.me() {
 			return fmt.Errorf("rc: diff of page %d from %d, whose home is %d", m.Page, m.From, e.cfg.Home(m.Page))
 		}
+		if e.private(m.Page) {
+			return fmt.Errorf("rc: diff of page %d from %d, which no node has asked this home for", m.Page, m.From)
+		}
 		lost, err := e.applyDiff(m)
 		if err != nil {
 			return err
@@ -409,6 +451,7 @@ func (e *Engine) Step(m *Message) error {
 		if m.Upto == 1 {
 			if c := e.copies[d.msg.Page]; c != nil {
 				c.lost = true
+				e.lostSet[d.msg.Page] = struct{}{}
 			}
 		}
 		e.op.waiting--
@@ -471,8 +514,8 @@ func (e *Engine) Step(m *Message) error {
 func (e *Engine) Tick() {
 	e.now++
 	var pages []PageID
-	for p, c := range e.copies {
-		if c.fetching && e.now-c.sentAt >= uint64(e.cfg.Retry) {
+	for p := range e.fetchingSet {
+		if c := e.copies[p]; e.now-c.sentAt >= uint64(e.cfg.Retry) {
 			pages = append(pages, p)
 		}
 	}
@@ -560,6 +603,9 @@ func (e *Engine) start(op *syncOp, dirty []PageData) error {
 		if c == nil || !c.valid {
 			return fmt.Errorf("rc: page %d is written but the node has no copy of it", d.Page)
 		}
+		if c.own {
+			continue // written in place: the master has it already
+		}
 		if len(d.Data) != e.cfg.PageSize {
 			return fmt.Errorf("rc: page %d: %d bytes, want %d", d.Page, len(d.Data), e.cfg.PageSize)
 		}
@@ -596,6 +642,7 @@ func (e *Engine) start(op *syncOp, dirty []PageData) error {
 		}
 		if lost {
 			e.copies[local[i].Page].lost = true
+			e.lostSet[local[i].Page] = struct{}{}
 		}
 	}
 	e.stats.RemoteDiffs += len(remote)
@@ -656,6 +703,8 @@ func (e *Engine) dropAll() {
 	var ps []PageID
 	for p, c := range e.copies {
 		switch {
+		case c.own:
+			// The master itself: no other node wrote it.
 		case c.valid:
 			ps = append(ps, p)
 		case c.fetching:
@@ -683,7 +732,7 @@ func (e *Engine) takeNotices(ns []Notice) {
 			}
 			nd[n.Node] = max(nd[n.Node], n.Interval)
 			c := e.copies[p]
-			if c != nil && c.valid && c.clock[n.Node] < n.Interval && !e.cfg.bugs.noInvalidate {
+			if c != nil && c.valid && !c.own && c.clock[n.Node] < n.Interval && !e.cfg.bugs.noInvalidate {
 				c.valid = false
 				c.twin = nil
 				e.stats.Invalidations++
@@ -700,10 +749,13 @@ func (e *Engine) finish() {
 	op := e.op
 	e.op = nil
 	var lost []PageID
-	for p, c := range e.copies {
-		if c.valid && c.lost && !e.cfg.bugs.noRefresh {
+	for p := range e.lostSet {
+		if c := e.copies[p]; c.valid && c.lost && !e.cfg.bugs.noRefresh {
 			lost = append(lost, p)
 		}
+	}
+	if !e.cfg.bugs.noRefresh {
+		clear(e.lostSet)
 	}
 	slices.Sort(lost)
 	for _, p := range lost {
@@ -808,4 +860,49 @@ func (d *differ) scan(twin, cur []byte, fill bool) {
 		}
 	}
 	d.end(cur, n, fill)
+}
+
+// private reports whether p is a page this node is the home of and writes
+// in place, and no other node has asked for yet.
+func (e *Engine) private(p PageID) bool {
+	return e.cfg.InPlace != nil && e.homed[p] == nil && e.cfg.Home(p) == e.me() && e.cfg.InPlace(p)
+}
+
+// Private reports whether p is homed here, written in place, and still
+// this node's alone: the program's memory is its master.
+func (e *Engine) Private(p PageID) bool { return e.private(p) }
+
+// Shared takes the contents of page p, which Ready asked for in Shares:
+// data is what the program's memory holds (nil when the page was never
+// installed: zeros), read after the page was write-protected. The page
+// gets a master copy like any other and the node's copy a twin; from now
+// on the node's writes to it are diffed, and the fetches that waited are
+// answered.
+func (e *Engine) Shared(p PageID, data []byte) error {
+	if !e.private(p) {
+		return fmt.Errorf("rc: page %d is not an in-place page of this home waiting to be shared", p)
+	}
+	if data != nil && len(data) != e.cfg.PageSize {
+		return fmt.Errorf("rc: page %d: %d bytes, want %d", p, len(data), e.cfg.PageSize)
+	}
+	m := e.master(p)
+	if data != nil {
+		copy(m.data, data)
+	}
+	// The master holds every write of the node's closed intervals and
+	// some of its open one: its notice, at the next release, invalidates
+	// copies taken now if the node writes the page again.
+	m.applied[e.me()] = e.clock[e.me()]
+	e.stats.Shares++
+	if c := e.copies[p]; c != nil && c.own && !e.cfg.bugs.keepOwn {
+		c.own = false
+		c.clock = m.applied.Clone()
+		c.twin = slices.Clone(m.data)
+	}
+	q := e.sharing[p]
+	delete(e.sharing, p)
+	for _, f := range q {
+		e.send(Message{Kind: MsgPage, To: f.From, Page: p, Seq: f.Seq, Clock: m.applied.Clone(), Data: slices.Clone(m.data)})
+	}
+	return nil
 }

@@ -269,3 +269,132 @@ func BenchmarkDiffRuns(b *testing.B) {
 		})
 	}
 }
+
+// pump delivers the messages of rd, and those they cause, between the
+// engines of es until none is left; it returns every Ready it saw, by
+// engine.
+func pump(t *testing.T, es []*Engine, rd Ready, from int) [][]Ready {
+	t.Helper()
+	seen := make([][]Ready, len(es))
+	seen[from] = append(seen[from], rd)
+	queue := rd.Messages
+	for len(queue) > 0 {
+		m := queue[0]
+		queue = queue[1:]
+		if err := es[m.To].Step(&m); err != nil {
+			t.Fatalf("step %v at node %d: %v", m.Kind, m.To, err)
+		}
+		r := es[m.To].Ready()
+		seen[m.To] = append(seen[m.To], r)
+		queue = append(queue, r.Messages...)
+	}
+	return seen
+}
+
+// A page its home writes in place costs nothing until another node asks
+// for it: no twin, no diff, no notice. The first fetch asks the home's
+// daemon for the page (Shares); from Shared on, the home's writes are
+// diffed like any node's, and the other node's copy is invalidated by
+// them.
+func TestInPlacePage(t *testing.T) {
+	const ps = 64
+	var es []*Engine
+	for i := range 2 {
+		e, err := New(Config{ID: NodeID(i), Nodes: 2, PageSize: ps, Home: func(PageID) NodeID { return 0 }, InPlace: func(p PageID) bool { return p == 0 }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		es = append(es, e)
+	}
+	home, other := es[0], es[1]
+	if err := home.Fault(0); err != nil {
+		t.Fatal(err)
+	}
+	rd := home.Ready()
+	if len(rd.Installs) != 1 || !rd.Installs[0].Own || rd.Installs[0].Data != nil || len(rd.Messages) != 0 {
+		t.Fatalf("the home's fault on its in-place page: %+v, want one Own install of zeros and no message", rd)
+	}
+	if !home.Private(0) || home.Master(0) != nil {
+		t.Fatal("an in-place page nobody asked for must be private, with no master in the engine")
+	}
+	mem := make([]byte, ps) // the home program's memory
+	mem[3] = 7
+	if err := home.Release(1, []PageData{{Page: 0, Data: slices.Clone(mem)}}); err != nil {
+		t.Fatal(err)
+	}
+	rd = home.Ready()
+	if len(rd.Done) != 1 || len(rd.Messages) != 0 || home.Stats().Diffs != 0 {
+		t.Fatalf("a release of an in-place page: %+v, %d diffs; want done at once, nothing sent, no diff", rd, home.Stats().Diffs)
+	}
+	pl := rd.Done[0].Payload
+
+	// The other node asks: the home's daemon is asked for the page.
+	if err := other.Fault(0); err != nil {
+		t.Fatal(err)
+	}
+	seen := pump(t, es, other.Ready(), 1)
+	var shares []PageID
+	for _, r := range seen[0] {
+		shares = append(shares, r.Shares...)
+	}
+	if !slices.Equal(shares, []PageID{0}) || other.Valid(0) {
+		t.Fatalf("shares %v, other valid %v: want page 0 asked for once and the fetch waiting", shares, other.Valid(0))
+	}
+	mem[5] = 9 // written before the daemon protected and read the page
+	if err := home.Shared(0, slices.Clone(mem)); err != nil {
+		t.Fatal(err)
+	}
+	seen = pump(t, es, home.Ready(), 0)
+	if !other.Valid(0) || home.Private(0) || !bytes.Equal(home.Master(0), mem) || home.Stats().Shares != 1 {
+		t.Fatalf("after Shared: other valid %v, home private %v, master %v (want %v), shares %d", other.Valid(0), home.Private(0), home.Master(0), mem, home.Stats().Shares)
+	}
+	var got []byte
+	for _, r := range seen[1] {
+		for _, in := range r.Installs {
+			got = in.Data
+		}
+	}
+	if !bytes.Equal(got, mem) {
+		t.Fatalf("the other node installed %v, want %v", got, mem)
+	}
+	if err := home.Shared(0, mem); err == nil {
+		t.Fatal("Shared of a page already shared must be refused")
+	}
+
+	// From now on the home's writes are diffed, and the other node's
+	// acquire drops its copy.
+	mem[6] = 1
+	if err := home.Release(2, []PageData{{Page: 0, Data: slices.Clone(mem)}}); err != nil {
+		t.Fatal(err)
+	}
+	rd = home.Ready()
+	if len(rd.Done) != 1 || home.Stats().Diffs != 1 || !bytes.Equal(home.Master(0), mem) {
+		t.Fatalf("release after sharing: %+v, %d diffs, master %v; want one diff applied at home", rd, home.Stats().Diffs, home.Master(0))
+	}
+	if err := other.Acquire(3, nil, Merge(*pl, *rd.Done[0].Payload)); err != nil {
+		t.Fatal(err)
+	}
+	seen = pump(t, es, other.Ready(), 1)
+	var inval []PageID
+	for _, r := range seen[1] {
+		inval = append(inval, r.Invalidates...)
+	}
+	if !slices.Equal(inval, []PageID{0}) {
+		t.Fatalf("the other node's acquire invalidated %v, want page 0", inval)
+	}
+}
+
+// A diff of an in-place page nobody asked for cannot come from a correct
+// node: it is refused, and the page stays private.
+func TestInPlaceRefusesUnaskedDiff(t *testing.T) {
+	e, err := New(Config{ID: 0, Nodes: 2, PageSize: 64, Home: func(PageID) NodeID { return 0 }, InPlace: func(PageID) bool { return true }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := clocks.NewVector(2)
+	clock[1] = 1
+	m := Message{Kind: MsgDiff, From: 1, To: 0, Page: 4, Seq: 1, Interval: 1, Clock: clock, Runs: []Run{{Off: 0, Data: []byte{1}}}}
+	if err := e.Step(&m); err == nil || !e.Private(4) {
+		t.Fatalf("diff of an unasked in-place page: err %v, private %v; want an error and the page still private", err, e.Private(4))
+	}
+}

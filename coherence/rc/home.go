@@ -49,10 +49,11 @@ func (e *Engine) master(p PageID) *master {
 	return m
 }
 
-// Master returns a copy of the home's master copy of page p (nil if p is
-// not homed here), for checks.
+// Master returns a copy of the home's master copy of page p, for checks:
+// nil if p is not homed here or is written in place and still private
+// (Private: the program's memory is its master then).
 func (e *Engine) Master(p PageID) []byte {
-	if e.cfg.Home(p) != e.me() {
+	if e.cfg.Home(p) != e.me() || e.private(p) {
 		return nil
 	}
 	return slices.Clone(e.master(p).data)
