@@ -466,7 +466,10 @@ const maxHints = 256
 // datagrams: give them in one call. A wrong ForWrite hint costs what a
 // needless write fault costs: the page moves here and back.
 //
-// Release-consistent memory is left alone: its pages come at an acquire.
+// In release-consistent memory a hint asks for a copy of each page the
+// node has none of (one an acquire dropped, say), and ForWrite also makes
+// a copy writable ahead of the write, which then takes no write-protect
+// fault (the page joins what the next release diffs).
 // A hint outside the region or with an unknown intent is an error, and
 // then no hint of the call is sent.
 func (r *Region) Prefetch(hints ...Hint) error {

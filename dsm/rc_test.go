@@ -359,6 +359,14 @@ func TestBlockHomesKeepBandsHome(t *testing.T) {
 				require.NoError(t, err)
 				remote += st.RC.Engine.RemoteDiffs
 				require.NotZero(t, st.RC.Engine.Diffs)
+				if blocks {
+					// A home writes its band in place until another
+					// node first asks for a page of it (after the
+					// first round's barrier): the first round's writes
+					// cost no diff, the next two rounds' one per page.
+					require.Equal(t, bandPages, st.RC.Engine.Shares, "node %d: pages handed over", i)
+					require.Equal(t, 2*bandPages, st.RC.Engine.Diffs, "node %d: diffs", i)
+				}
 			}
 			if blocks {
 				require.Zero(t, remote, "with BlockHomes a node's band is at home where it is written")

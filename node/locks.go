@@ -158,9 +158,12 @@ func (n *Node) prefetch(run func(func()) error, p *prog, text string) {
 			}
 			lo, hi := coherence.PageID(h.Off/ps), coherence.PageID((h.Off+h.Size+ps-1)/ps)
 			if n.rcs != nil {
-				// Two pieces at most: below and above the area.
+				// Three pieces at most: below, in and above the area.
 				if lo < n.rcs.lo {
 					n.pg.Prefetch(lo, min(hi, n.rcs.lo), h.Write)
+				}
+				if a, b := max(lo, n.rcs.lo), min(hi, n.rcs.hi); a < b {
+					n.rcPrefetch(a, b, h.Write)
 				}
 				lo = max(lo, n.rcs.hi)
 			}

@@ -32,6 +32,11 @@ import (
 //     protection, and hands them to the engine, which sends the diffs home.
 //     The lock or barrier goes on when the homes have them, carrying the
 //     engine's payload.
+//   - A page homed here in blocks (rchomes.go) is written in place: the
+//     program's memory is its master, installed writable and not tracked,
+//     until another node asks for it; the engine then asks for it
+//     (Ready.Shares) and rcShare write-protects it, reads it and hands it
+//     over, after which it is tracked like any copy.
 //   - An acquire (a grant, a barrier departure, Region.Acquire) flushes the
 //     written pages the same way, then the engine invalidates the copies
 //     the writers' notices outdate (a punched hole: the next access faults
@@ -61,6 +66,8 @@ type rcState struct {
 	homes        []homeRange
 	announcing   map[uint64]*announcement
 	nextAnnounce uint64
+	zeros        []byte // zeroPage
+	prefetched   uint64 // pages rcPrefetch asked for or made writable
 }
 
 // maxDirtyAhead bounds how many pages a write-protect fault makes writable
@@ -97,7 +104,11 @@ func (n *Node) initRC() error {
 	n.rcs = &rcState{lo: coherence.PageID(lo), hi: coherence.PageID(hi),
 		dirty: map[coherence.PageID]bool{}, wantWrite: map[coherence.PageID]bool{}, announcing: map[uint64]*announcement{}}
 	eng, err := rc.New(rc.Config{ID: rc.NodeID(n.cfg.ID), Nodes: n.cfg.Nodes, PageSize: n.ps,
-		Home: func(p rc.PageID) rc.NodeID { return rc.NodeID(n.rcHome(coherence.PageID(p))) }})
+		Home: func(p rc.PageID) rc.NodeID { return rc.NodeID(n.rcHome(coherence.PageID(p))) },
+		// Pages homed in blocks are written in place by their home: the
+		// band a node writes costs nothing at its releases until a
+		// neighbour asks for a page of it (see rcShare).
+		InPlace: func(p rc.PageID) bool { _, ok := n.homeRangeOf(coherence.PageID(p)); return ok }})
 	if err != nil {
 		return err
 	}
@@ -170,6 +181,45 @@ func (n *Node) rcWritable(p coherence.PageID, ahead bool) {
 	}
 	n.pg.ProtectAll(p, k+1, false)
 	n.pg.Resolve(p, false)
+}
+
+// rcPrefetch serves prefetch hints on release-consistent pages [lo, hi),
+// with nobody waiting: a page the node has no copy of is asked for as a
+// fault would ask (writable once it comes, with write); with write, a
+// present copy not yet written is made writable and joins the written set
+// as a write-protect fault would make it (its diff is empty if the program
+// does not write it after all). Nothing is made writable ahead while an
+// acquire runs, since the acquire may yet invalidate the copy. Pages a
+// fault already waits on are left to it.
+func (n *Node) rcPrefetch(lo, hi coherence.PageID, write bool) {
+	rs := n.rcs
+	write = write && (rs.cur == nil || !rs.cur.acquire)
+	for q := lo; q < hi; q++ {
+		if n.pg.WaitingOn(q) {
+			continue
+		}
+		switch n.pg.Phys(q) {
+		case coherence.Invalid:
+			if rs.eng.Valid(rc.PageID(q)) {
+				continue
+			}
+			if write {
+				rs.wantWrite[q] = true
+			}
+			if err := rs.eng.Fault(rc.PageID(q)); err != nil {
+				n.log.Warn("prefetch refused by the release-consistent engine", "page", q, "err", err)
+				return
+			}
+		case coherence.Shared:
+			if !write || rs.dirty[q] {
+				continue
+			}
+			n.rcWritable(q, false)
+		default:
+			continue
+		}
+		rs.prefetched++
+	}
 }
 
 // rcSync queues a release (acquire false) or an acquire for the engine;
@@ -255,13 +305,9 @@ func (n *Node) rcWritten() []rc.PageData {
 		first, count := pages[i], j-i
 		n.pg.ProtectAll(first, count, true)
 		buf := make([]byte, count*n.ps)
-		for done := 0; done < len(buf); {
-			k, err := unix.Pread(n.memfd, buf[done:], n.pageOff(first)+int64(done))
-			if err != nil || k == 0 {
-				n.fail(fmt.Errorf("read written pages %d..%d: %v (%d bytes)", first, first+coherence.PageID(count-1), err, k))
-				return nil
-			}
-			done += k
+		if err := n.readPages(first, buf); err != nil {
+			n.fail(fmt.Errorf("written pages: %w", err))
+			return nil
 		}
 		for k := range count {
 			p := first + coherence.PageID(k)
@@ -281,7 +327,7 @@ func (n *Node) flushRC() bool {
 		return false
 	}
 	rd := rs.eng.Ready()
-	if len(rd.Messages)+len(rd.Installs)+len(rd.Invalidates)+len(rd.Done)+len(rd.Races) == 0 {
+	if len(rd.Messages)+len(rd.Installs)+len(rd.Invalidates)+len(rd.Done)+len(rd.Races)+len(rd.Shares) == 0 {
 		return false
 	}
 	for i := range rd.Messages {
@@ -292,7 +338,12 @@ func (n *Node) flushRC() bool {
 		}
 	}
 	for _, in := range rd.Installs {
-		n.rcInstall(coherence.PageID(in.Page), in.Data)
+		n.rcInstall(coherence.PageID(in.Page), in.Data, in.Own)
+	}
+	// After the installs: a page installed in place and asked for in the
+	// same batch is then present, and shared with what it holds.
+	for _, p := range rd.Shares {
+		n.rcShare(coherence.PageID(p))
 	}
 	for _, p := range rd.Invalidates {
 		n.rcInvalidate(coherence.PageID(p))
@@ -330,14 +381,18 @@ func raceOf(r rc.Race) analyzer.Race {
 	return analyzer.Race{Page: uint32(r.Page), Off: r.Off, Len: r.Len, A: w(r.A), B: w(r.B)}
 }
 
-// rcInstall installs a copy the engine fetched.
-func (n *Node) rcInstall(p coherence.PageID, data []byte) {
+// rcInstall installs a copy the engine fetched, or, own, a page this node
+// is the home of and writes in place: zeros, writable, untracked.
+func (n *Node) rcInstall(p coherence.PageID, data []byte, own bool) {
 	rs := n.rcs
 	// While an acquire runs, a copy is installed write-protected even for
 	// a write: the write then faults again and waits for the acquire's
 	// end, since the acquire may yet invalidate the copy, which must not
-	// hold writes then.
-	writable := rs.wantWrite[p] && (rs.cur == nil || !rs.cur.acquire)
+	// hold writes then. A page written in place is never invalidated.
+	writable := own || rs.wantWrite[p] && (rs.cur == nil || !rs.cur.acquire)
+	if own && data == nil {
+		data = n.zeroPage()
+	}
 	delete(rs.wantWrite, p)
 	if n.pg.Phys(p) != coherence.Invalid {
 		n.log.Error("rc engine installs a page that is present", "page", p)
@@ -347,10 +402,50 @@ func (n *Node) rcInstall(p coherence.PageID, data []byte) {
 	if !ok {
 		return // the pager stopped the node
 	}
-	if writable {
+	if writable && !own {
 		rs.dirty[p] = true
 	}
 	n.pg.Resolve(p, via == nil || !installed)
+}
+
+// zeroPage returns a page of zeros, which nobody may write.
+func (n *Node) zeroPage() []byte {
+	if n.rcs.zeros == nil {
+		n.rcs.zeros = make([]byte, n.ps)
+	}
+	return n.rcs.zeros
+}
+
+// rcShare hands the engine a page this node writes in place and another
+// node asked for. It is write-protected in every program first, so that a
+// write from now on faults and is tracked (and diffed at the release),
+// then read: the read holds every write made before the protection.
+func (n *Node) rcShare(p coherence.PageID) {
+	var data []byte
+	if n.pg.Phys(p) != coherence.Invalid {
+		n.pg.ProtectAll(p, 1, true)
+		n.pg.SetPhys(p, coherence.Shared)
+		data = make([]byte, n.ps)
+		if err := n.readPages(p, data); err != nil {
+			n.fail(err)
+			return
+		}
+	}
+	if err := n.rcs.eng.Shared(rc.PageID(p), data); err != nil {
+		n.fail(fmt.Errorf("release-consistent page %d shared: %w", p, err))
+	}
+}
+
+// readPages reads len(buf)/page size pages from p on from the memfd.
+func (n *Node) readPages(p coherence.PageID, buf []byte) error {
+	for done := 0; done < len(buf); {
+		k, err := unix.Pread(n.memfd, buf[done:], n.pageOff(p)+int64(done))
+		if err != nil || k == 0 {
+			return fmt.Errorf("read pages %d..%d: %v (%d bytes)", p, p+coherence.PageID(len(buf)/n.ps-1), err, k)
+		}
+		done += k
+	}
+	return nil
 }
 
 // rcInvalidate drops a copy the notices outdate.

@@ -45,6 +45,16 @@ const (
 
 // rcHome returns the home of release-consistent page p.
 func (n *Node) rcHome(p coherence.PageID) coherence.NodeID {
+	r, ok := n.homeRangeOf(p)
+	if !ok {
+		return n.Home(p)
+	}
+	return coherence.NodeID(uint64(p-r.lo) * uint64(n.cfg.Nodes) / uint64(r.hi-r.lo))
+}
+
+// homeRangeOf returns the range homed in blocks that holds page p, if one
+// does.
+func (n *Node) homeRangeOf(p coherence.PageID) (homeRange, bool) {
 	rs := n.rcs
 	i, found := slices.BinarySearchFunc(rs.homes, p, func(r homeRange, p coherence.PageID) int {
 		switch {
@@ -56,10 +66,9 @@ func (n *Node) rcHome(p coherence.PageID) coherence.NodeID {
 		return 0
 	})
 	if !found {
-		return n.Home(p)
+		return homeRange{}, false
 	}
-	r := rs.homes[i]
-	return coherence.NodeID(uint64(p-r.lo) * uint64(n.cfg.Nodes) / uint64(r.hi-r.lo))
+	return rs.homes[i], true
 }
 
 // addHomeRange records r; the same range again is fine, an overlapping

@@ -107,6 +107,9 @@ type RCStatus struct {
 	Queued     int      `json:"queued"` // operations waiting for the engine
 	Engine     rc.Stats `json:"engine"`
 	RacesFound int      `json:"races_found"` // data races this node, as a home, found
+	// Prefetched counts the pages prefetch hints asked for or made
+	// writable ahead of a write.
+	Prefetched uint64 `json:"prefetched"`
 }
 
 func (n *Node) status() Status {
@@ -134,7 +137,7 @@ func (n *Node) status() Status {
 	}
 	if rs := n.rcs; rs != nil {
 		st.RC = &RCStatus{Pages: uint64(rs.hi - rs.lo), Written: len(rs.dirty), Releases: rs.releases, Acquires: rs.acquires,
-			Queued: len(rs.queue), Engine: rs.eng.Stats(), RacesFound: rs.races}
+			Queued: len(rs.queue), Engine: rs.eng.Stats(), RacesFound: rs.races, Prefetched: rs.prefetched}
 	}
 	for i, s := range n.pg.PhysStates() {
 		switch s {

@@ -69,6 +69,8 @@ type workerParams struct {
 	Iters      int           `json:"iters"`
 	Timeout    time.Duration `json:"timeout"`
 	NoPrefetch bool          `json:"no_prefetch,omitempty"`
+	// RC puts the grids in release-consistent memory, homed in blocks.
+	RC bool `json:"rc,omitempty"`
 }
 
 // Summary is the outcome of a run: what -json prints.
@@ -115,6 +117,7 @@ func main() {
 	asJSON := flag.Bool("json", false, "print one JSON object with the figures and the check instead of text")
 	readAhead := flag.Int("read-ahead", 0, "pages the daemons read ahead of sequential read faults (0: their default, -1: none)")
 	prefetch := flag.Bool("prefetch", true, "ask for the halo ahead and sweep the interior while it comes (false: sweep top to bottom, the halo comes by faults)")
+	rcGrids := flag.Bool("rc", false, "put the grids in release-consistent memory (dsm.ReleaseConsistent, homed in blocks: dsm.BlockHomes), where the barrier carries each band's rows to its neighbours")
 	timeout := flag.Duration("timeout", 5*time.Minute, "give up when the workers have not finished after this long")
 	flag.Parse()
 	switch {
@@ -136,9 +139,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if !*asJSON {
-		explain(*nodes, *n, *iters, *readAhead, *prefetch)
+		explain(*nodes, *n, *iters, *readAhead, *prefetch, *rcGrids)
 	}
-	sum, err := run(ctx, workerParams{N: *n, Iters: *iters, Timeout: *timeout, NoPrefetch: !*prefetch}, *nodes, *readAhead)
+	sum, err := run(ctx, workerParams{N: *n, Iters: *iters, Timeout: *timeout, NoPrefetch: !*prefetch, RC: *rcGrids}, *nodes, *readAhead)
 	if err != nil && !errors.Is(err, jacobi.ErrMismatch) {
 		fatal(err)
 	}
@@ -160,7 +163,7 @@ func fatal(err error) {
 }
 
 // explain says what the run does before it starts.
-func explain(nodes, n, iters, readAhead int, prefetch bool) {
+func explain(nodes, n, iters, readAhead int, prefetch, rcGrids bool) {
 	ps := os.Getpagesize()
 	row := n * jacobi.CellBytes
 	on := "1 node"
@@ -183,7 +186,12 @@ func explain(nodes, n, iters, readAhead int, prefetch bool) {
 		fmt.Println("The daemons' read-ahead also fetches a few pages past the halo, which their owner must then take")
 		fmt.Println("back when it writes them (-read-ahead -1 turns read-ahead off).")
 	}
-	if nodes > 1 && prefetch {
+	if rcGrids {
+		fmt.Println("The grids are release-consistent (dsm.ReleaseConsistent), each band's pages at home on the node that")
+		fmt.Println("writes them (dsm.BlockHomes): a barrier sends the band's writes home and tells the neighbours which")
+		fmt.Println("pages changed; the halo pages they hold are dropped then and fetched again when read.")
+	}
+	if nodes > 1 && prefetch && !rcGrids {
 		fmt.Println("Each iteration starts with prefetch hints (Region.Prefetch): the halo rows, and ownership of the band's")
 		fmt.Println("edge rows, which the neighbours read last time; the interior is swept while they come, the edge rows")
 		fmt.Println("last (-prefetch=false sweeps top to bottom and lets the halo come by faults).")
@@ -235,7 +243,18 @@ func run(ctx context.Context, p workerParams, nodes, readAhead int) (Summary, er
 	ps := os.Getpagesize()
 	// The two grids, each page aligned, rounded up to whole MiB.
 	size := uint64(2*jacobi.GridBytes(p.N)+2*ps+(1<<20)-1) &^ (1<<20 - 1)
-	c, err := cluster.Start(ctx, cluster.Options{Nodes: nodes, Size: size, Tune: func(c *node.Config) { c.ReadAhead = readAhead }})
+	var rcSize uint64
+	if p.RC {
+		// Both grids are release-consistent; the region's last MiB is
+		// the allocator's own.
+		rcSize = size
+		size += 1 << 20
+	}
+	tune := func(c *node.Config) {
+		c.ReadAhead = readAhead
+		c.RCSize = rcSize
+	}
+	c, err := cluster.Start(ctx, cluster.Options{Nodes: nodes, Size: size, Tune: tune})
 	if err != nil {
 		return Summary{}, fmt.Errorf("start a %d-node cluster: %w", nodes, err)
 	}
@@ -370,7 +389,11 @@ func worker(js string) error {
 		return err
 	}
 	defer r.Close()
-	res, err := jacobi.Run(ctx, r, jacobi.Config{N: p.N, Iters: p.Iters, NoPrefetch: p.NoPrefetch})
+	cfg := jacobi.Config{N: p.N, Iters: p.Iters, NoPrefetch: p.NoPrefetch}
+	if p.RC {
+		cfg.Alloc = []dsm.AllocOption{dsm.ReleaseConsistent, dsm.BlockHomes}
+	}
+	res, err := jacobi.Run(ctx, r, cfg)
 	if err == nil || errors.Is(err, jacobi.ErrMismatch) {
 		b, merr := json.Marshal(res)
 		if merr != nil {
