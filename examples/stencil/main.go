@@ -28,9 +28,11 @@
 // read-ahead off to compare.
 //
 // Flags: -nodes (1 runs on a one-node cluster), -n (grid size), -iters,
-// -json (one JSON object instead of text), -read-ahead, -timeout.
+// -json (one JSON object instead of text), -read-ahead, -prefetch, -rc
+// (release-consistent grids, each band's pages at home on its node),
+// -timeout.
 //
-//	go run ./examples/stencil [-nodes 2] [-n 1024] [-iters 100] [-json] [-read-ahead -1]
+//	go run ./examples/stencil [-nodes 2] [-n 1024] [-iters 100] [-json] [-read-ahead -1] [-rc]
 package main
 
 import (
@@ -85,6 +87,8 @@ type Summary struct {
 	// Prefetch reports that the nodes asked for their halo ahead
 	// (jacobi.Run).
 	Prefetch bool `json:"prefetch"`
+	// RC reports that the grids were release-consistent (-rc).
+	RC bool `json:"rc"`
 	// Bands are the nodes' bands, by node, and the median time of their
 	// sweeps (halo faults included).
 	Bands []Band `json:"bands"`
@@ -298,6 +302,7 @@ func run(ctx context.Context, p workerParams, nodes, readAhead int) (Summary, er
 		results = append(results, r)
 	}
 	sum, err := summarize(results, nodes, p.N, p.Iters)
+	sum.RC = p.RC
 	if err != nil && errors.Is(err, jacobi.ErrMismatch) {
 		return sum, err
 	}

@@ -61,11 +61,12 @@ func TestStencilPassesItsCheck(t *testing.T) {
 	for _, c := range []struct {
 		nodes    int
 		prefetch bool
-	}{{1, true}, {2, true}, {3, true}, {2, false}} {
+		rc       bool
+	}{{1, true, false}, {2, true, false}, {3, true, false}, {2, false, false}, {1, true, true}, {3, true, true}} {
 		nodes := c.nodes
-		t.Run(fmt.Sprintf("nodes=%d/prefetch=%v", nodes, c.prefetch), func(t *testing.T) {
+		t.Run(fmt.Sprintf("nodes=%d/prefetch=%v/rc=%v", nodes, c.prefetch, c.rc), func(t *testing.T) {
 			stdout, stderr, err := runDemo(t, "-nodes", strconv.Itoa(nodes), "-n", strconv.Itoa(n), "-iters", strconv.Itoa(iters), "-json",
-				"-prefetch="+strconv.FormatBool(c.prefetch))
+				"-prefetch="+strconv.FormatBool(c.prefetch), "-rc="+strconv.FormatBool(c.rc))
 			require.NoError(t, err, "demo failed:\n%s\n%s", stdout, stderr)
 			var s Summary
 			require.NoError(t, json.Unmarshal([]byte(stdout), &s), stdout)
@@ -74,6 +75,7 @@ func TestStencilPassesItsCheck(t *testing.T) {
 			require.Equal(t, nodes, s.Nodes)
 			require.Equal(t, n, s.N)
 			require.Equal(t, iters, s.Iters)
+			require.Equal(t, c.rc, s.RC)
 			require.Equal(t, nodes > 1 && c.prefetch, s.Prefetch, "prefetch hints are sent on more than one node unless turned off")
 			require.Positive(t, s.MsPerIter)
 			require.Positive(t, s.MeanMsPerIter)
