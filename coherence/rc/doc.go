@@ -23,19 +23,23 @@
 // interval in its own entry) and waits until every home has acknowledged
 // (MsgDiffAck): from then on the writes are at the homes. It then closes the
 // interval and records a write notice, (node, interval, pages), in the log
-// of its own intervals. Release's result is a Payload: the node's clock,
-// which the lock or barrier carries to the next acquirer (a few bytes per
-// node, however long the history).
+// of its own intervals. Release's result is a Payload: the node's clock and
+// the notices of its latest few intervals, which the lock or barrier
+// carries to the next acquirer (a few bytes per node and per page written,
+// however long the history).
 //
 // At an acquire (Acquire: a Lock, a barrier departure) the node first
 // flushes its own written pages the same way (so that the writes of the
 // interval before the acquire are stamped with the clock they were made
 // under). Then, for every node j whose intervals the payload's clock covers
-// beyond what the node has seen, it asks j for the notices of those
-// intervals (MsgNoticeReq, MsgNotices: every node keeps the notices of its
-// own intervals); it invalidates its copy of each page named, unless the
-// copy already contains that interval (each copy carries the clock of the
-// home's master when it was fetched), and merges the payload's clock into
+// beyond what the node has seen, it takes the notices of those intervals
+// from the payload when it holds all of them (a barrier's payload holds
+// every node's latest, which is all a node that passed the previous
+// barrier lacks), or else asks j for them (MsgNoticeReq, MsgNotices: every
+// node keeps the notices of its own intervals); it invalidates its copy
+// of each page named, unless the copy already contains that interval (each
+// copy carries the clock of the home's master when it was fetched), and
+// merges the payload's clock into
 // its own. A later access fetches the page again, from a home that has, by
 // then, every diff the notices speak of. A copy that arrives from the home
 // without an interval the node has a notice for is stale and is fetched

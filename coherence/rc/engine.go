@@ -51,6 +51,7 @@ type bugs struct {
 	noRefresh    bool // a copy whose writes lost a race is not refreshed
 	noTruncate   bool // an answer that lacks forgotten notices does not say so
 	keepOwn      bool // a shared in-place page's home copy stays untracked
+	trustPayload bool // an acquire takes a payload's notices even when they leave a gap
 }
 
 // Kind is a message type.
@@ -110,13 +111,25 @@ type Notice struct {
 }
 
 // Payload is what a release hands, through a lock or a barrier, to the
-// next acquirer: the releaser's clock. The acquirer asks each node whose
+// next acquirer: the releaser's clock, and the notices of the releaser's
+// latest intervals (at most maxPayloadNotices of them, naming at most
+// maxPayloadPages pages in all). The acquirer asks each node whose
 // intervals the clock covers and it has not seen for the pages they wrote
-// (MsgNoticeReq): every node keeps the notices of its own intervals, so a
-// payload stays as small as a clock however long the history.
+// (MsgNoticeReq), unless the payload's notices cover every such interval:
+// a barrier-synchronous program, whose nodes see each other's every
+// interval at each barrier, then acquires with no message. Every node
+// keeps the notices of its own intervals, so a payload stays small however
+// long the history.
 type Payload struct {
-	Clock clocks.Vector
+	Clock   clocks.Vector
+	Notices []Notice
 }
+
+// Bounds on the notices a payload carries.
+const (
+	maxPayloadNotices = 4
+	maxPayloadPages   = 256
+)
 
 // Merge returns one payload covering all of ps: what a barrier hands every
 // node that passes it.
@@ -124,8 +137,43 @@ func Merge(ps ...Payload) Payload {
 	var out Payload
 	for _, p := range ps {
 		out.Clock = clocks.Merge(out.Clock, p.Clock)
+		for _, n := range p.Notices {
+			if !slices.ContainsFunc(out.Notices, func(x Notice) bool { return x.Node == n.Node && x.Interval == n.Interval }) {
+				out.Notices = append(out.Notices, n)
+			}
+		}
 	}
 	return out
+}
+
+// payload returns what a release hands the next acquirer: the clock and
+// the newest own notices.
+func (e *Engine) payload() Payload {
+	pl := Payload{Clock: e.clock.Clone()}
+	pages := 0
+	for i := len(e.own) - 1; i >= 0 && len(pl.Notices) < maxPayloadNotices; i-- {
+		n := e.own[i]
+		if pages+len(n.Pages) > maxPayloadPages {
+			break
+		}
+		pages += len(n.Pages)
+		pl.Notices = append(pl.Notices, n)
+	}
+	slices.Reverse(pl.Notices)
+	return pl
+}
+
+// covered returns the notices of node j in ns for its intervals (lo, hi],
+// and whether ns holds one for every such interval (every closed interval
+// wrote pages and has a notice).
+func covered(ns []Notice, j NodeID, lo, hi uint64) ([]Notice, bool) {
+	var out []Notice
+	for _, n := range ns {
+		if n.Node == j && n.Interval > lo && n.Interval <= hi {
+			out = append(out, n)
+		}
+	}
+	return out, uint64(len(out)) == hi-lo
 }
 
 // Write identifies one interval's write of a page.
@@ -194,6 +242,9 @@ type Stats struct {
 	// Shares counts the in-place pages another node first asked for
 	// (Shared).
 	Shares int
+	// PayloadNotices counts the nodes an acquire took notices of from the
+	// payload, without asking them.
+	PayloadNotices int
 }
 
 // Engine is one node's side of the protocol, and the home side for the
@@ -574,7 +625,12 @@ func (e *Engine) Acquire(op uint64, dirty []PageData, p Payload) error {
 	if len(p.Clock) > e.cfg.Nodes {
 		return fmt.Errorf("rc: a payload clock of %d nodes in a cluster of %d", len(p.Clock), e.cfg.Nodes)
 	}
-	return e.start(&syncOp{id: op, acquire: true, payload: Payload{Clock: clocks.Merge(p.Clock, clocks.NewVector(e.cfg.Nodes))}}, dirty)
+	for _, n := range p.Notices {
+		if int(n.Node) >= e.cfg.Nodes || n.Interval == 0 {
+			return fmt.Errorf("rc: a payload notice of node %d, interval %d, in a cluster of %d", n.Node, n.Interval, e.cfg.Nodes)
+		}
+	}
+	return e.start(&syncOp{id: op, acquire: true, payload: Payload{Clock: clocks.Merge(p.Clock, clocks.NewVector(e.cfg.Nodes)), Notices: p.Notices}}, dirty)
 }
 
 // AcquireAll is Acquire of every release any node finished before it
@@ -671,7 +727,7 @@ func (e *Engine) flushed() {
 	}
 	if !op.acquire {
 		e.op = nil
-		pl := Payload{Clock: e.clock.Clone()}
+		pl := e.payload()
 		e.rd.Done = append(e.rd.Done, Done{Op: op.id, Payload: &pl})
 		return
 	}
@@ -679,6 +735,14 @@ func (e *Engine) flushed() {
 	for j := range NodeID(e.cfg.Nodes) {
 		if j == e.me() || (!op.all && op.payload.Clock[j] <= e.clock[j]) {
 			continue
+		}
+		if !op.all {
+			if ns, ok := covered(op.payload.Notices, j, e.clock[j], op.payload.Clock[j]); ok || e.cfg.bugs.trustPayload && len(ns) > 0 {
+				// The payload holds every notice j would send.
+				e.stats.PayloadNotices++
+				e.takeNotices(ns)
+				continue
+			}
 		}
 		e.askSeq++
 		m := Message{Kind: MsgNoticeReq, To: j, Seq: e.askSeq, Interval: e.clock[j]}

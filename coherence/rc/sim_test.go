@@ -46,6 +46,7 @@ func runSchedules(n int, cfgFor func(uint64) SimConfig) (uint64, SimResult, Stat
 			engine.Invalidations += st.Invalidations
 			engine.Truncated += st.Truncated
 			engine.Shares += st.Shares
+			engine.PayloadNotices += st.PayloadNotices
 		}
 	})
 	return seed, total, engine, err
@@ -83,11 +84,12 @@ func TestSimulator(t *testing.T) {
 	t.Logf("%d schedules: %d steps, %d reads (%d checked), %d writes, %d releases, %d acquires, %d messages (%d lost, %d duplicated)",
 		n, total.Steps, total.Reads, total.Checked, total.Writes, total.Releases, total.Acquires, total.Sent, total.Lost, total.Duplicated)
 	t.Logf("in-place pages: %d writes made in place, %d pages shared when another node asked", total.InPlaceWrites, engine.Shares)
+	t.Logf("acquires took the notices of %d nodes from their payloads, without asking", engine.PayloadNotices)
 	t.Logf("engines: %d fetches (%d stale, fetched again), %d diffs of %d bytes, %d invalidations, %d acquires that dropped every copy (forgotten notices), %d retransmissions, %d duplicates; %d races reported on %d racy words",
 		engine.Fetches, engine.Stale, engine.Diffs, engine.DiffBytes, engine.Invalidations, engine.Truncated, engine.Retransmits, engine.Duplicates, total.Races, total.RacyWords)
 	if total.Checked == 0 || total.Lost == 0 || total.Duplicated == 0 || engine.Stale == 0 || engine.Truncated == 0 ||
 		engine.Invalidations == 0 || engine.Retransmits == 0 || total.RacyWords == 0 || total.Races == 0 ||
-		total.InPlaceWrites == 0 || engine.Shares == 0 {
+		total.InPlaceWrites == 0 || engine.Shares == 0 || engine.PayloadNotices == 0 {
 		t.Fatalf("the schedules exercised too little: %+v, engines %+v", total, engine)
 	}
 }
@@ -116,6 +118,7 @@ func TestSimulatorCatchesBugs(t *testing.T) {
 		{"losing copies not refreshed", bugs{noRefresh: true}, "differs from its home's"},
 		{"forgotten notices not said", bugs{noTruncate: true}, ""},
 		{"shared in-place page left untracked at its home", bugs{keepOwn: true}, ""},
+		{"payload notices trusted despite a gap", bugs{trustPayload: true}, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -40,8 +40,12 @@ func (m *Message) Marshal(b []byte) []byte {
 		b = binary.LittleEndian.AppendUint32(b, uint32(len(r.Data)))
 		b = append(b, r.Data...)
 	}
-	b = binary.LittleEndian.AppendUint32(b, uint32(len(m.Notices)))
-	for _, n := range m.Notices {
+	return appendNotices(b, m.Notices)
+}
+
+func appendNotices(b []byte, ns []Notice) []byte {
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(ns)))
+	for _, n := range ns {
 		b = binary.LittleEndian.AppendUint16(b, uint16(n.Node))
 		b = binary.LittleEndian.AppendUint64(b, n.Interval)
 		b = binary.LittleEndian.AppendUint32(b, uint32(len(n.Pages)))
@@ -139,6 +143,21 @@ func (r *reader) clock() clocks.Vector {
 	return c
 }
 
+func (r *reader) notices() []Notice {
+	var out []Notice
+	for range r.count("notices", maxNotices, 14) {
+		n := Notice{Node: NodeID(r.u16()), Interval: r.u64()}
+		for range r.count("pages", maxPages, 4) {
+			n.Pages = append(n.Pages, PageID(r.u32()))
+		}
+		if r.err != nil {
+			break
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
 // UnmarshalMessage decodes a message. The message's byte slices are fresh
 // copies: b may be reused.
 func UnmarshalMessage(b []byte) (*Message, error) {
@@ -171,18 +190,7 @@ func UnmarshalMessage(b []byte) (*Message, error) {
 		}
 		m.Runs = append(m.Runs, Run{Off: off, Data: append([]byte(nil), d...)})
 	}
-	notices := r.count("notices", maxNotices, 14)
-	for range notices {
-		n := Notice{Node: NodeID(r.u16()), Interval: r.u64()}
-		pages := r.count("pages", maxPages, 4)
-		for range pages {
-			n.Pages = append(n.Pages, PageID(r.u32()))
-		}
-		if r.err != nil {
-			break
-		}
-		m.Notices = append(m.Notices, n)
-	}
+	m.Notices = r.notices()
 	if r.err != nil {
 		return nil, r.err
 	}
@@ -198,9 +206,15 @@ func UnmarshalMessage(b []byte) (*Message, error) {
 	return m, nil
 }
 
-// MarshalPayload returns the wire form of a payload (its clock), what a
-// lock release or barrier arrival carries.
-func (p Payload) MarshalPayload() []byte { return appendClock(nil, p.Clock) }
+// MarshalPayload returns the wire form of a payload (its clock, then its
+// notices), what a lock or a barrier carries.
+func (p Payload) MarshalPayload() []byte {
+	b := appendClock(nil, p.Clock)
+	if len(p.Notices) == 0 {
+		return b
+	}
+	return appendNotices(b, p.Notices)
+}
 
 // UnmarshalPayload decodes a payload; empty bytes are the empty payload (a
 // lock never released with one).
@@ -209,12 +223,15 @@ func UnmarshalPayload(b []byte) (Payload, error) {
 		return Payload{}, nil
 	}
 	r := &reader{b: b}
-	c := r.clock()
+	p := Payload{Clock: r.clock()}
+	if r.err == nil && len(r.b) > 0 {
+		p.Notices = r.notices()
+	}
 	if r.err != nil {
 		return Payload{}, r.err
 	}
 	if len(r.b) != 0 {
 		return Payload{}, fmt.Errorf("%w: %d bytes after the payload", ErrMalformed, len(r.b))
 	}
-	return Payload{Clock: c}, nil
+	return p, nil
 }

@@ -29,10 +29,20 @@ func TestMessageRoundTrip(t *testing.T) {
 			t.Fatalf("%v: size says %d bytes, the wire form has %d", m.Kind, m.size(), n)
 		}
 	}
-	pl := Payload{Clock: clocks.Vector{3, 0, 9}}
-	got, err := UnmarshalPayload(pl.MarshalPayload())
-	if err != nil || !reflect.DeepEqual(got, pl) {
-		t.Fatalf("payload round trip: %+v, %v", got, err)
+	for _, pl := range []Payload{
+		{Clock: clocks.Vector{3, 0, 9}},
+		{Clock: clocks.Vector{3, 0, 9}, Notices: []Notice{{Node: 0, Interval: 3, Pages: []PageID{7, 8}}, {Node: 2, Interval: 9, Pages: []PageID{1}}}},
+	} {
+		b := pl.MarshalPayload()
+		got, err := UnmarshalPayload(b)
+		if err != nil || !reflect.DeepEqual(got, pl) {
+			t.Fatalf("payload round trip: %+v, %v", got, err)
+		}
+		for n := 1; n < len(b); n++ {
+			if _, err := UnmarshalPayload(b[:n]); !errors.Is(err, ErrMalformed) && n != 2+8*len(pl.Clock) {
+				t.Fatalf("a payload cut to %d bytes: %v", n, err)
+			}
+		}
 	}
 	if got, err := UnmarshalPayload(nil); err != nil || got.Clock != nil {
 		t.Fatalf("empty payload: %+v, %v", got, err)
@@ -59,6 +69,13 @@ func FuzzUnmarshalMessage(f *testing.F) {
 	f.Add((&Message{Kind: MsgDiff, From: 1, Clock: clocks.Vector{1, 2}, Runs: []Run{{Off: 3, Data: []byte{1}}}}).Marshal(nil))
 	f.Add((&Message{Kind: MsgNotices, Notices: []Notice{{Node: 1, Interval: 2, Pages: []PageID{3}}}}).Marshal(nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// The same bytes as a payload: decoded or refused, never a panic,
+		// and a decoded one encodes back to the same payload.
+		if pl, err := UnmarshalPayload(b); err == nil && len(b) > 0 {
+			if again, err := UnmarshalPayload(pl.MarshalPayload()); err != nil || !reflect.DeepEqual(again, pl) {
+				t.Fatalf("a decoded payload does not decode again: %+v / %+v, %v", pl, again, err)
+			}
+		}
 		m, err := UnmarshalMessage(b)
 		if err != nil {
 			return
