@@ -39,9 +39,9 @@
 // node keeps the notices of its own intervals); it invalidates its copy
 // of each page named, unless the copy already contains that interval (each
 // copy carries the clock of the home's master when it was fetched), and
-// merges the payload's clock into
-// its own. A later access fetches the page again, from a home that has, by
-// then, every diff the notices speak of. A copy that arrives from the home
+// merges the payload's clock into its own. A later access fetches the
+// page again, from a home that has, by then, every diff the notices speak
+// of. A copy that arrives from the home
 // without an interval the node has a notice for is stale and is fetched
 // again.
 //
