@@ -278,12 +278,8 @@ func stencilWorker(js string) error {
 		return err
 	}
 	defer r.Close()
-	var opts []dsm.AllocOption
-	if sp.RC {
-		// Each band's pages at home on the node that writes it.
-		opts = append(opts, dsm.ReleaseConsistent, dsm.BlockHomes)
-	}
-	res, err := jacobi.Run(ctx, r, jacobi.Config{N: sp.N, Iters: sp.Iters, Alloc: opts, NoPrefetch: sp.NoPrefetch})
+	// With RC, each band's pages are at home on the node that writes it.
+	res, err := jacobi.Run(ctx, r, jacobi.Config{N: sp.N, Iters: sp.Iters, RC: sp.RC, NoPrefetch: sp.NoPrefetch})
 	if err != nil && !errors.Is(err, jacobi.ErrMismatch) {
 		return err
 	}

@@ -20,6 +20,7 @@ type allocConfig struct {
 	name   string
 	rc     bool
 	blocks bool
+	unit   uint64 // BlockHomesOf's unit in bytes; 0: one page
 }
 
 type consistency bool
@@ -45,19 +46,31 @@ func (c consistency) applyAlloc(cfg *allocConfig) { cfg.rc = bool(c) }
 // serve --rc-size); release-consistent memory cannot be freed yet.
 const ReleaseConsistent consistency = true
 
-type blockHomes struct{}
+type blockHomes struct{ unit uint64 }
 
-func (blockHomes) applyAlloc(cfg *allocConfig) { cfg.blocks = true }
+func (b blockHomes) applyAlloc(cfg *allocConfig) { cfg.blocks, cfg.unit = true, b.unit }
 
 // BlockHomes homes a release-consistent allocation's pages in contiguous
-// blocks, one per node in node order (node i is the home of the i-th
-// N-th of the pages), instead of spreading them over the nodes by hash: a
-// program that splits an array into bands, one per node, then finds each
-// band's pages at home on the node that writes them, so that its releases
-// send nothing for them. It applies with ReleaseConsistent only; every
-// daemon of the cluster learns the distribution before the allocation
-// returns.
+// blocks, one per node in node order, instead of spreading them over the
+// nodes by hash: of an allocation of P pages on N nodes, node i is the
+// home of pages ⌊i·P/N⌋ up to ⌊(i+1)·P/N⌋. A program that splits an array
+// into bands the same way, one per node, then finds each band's pages at
+// home on the node that writes them: the home writes them in place, and
+// its releases cost nothing for them until another node reads one. It
+// applies with ReleaseConsistent only; every daemon of the cluster learns
+// the distribution before the allocation returns.
+//
+// BlockHomesOf splits in units of several pages instead, for bands that
+// are whole numbers of larger units (rows of a grid, say).
 var BlockHomes AllocOption = blockHomes{}
+
+// BlockHomesOf is BlockHomes with blocks made of whole units of unit bytes,
+// a multiple of the page size: of an allocation of U units on N nodes,
+// node i is the home of units ⌊i·U/N⌋ up to ⌊(i+1)·U/N⌋ (the last unit
+// may be short). A band decomposition that gives node i rows ⌊i·R/N⌋ up to
+// ⌊(i+1)·R/N⌋ of R rows, each of whole pages, matches BlockHomesOf(row
+// bytes).
+func BlockHomesOf(unit int) AllocOption { return blockHomes{unit: uint64(max(unit, 0))} }
 
 // Align places the object at a multiple of the given number of bytes (a
 // power of two up to 64 KiB). Align(r.PageSize()) gives the object pages of
@@ -156,12 +169,15 @@ func (r *Region) newObject(t reflect.Type, n int, opts []AllocOption) (unsafe.Po
 	if cfg.blocks && !cfg.rc {
 		return nil, fmt.Errorf("dsm: allocate %v: BlockHomes applies to release-consistent memory only (add dsm.ReleaseConsistent)", t)
 	}
+	if ps := uint64(r.PageSize()); cfg.unit%ps != 0 {
+		return nil, fmt.Errorf("dsm: allocate %v: BlockHomesOf(%d): the unit must be a multiple of the page size (%d)", t, cfg.unit, ps)
+	}
 	off, err := r.heapAlloc(size, cfg.align, cfg.rc)
 	if err != nil {
 		return nil, fmt.Errorf("dsm: allocate %v: %w", t, err)
 	}
 	if cfg.blocks {
-		if err := r.homeBlocks(context.Background(), off, size); err != nil {
+		if err := r.homeBlocks(context.Background(), off, size, cfg.unit); err != nil {
 			return nil, fmt.Errorf("dsm: allocate %v: %w", t, err)
 		}
 	}
@@ -227,8 +243,11 @@ func shareableErr(t reflect.Type, path string, depth int) error {
 
 // homeBlocks asks the daemon to home [off, off+size) in blocks, and
 // returns once every daemon of the cluster knows.
-func (r *Region) homeBlocks(ctx context.Context, off, size uint64) error {
-	if err := r.call(ctx, ctl.Request{Op: ctl.OpHomeBlocks, Offset: off, Size: size}, nil); err != nil {
+func (r *Region) homeBlocks(ctx context.Context, off, size, unit uint64) error {
+	if ps := uint64(r.PageSize()); unit%ps != 0 {
+		return fmt.Errorf("home the pages in blocks: a unit of %d bytes is not a multiple of the page size (%d)", unit, ps)
+	}
+	if err := r.call(ctx, ctl.Request{Op: ctl.OpHomeBlocks, Offset: off, Size: size, Unit: unit}, nil); err != nil {
 		return fmt.Errorf("home the pages in blocks: %w", err)
 	}
 	return nil

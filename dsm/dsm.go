@@ -377,6 +377,9 @@ func (r *Region) alloc(ctx context.Context, name string, size, align int, fields
 	if cfg.blocks && !cfg.rc {
 		return 0, fmt.Errorf("dsm: alloc %q: BlockHomes applies to release-consistent memory only (add dsm.ReleaseConsistent)", name)
 	}
+	if ps := uint64(r.PageSize()); cfg.unit%ps != 0 {
+		return 0, fmt.Errorf("dsm: alloc %q: BlockHomesOf(%d): the unit must be a multiple of the page size (%d)", name, cfg.unit, ps)
+	}
 	off, err := r.allocNamed(ctx, name, uint64(size), uint64(align), cfg.rc, cfg.blocks)
 	if err != nil {
 		return 0, fmt.Errorf("dsm: alloc %q: %w", name, err)
@@ -384,7 +387,7 @@ func (r *Region) alloc(ctx context.Context, name string, size, align int, fields
 	if cfg.blocks {
 		// Every node that allocates the name asks: the daemons must all
 		// know before any of this node's program touches the pages.
-		if err := r.homeBlocks(ctx, off, uint64(size)); err != nil {
+		if err := r.homeBlocks(ctx, off, uint64(size), cfg.unit); err != nil {
 			return 0, fmt.Errorf("dsm: alloc %q: %w", name, err)
 		}
 	}

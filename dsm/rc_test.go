@@ -377,6 +377,83 @@ func TestBlockHomesKeepBandsHome(t *testing.T) {
 	}
 }
 
+func init() {
+	workers["rcunits"] = workRCUnits
+}
+
+// unitBands: 8 units of 2 pages split among 3 nodes as a band
+// decomposition splits rows (units 0-1, 2-4, 5-7: pages 0-3, 4-9,
+// 10-15), where a split of the 16 pages themselves would start node 1 at
+// page 5 and node 2 at page 10.
+const unitPages, units = 2, 8
+
+// workRCUnits: every node writes its band of units, three rounds, and
+// reads every band after each barrier. With DSM_TEST_UNITS=1 the pages
+// are homed in blocks of units (BlockHomesOf), else of pages (BlockHomes).
+func workRCUnits(r *dsm.Region) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ps, nodes, id := r.PageSize(), r.Nodes(), r.NodeID()
+	home := dsm.BlockHomes
+	if os.Getenv("DSM_TEST_UNITS") == "1" {
+		home = dsm.BlockHomesOf(unitPages * ps)
+	}
+	off, err := r.Alloc("rc_units", units*unitPages*ps, ps, dsm.ReleaseConsistent, home)
+	if err != nil {
+		return err
+	}
+	words := unsafe.Slice((*uint64)(r.Ptr(off)), units*unitPages*ps/8)
+	per := unitPages * ps / 8
+	lo, hi := id*units/nodes*per, (id+1)*units/nodes*per
+	for round := uint64(1); round <= 3; round++ {
+		for i := lo; i < hi; i++ {
+			words[i] = round<<32 | uint64(i)
+		}
+		if err := r.Barrier(ctx, fmt.Sprintf("units_%d", round), nodes); err != nil {
+			return err
+		}
+		for i, v := range words {
+			if v != round<<32|uint64(i) {
+				return fmt.Errorf("round %d: node %d read word %d = %#x", round, id, i, v)
+			}
+		}
+		if err := r.Barrier(ctx, fmt.Sprintf("units_read_%d", round), nodes); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("node %d read every band of 3 rounds\n", id)
+	return nil
+}
+
+// Bands made of units of two pages on 3 nodes: homed in blocks of units,
+// every band's pages are at home where it is written, and no release sends
+// a diff to another node; homed in blocks of pages, the blocks and the
+// bands disagree on a page and diffs of it travel.
+func TestBlockHomesOfUnits(t *testing.T) {
+	for _, byUnits := range []bool{false, true} {
+		t.Run(fmt.Sprint("units=", byUnits), func(t *testing.T) {
+			c := startClusterTuned(t, 3, rcCluster(t, 3))
+			env := "DSM_TEST_UNITS=0"
+			if byUnits {
+				env = "DSM_TEST_UNITS=1"
+			}
+			out := runWorkers(t, c, "rcunits", env)
+			require.Equal(t, 3, strings.Count(out, "read every band of 3 rounds"), out)
+			remote := 0
+			for i := range 3 {
+				st, err := c.Status(i)
+				require.NoError(t, err)
+				remote += st.RC.Engine.RemoteDiffs
+			}
+			if byUnits {
+				require.Zero(t, remote, "blocks of units match the bands")
+			} else {
+				require.NotZero(t, remote, "blocks of pages split a band's unit")
+			}
+		})
+	}
+}
+
 // BlockHomes is part of a name's definition, and needs release
 // consistency.
 func TestBlockHomesMisuse(t *testing.T) {
@@ -394,6 +471,13 @@ func TestBlockHomesMisuse(t *testing.T) {
 	require.ErrorContains(t, err, "release-consistent memory only")
 	_, err = dsm.MakeSlice[uint64](r, 10, dsm.BlockHomes)
 	require.ErrorContains(t, err, "release-consistent memory only")
+	_, err = r.Alloc("odd_unit", 1<<16, 4096, dsm.ReleaseConsistent, dsm.BlockHomesOf(r.PageSize()+8))
+	require.ErrorContains(t, err, "must be a multiple of the page size")
+	_, err = dsm.MakeSlice[uint64](r, 10, dsm.ReleaseConsistent, dsm.BlockHomesOf(100))
+	require.ErrorContains(t, err, "must be a multiple of the page size")
+	// Refused before anything was allocated: the name is still free.
+	_, err = r.Alloc("odd_unit", 1<<16, 4096, dsm.ReleaseConsistent, dsm.BlockHomes)
+	require.NoError(t, err)
 	s, err := dsm.MakeSlice[uint64](r, 4096, dsm.ReleaseConsistent, dsm.BlockHomes)
 	require.NoError(t, err)
 	s[0] = 1

@@ -342,7 +342,7 @@ func (n *Node) serveRequests(ctx context.Context, c *net.UnixConn, p *prog, buf 
 		case ctl.OpRelease, ctl.OpAcquire:
 			reply(c, r.ID, nil, n.rcRequest(ctx, r.Op == ctl.OpAcquire))
 		case ctl.OpHomeBlocks:
-			reply(c, r.ID, nil, n.homeBlocksRequest(ctx, r.Offset, r.Size))
+			reply(c, r.ID, nil, n.homeBlocksRequest(ctx, r.Offset, r.Size, r.Unit))
 		case ctl.OpStatus:
 			var st Status
 			err := n.do(ctx, func() { st = n.status() })

@@ -21,8 +21,9 @@ import (
 // them stored by another node was stored after that node's allocation
 // returned.
 
-// homeRange is a run of release-consistent pages homed in blocks.
-type homeRange struct{ lo, hi coherence.PageID }
+// homeRange is a run of release-consistent pages homed in blocks of whole
+// units of unit pages.
+type homeRange struct{ lo, hi, unit coherence.PageID }
 
 // announcement is a home range being told to the peers.
 type announcement struct {
@@ -34,7 +35,8 @@ type announcement struct {
 }
 
 // protoRCHomes starts the messages that announce home ranges: kind (1
-// announce, 2 acknowledge, 3 refuse), sequence number, first page, end.
+// announce, 2 acknowledge, 3 refuse), sequence number, first page, end,
+// pages per unit.
 const protoRCHomes = 5
 
 const (
@@ -49,7 +51,17 @@ func (n *Node) rcHome(p coherence.PageID) coherence.NodeID {
 	if !ok {
 		return n.Home(p)
 	}
-	return coherence.NodeID(uint64(p-r.lo) * uint64(n.cfg.Nodes) / uint64(r.hi-r.lo))
+	return r.home(p, n.cfg.Nodes)
+}
+
+// home returns the node that homes page p of r among nodes: of U units,
+// node i homes units ⌊i·U/N⌋ up to ⌊(i+1)·U/N⌋, the split a band
+// decomposition of U rows makes (dsm.BlockHomesOf); unit k's node is then
+// the largest i with ⌊i·U/N⌋ <= k, which is ⌊((k+1)·N - 1)/U⌋.
+func (r homeRange) home(p coherence.PageID, nodes int) coherence.NodeID {
+	u := uint64(r.hi-r.lo+r.unit-1) / uint64(r.unit)
+	k := uint64(p-r.lo) / uint64(r.unit)
+	return coherence.NodeID(min(((k+1)*uint64(nodes)-1)/u, uint64(nodes-1)))
 }
 
 // homeRangeOf returns the range homed in blocks that holds page p, if one
@@ -78,6 +90,9 @@ func (n *Node) addHomeRange(r homeRange) error {
 	if r.lo < rs.lo || r.hi > rs.hi || r.lo >= r.hi {
 		return fmt.Errorf("pages %d..%d are not in the release-consistent area (pages %d..%d)", r.lo, r.hi-1, rs.lo, rs.hi-1)
 	}
+	if r.unit == 0 {
+		return fmt.Errorf("pages %d..%d: blocks of units of 0 pages", r.lo, r.hi-1)
+	}
 	for _, x := range rs.homes {
 		if x == r {
 			return nil
@@ -93,9 +108,16 @@ func (n *Node) addHomeRange(r homeRange) error {
 
 // homeBlocksRequest serves a program's dsm.BlockHomes: it records the
 // range and returns once every peer has too.
-func (n *Node) homeBlocksRequest(ctx context.Context, off, size uint64) error {
+func (n *Node) homeBlocksRequest(ctx context.Context, off, size, unit uint64) error {
 	if size == 0 || off+size > n.cfg.Size {
 		return fmt.Errorf("home blocks: [%d, +%d) is not in the region of %d bytes", off, size, n.cfg.Size)
+	}
+	ps := uint64(n.ps)
+	if unit == 0 {
+		unit = ps
+	}
+	if unit%ps != 0 {
+		return fmt.Errorf("home blocks: a unit of %d bytes is not a multiple of the page size (%d)", unit, ps)
 	}
 	done := make(chan error, 1)
 	err := n.do(ctx, func() {
@@ -103,8 +125,7 @@ func (n *Node) homeBlocksRequest(ctx context.Context, off, size uint64) error {
 			done <- errNoRC
 			return
 		}
-		ps := uint64(n.ps)
-		r := homeRange{coherence.PageID(off / ps), coherence.PageID((off + size + ps - 1) / ps)}
+		r := homeRange{coherence.PageID(off / ps), coherence.PageID((off + size + ps - 1) / ps), coherence.PageID(unit / ps)}
 		if err := n.addHomeRange(r); err != nil {
 			done <- err
 			return
@@ -142,6 +163,7 @@ func (n *Node) sendHomes(peer uint16, kind byte, seq uint64, r homeRange) {
 	b = binary.LittleEndian.AppendUint64(b, seq)
 	b = binary.LittleEndian.AppendUint32(b, uint32(r.lo))
 	b = binary.LittleEndian.AppendUint32(b, uint32(r.hi))
+	b = binary.LittleEndian.AppendUint32(b, uint32(r.unit))
 	if err := n.tr.Send(peer, b); err != nil {
 		n.log.Debug("home range send failed", "to", peer, "err", err)
 	}
@@ -149,12 +171,12 @@ func (n *Node) sendHomes(peer uint16, kind byte, seq uint64, r homeRange) {
 
 // onHomesMessage takes an announcement or its answer.
 func (n *Node) onHomesMessage(from uint16, b []byte) {
-	if len(b) != 1+8+4+4 {
+	if len(b) != 1+8+4+4+4 {
 		n.log.Warn("malformed home range message dropped", "peer", from, "bytes", len(b))
 		return
 	}
 	kind, seq := b[0], binary.LittleEndian.Uint64(b[1:])
-	r := homeRange{coherence.PageID(binary.LittleEndian.Uint32(b[9:])), coherence.PageID(binary.LittleEndian.Uint32(b[13:]))}
+	r := homeRange{coherence.PageID(binary.LittleEndian.Uint32(b[9:])), coherence.PageID(binary.LittleEndian.Uint32(b[13:])), coherence.PageID(binary.LittleEndian.Uint32(b[17:]))}
 	if n.rcs == nil {
 		n.log.Warn("home range announced, but this node keeps no release-consistent area (rc_size differs?)", "peer", from)
 		return

@@ -394,11 +394,7 @@ func worker(js string) error {
 		return err
 	}
 	defer r.Close()
-	cfg := jacobi.Config{N: p.N, Iters: p.Iters, NoPrefetch: p.NoPrefetch}
-	if p.RC {
-		cfg.Alloc = []dsm.AllocOption{dsm.ReleaseConsistent, dsm.BlockHomes}
-	}
-	res, err := jacobi.Run(ctx, r, cfg)
+	res, err := jacobi.Run(ctx, r, jacobi.Config{N: p.N, Iters: p.Iters, NoPrefetch: p.NoPrefetch, RC: p.RC})
 	if err == nil || errors.Is(err, jacobi.ErrMismatch) {
 		b, merr := json.Marshal(res)
 		if merr != nil {

@@ -82,6 +82,9 @@ type Request struct {
 	Stream bool `json:"stream,omitempty"`
 	// Bin is a binary lock message (Op is OpBinary); see LockMsg.
 	Bin []byte `json:"-"`
+	// Unit, in OpHomeBlocks, is the bytes of the units the blocks are
+	// made of (a multiple of the page size; 0: one page).
+	Unit uint64 `json:"unit,omitempty"`
 }
 
 // Field is one field of a registered struct type, for the analyzer.

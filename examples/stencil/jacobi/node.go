@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 	"unsafe"
 
@@ -46,10 +47,12 @@ const (
 type Config struct {
 	N     int // the grid is N×N cells
 	Iters int // iterations
-	// Alloc is given to the grids' allocation: dsm.ReleaseConsistent puts
-	// them in release-consistent memory, where the barrier is what
-	// carries each band's rows to the nodes that read them.
+	// Alloc is given to the grids' allocation.
 	Alloc []dsm.AllocOption
+	// RC puts the grids in release-consistent memory, where the barrier
+	// is what carries each band's rows to the nodes that read them, with
+	// each band's pages at home on the node that writes it (Homes).
+	RC bool
 	// NoPrefetch sweeps each band top to bottom and lets the halo come
 	// by faults, instead of asking for it ahead (see Run).
 	NoPrefetch bool
@@ -81,8 +84,12 @@ func Run(ctx context.Context, r *dsm.Region, cfg Config) (Result, error) {
 	}
 	var grids [2][]float64
 	var offs [2]int
+	opts := cfg.Alloc
+	if cfg.RC {
+		opts = append(slices.Clip(opts), dsm.ReleaseConsistent, Homes(n, ps, nodes))
+	}
 	for i := range grids {
-		off, err := r.Alloc(fmt.Sprintf("stencil_grid_%d", i), GridBytes(n), ps, cfg.Alloc...)
+		off, err := r.Alloc(fmt.Sprintf("stencil_grid_%d", i), GridBytes(n), ps, opts...)
 		if err != nil {
 			return res, fmt.Errorf("jacobi: %w", err)
 		}
@@ -134,6 +141,18 @@ func Run(ctx context.Context, r *dsm.Region, cfg Config) (Result, error) {
 		return res, fmt.Errorf("jacobi: node %d: %w", id, checkErr)
 	}
 	return res, nil
+}
+
+// Homes returns the allocation option that homes a grid's pages where
+// Band puts its rows, so that each band's pages are at home on the node
+// that writes them: blocks of whole steps of rows (dsm.BlockHomesOf), or
+// of pages when the bands are not made of whole steps.
+func Homes(n, pageSize, nodes int) dsm.AllocOption {
+	g := pageSize / gcd(n*CellBytes, pageSize)
+	if n/g < nodes || n%g != 0 {
+		return dsm.BlockHomes
+	}
+	return dsm.BlockHomesOf(g * n * CellBytes)
 }
 
 // prefetch asks for what the sweep of rows [lo, hi) from the grid at
