@@ -263,6 +263,8 @@ type Engine struct {
 	homed  map[PageID]*master
 	// sharing holds the fetches of in-place pages that wait for Shared.
 	sharing map[PageID][]Message
+	// segScratch is applyRuns' scratch.
+	segScratch []seg
 	// fetchingSet and lostSet hold the pages whose copy is being fetched
 	// and whose copy lost bytes to a race (some may have been invalidated
 	// since): Tick and an acquire's end look at these, not at every copy.

@@ -398,3 +398,31 @@ func TestInPlaceRefusesUnaskedDiff(t *testing.T) {
 		t.Fatalf("diff of an unasked in-place page: err %v, private %v; want an error and the page still private", err, e.Private(4))
 	}
 }
+
+// BenchmarkHomeDiffFloats applies, at the home, diffs of a page of
+// float64s in which every value changes in its low bytes only (hundreds of
+// runs a page, as a stencil's edge rows), one interval after another.
+func BenchmarkHomeDiffFloats(b *testing.B) {
+	const ps = 4096
+	e, err := New(Config{ID: 0, Nodes: 2, PageSize: ps, Home: func(PageID) NodeID { return 0 }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	twin := make([]byte, ps)
+	cur := make([]byte, ps)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		for w := 0; w < ps; w += 8 {
+			cur[w] = byte(i + w)
+			cur[w+1] = byte(i)
+		}
+		clock := clocks.NewVector(2)
+		clock[1] = uint64(i + 1)
+		m := Message{Kind: MsgDiff, From: 1, To: 0, Page: 0, Seq: uint64(i + 1), Interval: uint64(i + 1), Clock: clock, Runs: diffRuns(twin, cur, false)}
+		if err := e.Step(&m); err != nil {
+			b.Fatal(err)
+		}
+		e.Ready()
+		copy(twin, cur)
+	}
+}

@@ -96,7 +96,11 @@ func (e *Engine) applyDiff(d *Message) (lost bool, err error) {
 // overlap, and reports whether bytes were kept from such a write. One pass
 // over the page's segments serves all the runs.
 func (e *Engine) applyRuns(p PageID, m *master, w *writeRec, runs []Run) (lost bool) {
-	out := make([]seg, 0, len(m.segs)+2*len(runs))
+	// The new segments are built in the engine's scratch and copied back
+	// into the master's own array: a page written at every release (a
+	// float array changes in hundreds of runs) would otherwise leave a
+	// slice of segments to the collector at every diff.
+	out := e.segScratch[:0]
 	segs := m.segs
 	i := 0
 	var back seg // a remainder of a segment put back for the next run
@@ -166,7 +170,7 @@ func (e *Engine) applyRuns(p PageID, m *master, w *writeRec, runs []Run) (lost b
 		out = append(out, s)
 	}
 	// Coalesce neighbours put by the same write.
-	m.segs = out[:0]
+	m.segs = m.segs[:0]
 	for _, s := range out {
 		if n := len(m.segs); n > 0 && m.segs[n-1].w == s.w && m.segs[n-1].hi == s.lo {
 			m.segs[n-1].hi = s.hi
@@ -174,6 +178,8 @@ func (e *Engine) applyRuns(p PageID, m *master, w *writeRec, runs []Run) (lost b
 		}
 		m.segs = append(m.segs, s)
 	}
+	clear(out) // drop the scratch's references to writes
+	e.segScratch = out[:0]
 	return lost
 }
 
