@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/dsmrt/dsm/coherence"
+	"github.com/dsmrt/dsm/coherence/rc"
 	"github.com/dsmrt/dsm/lockmgr"
 )
 
@@ -239,7 +240,23 @@ var (
 	descReadAhead = prometheus.NewDesc("dsm_read_ahead_pages_total",
 		"Pages asked for ahead of a sequential reader.", nil, nil)
 	descPrefetch = prometheus.NewDesc("dsm_prefetch_pages_total",
-		"Pages asked for on a program's prefetch hint (Region.Prefetch).", nil, nil)
+		"Pages asked for (or, release-consistent, made writable) on a program's prefetch hint (Region.Prefetch).", nil, nil)
+	descRCOps = prometheus.NewDesc("dsm_rc_operations_total",
+		"Releases and acquires of release-consistent memory the engine ran.", []string{"op"}, nil)
+	descRCDiffs = prometheus.NewDesc("dsm_rc_diffs_total",
+		"Diffs of written release-consistent pages, by where their home is.", []string{"home"}, nil)
+	descRCDiffBytes = prometheus.NewDesc("dsm_rc_diff_bytes_total",
+		"Changed bytes the diffs carried.", nil, nil)
+	descRCFetches = prometheus.NewDesc("dsm_rc_fetches_total",
+		"Copies of release-consistent pages asked for (from a home, or this node's own master).", nil, nil)
+	descRCInvalidations = prometheus.NewDesc("dsm_rc_invalidations_total",
+		"Copies an acquire dropped.", nil, nil)
+	descRCShares = prometheus.NewDesc("dsm_rc_shared_pages_total",
+		"Pages written in place by this home that another node asked for (tracked from then on).", nil, nil)
+	descRCPayloadNotices = prometheus.NewDesc("dsm_rc_payload_notices_total",
+		"Writers whose notices an acquire took from the lock's or barrier's payload, without asking them.", nil, nil)
+	descRCRaces = prometheus.NewDesc("dsm_rc_races_total",
+		"Data races this node, as a home, found.", nil, nil)
 	descCoherenceBytes = prometheus.NewDesc("dsm_coherence_sent_bytes_total",
 		"Bytes of coherence messages (pages included) handed to the transport.", nil, nil)
 	descRequests = prometheus.NewDesc("dsm_coherence_requests_total",
@@ -298,6 +315,8 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descFaults, descResolved, descFaultsWaiting, descFaultLatency, descFaultStage,
 		descPages, descMigrations, descInstalls, descDrops, descHolds, descReadAhead, descPrefetch,
+		descRCOps, descRCDiffs, descRCDiffBytes, descRCFetches, descRCInvalidations, descRCShares,
+		descRCPayloadNotices, descRCRaces,
 		descCoherenceBytes, descRequests, descCoherenceRetransmits, descAnomalies,
 		descPrograms, descAttaches, descLockWait, descLocksWaiting,
 		descPeersUp, descPeerUp, descPeerRTT, descPeerSessions,
@@ -327,6 +346,10 @@ type metricsSnapshot struct {
 	programs                          int
 	attaches                          uint64
 	eng                               coherence.Stats
+	// The release-consistent area's, when the cluster keeps one.
+	rc                 *rc.Stats
+	releases, acquires uint64
+	races              int
 }
 
 // snapshot copies the node's counters, and its page states into c.phys.
@@ -348,6 +371,11 @@ func (c *collector) snapshot() metricsSnapshot {
 		readAheads: pc.ReadAheads, prefetches: pc.Prefetches, bytesOut: s.bytesOut,
 		programs: len(n.progs), attaches: s.attaches,
 		eng: n.eng.Stats(),
+	}
+	if rs := n.rcs; rs != nil {
+		st := rs.eng.Stats()
+		out.rc, out.releases, out.acquires, out.races = &st, rs.releases, rs.acquires, rs.races
+		out.prefetches += rs.prefetched
 	}
 	out.faultsWaiting = n.pg.Waiting()
 	c.phys = append(c.phys[:0], n.pg.PhysStates()...)
@@ -406,6 +434,18 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descHolds, s.holds)
 	counter(descReadAhead, s.readAheads)
 	counter(descPrefetch, s.prefetches)
+	if r := s.rc; r != nil {
+		counter(descRCOps, s.releases, "release")
+		counter(descRCOps, s.acquires, "acquire")
+		counter(descRCDiffs, uint64(r.Diffs-r.RemoteDiffs), "local")
+		counter(descRCDiffs, uint64(r.RemoteDiffs), "remote")
+		counter(descRCDiffBytes, uint64(r.DiffBytes))
+		counter(descRCFetches, uint64(r.Fetches))
+		counter(descRCInvalidations, uint64(r.Invalidations))
+		counter(descRCShares, uint64(r.Shares))
+		counter(descRCPayloadNotices, uint64(r.PayloadNotices))
+		counter(descRCRaces, uint64(s.races))
+	}
 	counter(descCoherenceBytes, s.bytesOut)
 	counter(descRequests, s.eng.Requests)
 	counter(descCoherenceRetransmits, s.eng.Retransmits)

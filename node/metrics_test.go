@@ -87,6 +87,26 @@ func metricsWorker(sock, work string) error {
 		if err := m.Unlock(); err != nil {
 			return err
 		}
+	case "rcwrite", "rcread":
+		off, err := r.Alloc("metrics_rc", sharedPages*ps, ps, dsm.ReleaseConsistent)
+		if err != nil {
+			return err
+		}
+		w := func(i int) *uint64 { return (*uint64)(r.Ptr(off + i*ps)) }
+		if work == "rcwrite" {
+			for i := range sharedPages {
+				*w(i) = uint64(i) + 7
+			}
+			return r.Release(ctx)
+		}
+		if err := r.Acquire(ctx); err != nil {
+			return err
+		}
+		for i := range sharedPages {
+			if v := *w(i); v != uint64(i)+7 {
+				return fmt.Errorf("release-consistent page %d holds %d after the acquire, not what the writer released", i, v)
+			}
+		}
 	default:
 		return fmt.Errorf("unknown work %q", work)
 	}
@@ -248,6 +268,42 @@ func TestMetricsScrape(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// The release-consistent area's counters: node 1 writes one word in each of
+// 16 pages and releases, node 0 acquires and reads them. (The allocator's
+// lock adds a release or acquire of its own to each node's count.)
+func TestMetricsReleaseConsistent(t *testing.T) {
+	uffdtest.Require(t)
+	a, b := pair(t, nil)
+	for _, c := range []*Config{&a, &b} {
+		c.Metrics = "127.0.0.1:0"
+		c.RCSize = 256 << 10
+		c.FreshLocks = true // the allocator's lock: no lease from an earlier run to wait out
+	}
+	na, nb := start(t, a), start(t, b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, na.WaitPeers(ctx))
+	require.NoError(t, nb.WaitPeers(ctx))
+
+	runMetricsWorker(t, b.Socket, "rcwrite")
+	runMetricsWorker(t, a.Socket, "rcread")
+	fa, fb := scrape(t, na), scrape(t, nb)
+
+	require.GreaterOrEqual(t, value(t, fb, "dsm_rc_operations_total", "op", "release"), 1.0)
+	require.GreaterOrEqual(t, value(t, fa, "dsm_rc_operations_total", "op", "acquire"), 1.0)
+	diffs := value(t, fb, "dsm_rc_diffs_total", "home", "local") + value(t, fb, "dsm_rc_diffs_total", "home", "remote")
+	require.Equal(t, float64(sharedPages), diffs, "one diff per written page")
+	require.Positive(t, value(t, fb, "dsm_rc_diffs_total", "home", "remote"), "pages homed on node 0 (by the DHT)")
+	require.GreaterOrEqual(t, value(t, fb, "dsm_rc_diff_bytes_total"), float64(sharedPages), "at least a byte a page")
+	require.GreaterOrEqual(t, value(t, fa, "dsm_rc_fetches_total"), float64(sharedPages), "node 0 fetched every page it read")
+	for _, f := range []map[string]*dto.MetricFamily{fa, fb} {
+		require.Zero(t, value(t, f, "dsm_rc_races_total"))
+		require.Zero(t, value(t, f, "dsm_rc_shared_pages_total"), "no page is homed in blocks")
+		value(t, f, "dsm_rc_invalidations_total")
+		value(t, f, "dsm_rc_payload_notices_total")
+	}
+}
 
 // A metrics address that is malformed or taken is refused with an error
 // that names it, and the node releases what it had bound.
