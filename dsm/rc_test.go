@@ -306,24 +306,31 @@ const bandPages = 8 // per node
 // array, rounds apart, and reads every band after each barrier. With
 // DSM_TEST_BLOCKS=1 the array's pages are homed in blocks (BlockHomes).
 func workRCBands(r *dsm.Region) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	ps, nodes, id := r.PageSize(), r.Nodes(), r.NodeID()
 	opts := []dsm.AllocOption{dsm.ReleaseConsistent}
 	if os.Getenv("DSM_TEST_BLOCKS") == "1" {
 		opts = append(opts, dsm.BlockHomes)
 	}
-	off, err := r.Alloc("rc_bands", nodes*bandPages*ps, ps, opts...)
+	nodes, id := r.Nodes(), r.NodeID()
+	return writeBands(r, "rc_bands", nodes*bandPages, id*bandPages, (id+1)*bandPages, opts)
+}
+
+// writeBands allocates name, pages long, and three times writes pages
+// [lo, hi) (this node's band), meets the other nodes and reads every band.
+func writeBands(r *dsm.Region, name string, pages, lo, hi int, opts []dsm.AllocOption) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ps, nodes, id := r.PageSize(), r.Nodes(), r.NodeID()
+	off, err := r.Alloc(name, pages*ps, ps, opts...)
 	if err != nil {
 		return err
 	}
-	words := unsafe.Slice((*uint64)(r.Ptr(off)), nodes*bandPages*ps/8)
-	per := bandPages * ps / 8
+	words := unsafe.Slice((*uint64)(r.Ptr(off)), pages*ps/8)
+	per := ps / 8
 	for round := uint64(1); round <= 3; round++ {
-		for i := id * per; i < (id+1)*per; i++ {
+		for i := lo * per; i < hi*per; i++ {
 			words[i] = round<<32 | uint64(i)
 		}
-		if err := r.Barrier(ctx, fmt.Sprintf("bands_%d", round), nodes); err != nil {
+		if err := r.Barrier(ctx, fmt.Sprintf("%s_%d", name, round), nodes); err != nil {
 			return err
 		}
 		for i, v := range words {
@@ -331,50 +338,12 @@ func workRCBands(r *dsm.Region) error {
 				return fmt.Errorf("round %d: node %d read word %d = %#x", round, id, i, v)
 			}
 		}
-		if err := r.Barrier(ctx, fmt.Sprintf("bands_read_%d", round), nodes); err != nil {
+		if err := r.Barrier(ctx, fmt.Sprintf("%s_read_%d", name, round), nodes); err != nil {
 			return err
 		}
 	}
 	fmt.Printf("node %d read every band of 3 rounds\n", id)
 	return nil
-}
-
-// Bands of a release-consistent array, one per node: with BlockHomes each
-// band's pages are at home on the node that writes them, and its releases
-// send no diff; with the DHT's homes they do. Every node reads every band
-// either way.
-func TestBlockHomesKeepBandsHome(t *testing.T) {
-	for _, blocks := range []bool{false, true} {
-		t.Run(fmt.Sprint("blocks=", blocks), func(t *testing.T) {
-			c := startClusterTuned(t, 3, rcCluster(t, 3))
-			env := "DSM_TEST_BLOCKS=0"
-			if blocks {
-				env = "DSM_TEST_BLOCKS=1"
-			}
-			out := runWorkers(t, c, "rcbands", env)
-			require.Equal(t, 3, strings.Count(out, "read every band of 3 rounds"), out)
-			remote := 0
-			for i := range 3 {
-				st, err := c.Status(i)
-				require.NoError(t, err)
-				remote += st.RC.Engine.RemoteDiffs
-				require.NotZero(t, st.RC.Engine.Diffs)
-				if blocks {
-					// A home writes its band in place until another
-					// node first asks for a page of it (after the
-					// first round's barrier): the first round's writes
-					// cost no diff, the next two rounds' one per page.
-					require.Equal(t, bandPages, st.RC.Engine.Shares, "node %d: pages handed over", i)
-					require.Equal(t, 2*bandPages, st.RC.Engine.Diffs, "node %d: diffs", i)
-				}
-			}
-			if blocks {
-				require.Zero(t, remote, "with BlockHomes a node's band is at home where it is written")
-			} else {
-				require.NotZero(t, remote, "with the DHT's homes some pages of a band are elsewhere")
-			}
-		})
-	}
 }
 
 func init() {
@@ -391,64 +360,56 @@ const unitPages, units = 2, 8
 // reads every band after each barrier. With DSM_TEST_UNITS=1 the pages
 // are homed in blocks of units (BlockHomesOf), else of pages (BlockHomes).
 func workRCUnits(r *dsm.Region) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	ps, nodes, id := r.PageSize(), r.Nodes(), r.NodeID()
 	home := dsm.BlockHomes
 	if os.Getenv("DSM_TEST_UNITS") == "1" {
-		home = dsm.BlockHomesOf(unitPages * ps)
+		home = dsm.BlockHomesOf(unitPages * r.PageSize())
 	}
-	off, err := r.Alloc("rc_units", units*unitPages*ps, ps, dsm.ReleaseConsistent, home)
-	if err != nil {
-		return err
-	}
-	words := unsafe.Slice((*uint64)(r.Ptr(off)), units*unitPages*ps/8)
-	per := unitPages * ps / 8
-	lo, hi := id*units/nodes*per, (id+1)*units/nodes*per
-	for round := uint64(1); round <= 3; round++ {
-		for i := lo; i < hi; i++ {
-			words[i] = round<<32 | uint64(i)
-		}
-		if err := r.Barrier(ctx, fmt.Sprintf("units_%d", round), nodes); err != nil {
-			return err
-		}
-		for i, v := range words {
-			if v != round<<32|uint64(i) {
-				return fmt.Errorf("round %d: node %d read word %d = %#x", round, id, i, v)
-			}
-		}
-		if err := r.Barrier(ctx, fmt.Sprintf("units_read_%d", round), nodes); err != nil {
-			return err
-		}
-	}
-	fmt.Printf("node %d read every band of 3 rounds\n", id)
-	return nil
+	nodes, id := r.Nodes(), r.NodeID()
+	return writeBands(r, "rc_units", units*unitPages, id*units/nodes*unitPages, (id+1)*units/nodes*unitPages,
+		[]dsm.AllocOption{dsm.ReleaseConsistent, home})
 }
 
-// Bands made of units of two pages on 3 nodes: homed in blocks of units,
-// every band's pages are at home where it is written, and no release sends
-// a diff to another node; homed in blocks of pages, the blocks and the
-// bands disagree on a page and diffs of it travel.
-func TestBlockHomesOfUnits(t *testing.T) {
-	for _, byUnits := range []bool{false, true} {
-		t.Run(fmt.Sprint("units=", byUnits), func(t *testing.T) {
+// Bands of a release-consistent array, one per node, on 3 nodes: with
+// BlockHomes each band's pages are at home on the node that writes them,
+// and its releases send no diff to another node; with the DHT's homes they
+// do. Bands made of units of two pages need BlockHomesOf: with blocks of
+// pages, the blocks and the bands disagree on a page, and its diffs
+// travel. Every node reads every band either way.
+func TestBlockHomesKeepBandsHome(t *testing.T) {
+	cases := []struct {
+		name, worker, env string
+		remote            bool // some diffs go to another node
+		inPlace           bool // bands of bandPages homed where they are written
+	}{
+		{"dht", "rcbands", "DSM_TEST_BLOCKS=0", true, false},
+		{"blocks", "rcbands", "DSM_TEST_BLOCKS=1", false, true},
+		{"units/blocks of pages", "rcunits", "DSM_TEST_UNITS=0", true, false},
+		{"units/blocks of units", "rcunits", "DSM_TEST_UNITS=1", false, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
 			c := startClusterTuned(t, 3, rcCluster(t, 3))
-			env := "DSM_TEST_UNITS=0"
-			if byUnits {
-				env = "DSM_TEST_UNITS=1"
-			}
-			out := runWorkers(t, c, "rcunits", env)
+			out := runWorkers(t, c, tc.worker, tc.env)
 			require.Equal(t, 3, strings.Count(out, "read every band of 3 rounds"), out)
 			remote := 0
 			for i := range 3 {
 				st, err := c.Status(i)
 				require.NoError(t, err)
 				remote += st.RC.Engine.RemoteDiffs
+				require.NotZero(t, st.RC.Engine.Diffs)
+				if tc.inPlace {
+					// A home writes its band in place until another
+					// node first asks for a page of it (after the
+					// first round's barrier): the first round's writes
+					// cost no diff, the next two rounds' one per page.
+					require.Equal(t, bandPages, st.RC.Engine.Shares, "node %d: pages handed over", i)
+					require.Equal(t, 2*bandPages, st.RC.Engine.Diffs, "node %d: diffs", i)
+				}
 			}
-			if byUnits {
-				require.Zero(t, remote, "blocks of units match the bands")
+			if tc.remote {
+				require.NotZero(t, remote, "some pages of a band are homed elsewhere")
 			} else {
-				require.NotZero(t, remote, "blocks of pages split a band's unit")
+				require.Zero(t, remote, "every band is at home where it is written")
 			}
 		})
 	}

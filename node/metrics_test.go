@@ -127,6 +127,25 @@ func runMetricsWorker(t *testing.T, sock, work string) {
 }
 
 // scrape fetches and parses node n's metrics.
+// metricsPair starts two nodes serving metrics, with a release-consistent
+// area of rcSize bytes, and waits until they see each other. Locks are
+// granted at once: no lease from an earlier run to wait out.
+func metricsPair(t *testing.T, rcSize uint64) (a, b Config, na, nb *Node) {
+	t.Helper()
+	a, b = pair(t, nil)
+	for _, c := range []*Config{&a, &b} {
+		c.Metrics = "127.0.0.1:0"
+		c.RCSize = rcSize
+		c.FreshLocks = true
+	}
+	na, nb = start(t, a), start(t, b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, na.WaitPeers(ctx))
+	require.NoError(t, nb.WaitPeers(ctx))
+	return a, b, na, nb
+}
+
 func scrape(t *testing.T, n *Node) map[string]*dto.MetricFamily {
 	t.Helper()
 	resp, err := http.Get("http://" + n.MetricsAddr().String() + "/metrics")
@@ -178,16 +197,7 @@ func value(t *testing.T, fams map[string]*dto.MetricFamily, name string, want ..
 // scrape of each node parses, and the families say what happened.
 func TestMetricsScrape(t *testing.T) {
 	uffdtest.Require(t)
-	a, b := pair(t, nil)
-	for _, c := range []*Config{&a, &b} {
-		c.Metrics = "127.0.0.1:0"
-		c.FreshLocks = true // grant at once: no lease from an earlier run to wait out
-	}
-	na, nb := start(t, a), start(t, b)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	require.NoError(t, na.WaitPeers(ctx))
-	require.NoError(t, nb.WaitPeers(ctx))
+	a, b, na, nb := metricsPair(t, 0)
 
 	runMetricsWorker(t, b.Socket, "write")
 	runMetricsWorker(t, a.Socket, "read")
@@ -274,17 +284,7 @@ func ptr[T any](v T) *T { return &v }
 // lock adds a release or acquire of its own to each node's count.)
 func TestMetricsReleaseConsistent(t *testing.T) {
 	uffdtest.Require(t)
-	a, b := pair(t, nil)
-	for _, c := range []*Config{&a, &b} {
-		c.Metrics = "127.0.0.1:0"
-		c.RCSize = 256 << 10
-		c.FreshLocks = true // the allocator's lock: no lease from an earlier run to wait out
-	}
-	na, nb := start(t, a), start(t, b)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	require.NoError(t, na.WaitPeers(ctx))
-	require.NoError(t, nb.WaitPeers(ctx))
+	a, b, na, nb := metricsPair(t, 256<<10)
 
 	runMetricsWorker(t, b.Socket, "rcwrite")
 	runMetricsWorker(t, a.Socket, "rcread")
