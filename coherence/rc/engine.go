@@ -400,7 +400,7 @@ func (e *Engine) Fault(p PageID) error {
 		return nil
 	}
 	e.stats.Fetches++
-	if home == e.me() && e.private(p) {
+	if home == e.me() && e.Private(p) {
 		// Nothing was ever installed: the page is zeros, and the
 		// program's memory is its master from now on.
 		c.valid, c.own = true, true
@@ -448,7 +448,7 @@ func (e *Engine) Step(m *Message) error {
 		if e.cfg.Home(m.Page) != e.me() {
 			return fmt.Errorf("rc: fetch of page %d from %d, whose home is %d", m.Page, m.From, e.cfg.Home(m.Page))
 		}
-		if e.private(m.Page) {
+		if e.Private(m.Page) {
 			q := e.sharing[m.Page]
 			if len(q) == 0 {
 				e.rd.Shares = append(e.rd.Shares, m.Page)
@@ -482,7 +482,7 @@ func (e *Engine) Step(m *Message) error {
 		if e.cfg.Home(m.Page) != e.me() {
 			return fmt.Errorf("rc: diff of page %d from %d, whose home is %d", m.Page, m.From, e.cfg.Home(m.Page))
 		}
-		if e.private(m.Page) {
+		if e.Private(m.Page) {
 			return fmt.Errorf("rc: diff of page %d from %d, which no node has asked this home for", m.Page, m.From)
 		}
 		lost, err := e.applyDiff(m)
@@ -928,15 +928,12 @@ func (d *differ) scan(twin, cur []byte, fill bool) {
 	d.end(cur, n, fill)
 }
 
-// private reports whether p is a page this node is the home of and writes
-// in place, and no other node has asked for yet.
-func (e *Engine) private(p PageID) bool {
+// Private reports whether p is a page this node is the home of and writes
+// in place, and no other node has asked for yet: the program's memory is
+// its master.
+func (e *Engine) Private(p PageID) bool {
 	return e.cfg.InPlace != nil && e.homed[p] == nil && e.cfg.Home(p) == e.me() && e.cfg.InPlace(p)
 }
-
-// Private reports whether p is homed here, written in place, and still
-// this node's alone: the program's memory is its master.
-func (e *Engine) Private(p PageID) bool { return e.private(p) }
 
 // Shared takes the contents of page p, which Ready asked for in Shares:
 // data is what the program's memory holds (nil when the page was never
@@ -945,7 +942,7 @@ func (e *Engine) Private(p PageID) bool { return e.private(p) }
 // on the node's writes to it are diffed, and the fetches that waited are
 // answered.
 func (e *Engine) Shared(p PageID, data []byte) error {
-	if !e.private(p) {
+	if !e.Private(p) {
 		return fmt.Errorf("rc: page %d is not an in-place page of this home waiting to be shared", p)
 	}
 	if data != nil && len(data) != e.cfg.PageSize {

@@ -53,7 +53,7 @@ func (e *Engine) master(p PageID) *master {
 // nil if p is not homed here or is written in place and still private
 // (Private: the program's memory is its master then).
 func (e *Engine) Master(p PageID) []byte {
-	if e.cfg.Home(p) != e.me() || e.private(p) {
+	if e.cfg.Home(p) != e.me() || e.Private(p) {
 		return nil
 	}
 	return slices.Clone(e.master(p).data)
