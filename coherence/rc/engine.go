@@ -449,11 +449,17 @@ func (e *Engine) Step(m *Message) error {
 			return fmt.Errorf("rc: fetch of page %d from %d, whose home is %d", m.Page, m.From, e.cfg.Home(m.Page))
 		}
 		if e.Private(m.Page) {
+			// The fetch waits for Shared; a node's fetch sent again
+			// replaces its earlier one (only its latest is answered).
 			q := e.sharing[m.Page]
 			if len(q) == 0 {
 				e.rd.Shares = append(e.rd.Shares, m.Page)
 			}
-			e.sharing[m.Page] = append(q, *m)
+			if i := slices.IndexFunc(q, func(f Message) bool { return f.From == m.From }); i >= 0 {
+				q[i] = *m
+			} else {
+				e.sharing[m.Page] = append(q, *m)
+			}
 			return nil
 		}
 		ms := e.master(m.Page)
