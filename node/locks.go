@@ -136,9 +136,9 @@ func onLoop(fn func()) error {
 // prefetch serves a program's prefetch hints (dsm's Region.Prefetch): the
 // pager asks for the pages of each range that are not there yet, as
 // faults would, and nobody waits for them. All the hints of a message are
-// served in one batch, so that their requests share datagrams. The
-// release-consistent area is left alone: its pages come at an acquire.
-// The program checked the ranges; hints outside the region are dropped
+// served in one batch, so that their requests share datagrams. Hints on
+// the release-consistent area go to its engine (rcPrefetch). The program
+// checked the ranges; hints outside the region are dropped
 // and logged, as nobody waits for an answer.
 func (n *Node) prefetch(run func(func()) error, p *prog, text string) {
 	hints, err := ctl.ParsePrefetchHints(text, nil)
