@@ -354,8 +354,8 @@ func (r *Region) Nodes() int { return r.geo.Nodes }
 // again on the same cluster finds its names, and their contents, where it
 // left them. For memory that is freed, see New, MakeSlice and Free.
 //
-// Of the options, ReleaseConsistent, BlockHomes and BlockHomesOf apply (alignment is an
-// argument; the name is the name).
+// Of the options, ReleaseConsistent, BlockHomes and BlockHomesOf apply
+// (alignment is an argument; the name is the name).
 func (r *Region) Alloc(name string, size, align int, opts ...AllocOption) (int, error) {
 	return r.alloc(context.Background(), name, size, align, nil, opts)
 }
