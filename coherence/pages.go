@@ -27,10 +27,10 @@ const localChunk = 512
 type localTable struct {
 	chunks []*localChunkPages
 	pages  int
-	// spare is the busy array of a chunk that went idle, for the next
+	// spare holds the busy arrays of chunks that went idle, for the next
 	// chunk that needs one: the pages in flight often go idle and come
 	// back, and that should cost no allocation.
-	spare []*pageBusy
+	spare sparePool[pageBusy]
 }
 
 // localChunkPages is one chunk of a localTable, with the pageBusy of its
@@ -84,11 +84,7 @@ func (t *localTable) setBusy(p PageID, x *pageBusy) {
 		if x == nil {
 			return
 		}
-		if cap(t.spare) >= len(c.pages) {
-			c.busy, t.spare = t.spare[:len(c.pages)], nil
-		} else {
-			c.busy = make([]*pageBusy, len(c.pages))
-		}
+		c.busy = t.spare.get(len(c.pages))
 	}
 	switch old := c.busy[i]; {
 	case old == nil && x != nil:
@@ -99,9 +95,7 @@ func (t *localTable) setBusy(p PageID, x *pageBusy) {
 	c.busy[i] = x
 	if c.nbusy == 0 {
 		// Every pointer in it is nil again.
-		if cap(c.busy) > cap(t.spare) {
-			t.spare = c.busy
-		}
+		t.spare.put(c.busy)
 		c.busy = nil
 	}
 }
@@ -173,8 +167,8 @@ type dirTable struct {
 	// here when their span was made, each in a span of its own: only a
 	// Home that is not deterministic, as it must be, puts any there.
 	stray map[PageID]*dirEntries
-	// spare is the busy array of a span that went idle, for the next one.
-	spare []*dirBusy
+	// spare holds the busy arrays of spans that went idle, for the next.
+	spare sparePool[dirBusy]
 }
 
 // dirEntries holds the directory entries of the pages of one span homed
@@ -271,11 +265,7 @@ func (t *dirTable) setBusy(r dirRef, x *dirBusy) {
 		if x == nil {
 			return
 		}
-		if cap(t.spare) >= len(s.ents) {
-			s.busy, t.spare = t.spare[:len(s.ents)], nil
-		} else {
-			s.busy = make([]*dirBusy, len(s.ents))
-		}
+		s.busy = t.spare.get(len(s.ents))
 	}
 	switch old := s.busy[r.k]; {
 	case old == nil && x != nil:
@@ -286,9 +276,7 @@ func (t *dirTable) setBusy(r dirRef, x *dirBusy) {
 	s.busy[r.k] = x
 	if s.nbusy == 0 {
 		// Every pointer in it is nil again.
-		if cap(s.busy) > cap(t.spare) {
-			t.spare = s.busy
-		}
+		t.spare.put(s.busy)
 		s.busy = nil
 	}
 }
@@ -388,4 +376,33 @@ func (t *dirTable) setSeen(p PageID, r dirRef, n NodeID, req uint64) {
 	}
 	*v = seenBig
 	t.seenBig[seenKey(p, n)] = req
+}
+
+// sparePool keeps a few emptied busy arrays (every pointer nil) for reuse.
+// One is not enough: chunks take turns (a stencil's two grids lie in
+// different chunks, and their pages go busy and idle in alternation), and
+// with a single spare every turn allocated an array.
+type sparePool[T any] struct{ free [][]*T }
+
+// maxSpare bounds the arrays a pool keeps: 4 KiB each for a chunk of
+// local states.
+const maxSpare = 8
+
+// get returns an array of n nil pointers.
+func (s *sparePool[T]) get(n int) []*T {
+	for i := len(s.free) - 1; i >= 0; i-- {
+		if b := s.free[i]; cap(b) >= n {
+			s.free[i] = s.free[len(s.free)-1]
+			s.free = s.free[:len(s.free)-1]
+			return b[:n]
+		}
+	}
+	return make([]*T, n)
+}
+
+// put keeps b, whose pointers are all nil, if the pool has room.
+func (s *sparePool[T]) put(b []*T) {
+	if len(s.free) < maxSpare {
+		s.free = append(s.free, b)
+	}
 }

@@ -235,8 +235,8 @@ func TestDirTableStrayEntry(t *testing.T) {
 		t.Fatalf("busy() = %p after setBusy(%p), %d busy", d.busy(), y, d.span.nbusy)
 	}
 	tab.setBusy(d, nil)
-	if d.busy() != nil || d.span.busy != nil || cap(tab.spare) != len(d.span.ents) {
-		t.Fatalf("idle span keeps %d pointers, spare %d", len(d.span.busy), cap(tab.spare))
+	if d.busy() != nil || d.span.busy != nil || len(tab.spare.free) != 1 || cap(tab.spare.free[0]) != len(d.span.ents) {
+		t.Fatalf("idle span keeps %d pointers, spares %d", len(d.span.busy), len(tab.spare.free))
 	}
 }
 
@@ -259,13 +259,30 @@ func TestLocalTableBusy(t *testing.T) {
 	}
 	tab.setBusy(a, nil)
 	tab.setBusy(3, nil)
-	if c := tab.chunks[0]; c.busy != nil || c.nbusy != 0 || cap(tab.spare) != localChunk {
-		t.Fatalf("idle chunk keeps %d pointers (%d in flight), spare %d", len(c.busy), c.nbusy, cap(tab.spare))
+	if c := tab.chunks[0]; c.busy != nil || c.nbusy != 0 || len(tab.spare.free) != 1 || cap(tab.spare.free[0]) != localChunk {
+		t.Fatalf("idle chunk keeps %d pointers (%d in flight), spares %d", len(c.busy), c.nbusy, len(tab.spare.free))
 	}
-	spare := &tab.spare[:1][0]
+	spare := &tab.spare.free[0][:1][0]
 	tab.setBusy(b, x)
-	if c := tab.chunks[1]; &c.busy[0] != spare || tab.busy(b) != x || tab.spare != nil {
+	if c := tab.chunks[1]; &c.busy[0] != spare || tab.busy(b) != x || len(tab.spare.free) != 0 {
 		t.Fatal("the second chunk did not reuse the first one's array")
+	}
+	tab.setBusy(b, nil)
+
+	// Chunks that take turns (two grids' pages in flight in alternation)
+	// allocate no array once the pool has theirs.
+	c2 := PageID(2*localChunk + 5)
+	tab.at(c2)
+	allocs := testing.AllocsPerRun(100, func() {
+		tab.setBusy(a, x)
+		tab.setBusy(c2, y)
+		tab.setBusy(a, nil)
+		tab.setBusy(b, x)
+		tab.setBusy(c2, nil)
+		tab.setBusy(b, nil)
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per turn of three chunks, want 0", allocs)
 	}
 }
 
