@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -21,13 +23,17 @@ import (
 //     pages node 0 has copies of, released, and raised a flag: node 0 asks
 //     node 1 for its notices and invalidates K copies;
 //   - rc/diff_bytes: what a release of one page with one changed word
-//     sends: the diff's changed bytes, and its message's size.
+//     sends: the diff's changed bytes, and its message's size;
+//   - rc/limit/wp_async_scan/dirty=K: what asynchronous write protection,
+//     which the runtime does not use, would cost instead of write-fault
+//     tracking: one PAGEMAP_SCAN finding K written pages (wpscan.go).
 
 // rcDirty are the K of the release and acquire figures.
 var rcDirty = []int{1, 4, 16, 64, 256, 1024}
 
 func keyRCRelease(k int) string { return fmt.Sprintf("rc/release/dirty=%d", k) }
 func keyRCAcquire(k int) string { return fmt.Sprintf("rc/acquire/notices=%d", k) }
+func keyRCWPScan(k int) string  { return fmt.Sprintf("rc/limit/wp_async_scan/dirty=%d", k) }
 
 const keyRCDiffBytes = "rc/diff_bytes"
 
@@ -45,6 +51,24 @@ func (s *suite) rc(ctx context.Context) error {
 	}
 	if uint64(area)+(1<<20) > s.cfg.RegionSize {
 		return fmt.Errorf("the rc part needs %d release-consistent bytes, the region has %d: enlarge the region", area, s.cfg.RegionSize)
+	}
+	for _, k := range dirty {
+		s.prog.step(fmt.Sprintf("asynchronous write protection, %d pages", k))
+		// A scan takes microseconds: more rounds than the cluster runs.
+		scans, writes, err := measureWPScan(k, 200, s.ps)
+		if errors.Is(err, errNoWPAsync) {
+			fmt.Fprintf(os.Stderr, "bench: rc: %v: no %s figures\n", err, keyRCWPScan(k))
+			break
+		}
+		if err != nil {
+			return err
+		}
+		w := summarize(writes)
+		s.addLatency(Figure{Key: keyRCWPScan(k), Part: "rc", Nodes: 1,
+			Name:   fmt.Sprintf("asynchronous write protection (not used by the runtime): one PAGEMAP_SCAN finding and protecting again %d written pages of %d", k, wpScanPages),
+			Params: map[string]any{"pages": k, "mapped_pages": wpScanPages, "rounds": len(scans)},
+			Note: fmt.Sprintf("a shared memfd mapping registered with a userfaultfd in WP_ASYNC mode, as the release-consistent area would be; writing one word in each of the %d pages took %s (median: the kernel resolves each first write itself, no fault reaches a daemon), %s per page; compare %s (write-fault tracking, then the diffs)",
+				k, fmtNs(w.Median), fmtNs(w.Median/float64(k)), keyRCRelease(k))}, scans)
 	}
 	tune := func(c *node.Config) { c.RCSize = uint64(area) }
 	return s.withCluster(ctx, "2 nodes, release-consistent area", 2, tune, func(c *cluster.Cluster, logs *tailBuffer) error {
