@@ -428,8 +428,11 @@ func (e *Engine) Fault(p PageID, a Access) error {
 
 // Step hands the engine a message that arrived for this node. It returns
 // an error, and changes nothing, for a message that is malformed or not for
-// this node. Step may keep m (and its Data and Meta) after it returns; the
-// caller must not modify them.
+// this node. Step may keep m after it returns, and the caller must not
+// modify it then, except its Data and Meta: Step keeps no reference to
+// them past the outputs it makes (an ActInstall's Data may be m's), so
+// they may be reused once the caller has applied those outputs and called
+// Advance (see UnmarshalMessageView).
 func (e *Engine) Step(m *Message) error {
 	e.input("Step")
 	if err := e.check(m); err != nil {
@@ -831,7 +834,11 @@ func (e *Engine) onData(m *Message) {
 	if m.Writable && !m.SenderDropped && !r.dropped {
 		// The old owner still holds a read-only copy until its MsgDropped
 		// arrives; writing now would put a writer beside a reader.
-		r.deferred = m
+		// Kept past this Step: with its own copy of the page, since
+		// the caller may reuse m's (Step's contract).
+		d := *m
+		d.Data, d.Meta = slices.Clone(m.Data), slices.Clone(m.Meta)
+		r.deferred = &d
 		return
 	}
 	e.install(m.Page, lp, r, m)

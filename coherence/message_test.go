@@ -122,6 +122,11 @@ func FuzzUnmarshalMessage(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := UnmarshalMessage(b)
+		// The view decoder takes and refuses the same inputs, and
+		// decodes the same messages.
+		if v, verr := UnmarshalMessageView(b); (verr == nil) != (err == nil) || err == nil && !reflect.DeepEqual(v, m) {
+			t.Fatalf("view decoder: %+v, %v; copying decoder: %+v, %v", v, verr, m, err)
+		}
 		if err != nil {
 			if m != nil {
 				t.Fatalf("a message and an error: %v", err)
@@ -147,4 +152,33 @@ func FuzzUnmarshalMessage(f *testing.F) {
 			e.Tick()
 		}
 	})
+}
+
+// UnmarshalMessageView decodes what UnmarshalMessage decodes, with the page
+// and its metadata left in the buffer.
+func TestUnmarshalMessageView(t *testing.T) {
+	m := &Message{Type: MsgData, From: 1, To: 2, Requester: 2, Page: 7, Req: 9, Version: 3,
+		Clock: clocks.Vector{1, 2, 3}, PageClock: clocks.Vector{4, 5, 6}, Writable: true,
+		Data: []byte("page bytes"), Meta: []byte{1, 2}}
+	b := m.AppendBinary(nil)
+	copied, err := UnmarshalMessage(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	view, err := UnmarshalMessageView(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(copied, view) {
+		t.Fatalf("view %+v differs from copy %+v", view, copied)
+	}
+	for i := range b {
+		b[i] = 0
+	}
+	if !bytes.Equal(copied.Data, []byte("page bytes")) || bytes.Equal(view.Data, []byte("page bytes")) {
+		t.Fatalf("after the buffer is reused: copy %q, view %q; want the copy kept and the view aliasing the buffer", copied.Data, view.Data)
+	}
+	if !reflect.DeepEqual(view.Clock, clocks.Vector{1, 2, 3}) || !reflect.DeepEqual(view.PageClock, clocks.Vector{4, 5, 6}) {
+		t.Fatalf("a view's clocks must not alias the buffer (the engine keeps them): %v %v", view.Clock, view.PageClock)
+	}
 }

@@ -239,6 +239,7 @@ type simNode struct {
 	d       SimDaemon     // the daemon under test, or nil: the simulator's own
 	progs   []*SimProgram // with d: the attached programs
 	outq    []Output      // the rest of the batch being applied
+	views   [][]byte      // buffers of messages stepped in the batch, reused at its Advance
 	inbox   []simEvent    // faults, messages and ends of holds waiting for the daemon
 	holds   []simHold     // ActHolds not answered yet
 	pages   []simPage
@@ -406,7 +407,7 @@ func (s *sim) once() (*simNode, error) {
 		n.outq = n.outq[1:]
 		err := s.apply(n, o)
 		if len(n.outq) == 0 {
-			n.eng.Advance() // the batch is applied
+			s.advance(n) // the batch is applied
 		}
 		return n, err
 	case cInput:
@@ -528,7 +529,10 @@ func (s *sim) input(n *simNode, ev simEvent) error {
 		}
 		return s.collect(n)
 	}
-	m, err := UnmarshalMessage(ev.msg)
+	// Decoded as a daemon decodes it: the page aliases a buffer, which is
+	// reused once the actions are taken (Step's contract).
+	buf := slices.Clone(ev.msg)
+	m, err := UnmarshalMessageView(buf)
 	if err != nil {
 		return s.violation(ViolEngineError, "node %d: cannot decode a message: %v", n.id, err)
 	}
@@ -536,7 +540,16 @@ func (s *sim) input(n *simNode, ev simEvent) error {
 	if err := n.eng.Step(m); err != nil {
 		return s.violation(ViolEngineError, "node %d: Step(%v): %v", n.id, m, err)
 	}
+	n.views = append(n.views, buf)
 	return s.collect(n)
+}
+
+// scribble overwrites a reused buffer, so that a page the engine kept a
+// reference to instead of a copy shows up as garbage where it is used.
+func scribble(b []byte) {
+	for i := range b {
+		b[i] = 0xA5
+	}
 }
 
 // collect queues the engine's outputs for the daemon.
@@ -548,9 +561,21 @@ func (s *sim) collect(n *simNode) error {
 		n.outq = append(n.outq, o)
 	}
 	if len(n.outq) == 0 {
-		n.eng.Advance()
+		s.advance(n)
 	}
 	return nil
+}
+
+// advance tells n's engine that its batch is applied, and reuses the
+// buffers of the messages stepped for it: a page the engine kept a
+// reference to instead of a copy then shows up as garbage where it is
+// used (Step's contract).
+func (s *sim) advance(n *simNode) {
+	n.eng.Advance()
+	for _, b := range n.views {
+		scribble(b)
+	}
+	n.views = n.views[:0]
 }
 
 // apply carries out one output the way the node daemon does.

@@ -164,12 +164,17 @@ func (s *sim) daemonInput(n *simNode, ev simEvent) error {
 			s.prefetch(n)
 		}
 	} else {
-		m, err := UnmarshalMessage(ev.msg)
+		// As in the engine's simulator: the page aliases a buffer,
+		// reused once the daemon has stepped the message.
+		buf := slices.Clone(ev.msg)
+		m, err := UnmarshalMessageView(buf)
 		if err != nil {
 			return s.violation(ViolEngineError, "node %d: cannot decode a message: %v", n.id, err)
 		}
 		s.tracef("node %d: Step(%v)", n.id, m)
-		if err := n.d.Step(m); err != nil {
+		err = n.d.Step(m)
+		scribble(buf)
+		if err != nil {
 			return s.violation(ViolEngineError, "node %d: Step(%v): %v", n.id, m, err)
 		}
 	}

@@ -601,7 +601,10 @@ func (n *Node) onPeerMessage(from uint16, b []byte) {
 		if n.cfg.MuteCoherence {
 			return
 		}
-		m, err := coherence.UnmarshalMessage(b[1:])
+		// The page stays in the transport's buffer, which lasts the
+		// handler's call: the pager installs it and advances the engine
+		// within Step (Engine.Step's contract).
+		m, err := coherence.UnmarshalMessageView(b[1:])
 		if err != nil {
 			n.log.Warn("malformed coherence message dropped", "peer", from, "err", err)
 			return

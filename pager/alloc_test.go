@@ -96,7 +96,7 @@ func TestAllocationsPerFault(t *testing.T) {
 	deliver := func() {
 		for i := 0; i < len(w.q); i++ { // Step may send more
 			b, to := w.q[i], dest[i]
-			m, err := coherence.UnmarshalMessage(b)
+			m, err := coherence.UnmarshalMessageView(b) // as the daemon decodes
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -133,9 +133,10 @@ func TestAllocationsPerFault(t *testing.T) {
 	// the pager reused its waiting lists, fault timelines, encoded pages
 	// and written ranges, 59 before a decoded message's two clocks and its
 	// data and metadata shared an allocation each, 56 before the engine kept
-	// its page states in tables of values).
-	if got > 54 {
-		t.Errorf("%.0f allocations per cycle, more than the 54 of the engines and the decoder", got)
+	// its page states in tables of values, 54 before the daemon decoded
+	// messages with their page left in the receive buffer).
+	if got > 53 {
+		t.Errorf("%.0f allocations per cycle, more than the 53 of the engines and the decoder", got)
 	}
 	if ins := gs[1].Counters().Installs; ins < 200 {
 		t.Fatalf("node 1 installed %d copies: the cycle does not fault remotely", ins)
