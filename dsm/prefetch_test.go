@@ -61,19 +61,33 @@ func faultCount(st node.Status) uint64 {
 // installed them, and then reads and writes them all without one fault;
 // node 1 then reads node 0's writes.
 func workPrefetch(r *dsm.Region) error {
+	ps := r.PageSize()
+	return prefetchRuns(r, "", prefetchRead*ps, prefetchWrite*ps, func(st node.Status) uint64 { return st.Migrations["prefetch"] })
+}
+
+// prefetchRuns is workPrefetch with the runs at byte offsets readOff and
+// writeOff; tag names the barriers and starts the lines it prints, and
+// asked reads the pages prefetch hints asked for from a status.
+func prefetchRuns(r *dsm.Region, tag string, readOff, writeOff int, asked func(node.Status) uint64) error {
 	ctx := context.Background()
 	ps := r.PageSize()
-	val := func(p, w int) uint64 { return uint64(p*ps+w) | 1<<40 }
-	if r.NodeID() == 1 {
-		for _, first := range []int{prefetchRead, prefetchWrite} {
-			for p := first; p < first+prefetchPages; p++ {
-				for w := 0; w < ps; w += 512 {
-					atomic.StoreUint64(word(r, p*ps+w), val(p, w))
-				}
+	at := func(off int) *uint64 { return word(r, off) }
+	val := func(off int) uint64 { return uint64(off) | 1<<40 }
+	// each calls f for a word every 512 bytes of the run at off.
+	each := func(off int, f func(int) error) error {
+		for o := off; o < off+prefetchPages*ps; o += 512 {
+			if err := f(o); err != nil {
+				return err
 			}
 		}
+		return nil
 	}
-	if err := r.Barrier(ctx, "written", r.Nodes()); err != nil {
+	if r.NodeID() == 1 {
+		for _, run := range []int{readOff, writeOff} {
+			each(run, func(o int) error { atomic.StoreUint64(at(o), val(o)); return nil })
+		}
+	}
+	if err := r.Barrier(ctx, tag+"written", r.Nodes()); err != nil {
 		return err
 	}
 	if r.NodeID() == 0 {
@@ -83,8 +97,8 @@ func workPrefetch(r *dsm.Region) error {
 		}
 		// Two hints in one call; the second not page aligned: the
 		// pages that hold the bytes.
-		err = r.Prefetch(dsm.Hint{Off: prefetchRead * ps, Len: prefetchPages * ps, Intent: dsm.ForRead},
-			dsm.Hint{Off: prefetchWrite*ps + 100, Len: prefetchPages*ps - 200, Intent: dsm.ForWrite})
+		err = r.Prefetch(dsm.Hint{Off: readOff, Len: prefetchPages * ps, Intent: dsm.ForRead},
+			dsm.Hint{Off: writeOff + 100, Len: prefetchPages*ps - 200, Intent: dsm.ForWrite})
 		if err != nil {
 			return err
 		}
@@ -92,18 +106,16 @@ func workPrefetch(r *dsm.Region) error {
 		if err != nil {
 			return err
 		}
-		for p := prefetchRead; p < prefetchRead+prefetchPages; p++ {
-			for w := 0; w < ps; w += 512 {
-				if got := atomic.LoadUint64(word(r, p*ps+w)); got != val(p, w) {
-					return fmt.Errorf("prefetched page %d word %d = %#x, want %#x", p, w, got, val(p, w))
-				}
+		err = each(readOff, func(o int) error {
+			if got := atomic.LoadUint64(at(o)); got != val(o) {
+				return fmt.Errorf("prefetched word at %d = %#x, want %#x", o, got, val(o))
 			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
-		for p := prefetchWrite; p < prefetchWrite+prefetchPages; p++ {
-			for w := 0; w < ps; w += 512 {
-				atomic.AddUint64(word(r, p*ps+w), 1)
-			}
-		}
+		each(writeOff, func(o int) error { atomic.AddUint64(at(o), 1); return nil })
 		end, err := ownStatus()
 		if err != nil {
 			return err
@@ -111,23 +123,25 @@ func workPrefetch(r *dsm.Region) error {
 		if n := faultCount(end) - faultCount(before); n != 0 {
 			return fmt.Errorf("%d faults on prefetched pages (before %v, after %v)", n, before.Faults, end.Faults)
 		}
-		fmt.Printf("prefetch ok: %d pages asked for, %d installed, no fault\n",
-			after.Migrations["prefetch"]-before.Migrations["prefetch"], after.Migrations["installs"]-before.Migrations["installs"])
+		fmt.Printf("%sprefetch ok: %d pages asked for, %d installed, no fault\n",
+			tag, asked(after)-asked(before), after.Migrations["installs"]-before.Migrations["installs"])
 	}
-	if err := r.Barrier(ctx, "used", r.Nodes()); err != nil {
+	if err := r.Barrier(ctx, tag+"used", r.Nodes()); err != nil {
 		return err
 	}
 	if r.NodeID() == 1 {
-		for p := prefetchWrite; p < prefetchWrite+prefetchPages; p++ {
-			for w := 0; w < ps; w += 512 {
-				if got := atomic.LoadUint64(word(r, p*ps+w)); got != val(p, w)+1 {
-					return fmt.Errorf("page %d word %d = %#x after node 0's write, want %#x", p, w, got, val(p, w)+1)
-				}
+		err := each(writeOff, func(o int) error {
+			if got := atomic.LoadUint64(at(o)); got != val(o)+1 {
+				return fmt.Errorf("word at %d = %#x after node 0's write, want %#x", o, got, val(o)+1)
 			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
-		fmt.Println("writes seen")
+		fmt.Printf("%swrites seen\n", tag)
 	}
-	return r.Barrier(ctx, "done", r.Nodes())
+	return r.Barrier(ctx, tag+"done", r.Nodes())
 }
 
 // Prefetched pages come without a fault: read copies and ownership, and
@@ -199,80 +213,16 @@ func TestPrefetchRefuses(t *testing.T) {
 
 func init() { workers["rcprefetch"] = workRCPrefetch }
 
-// workRCPrefetch is workPrefetch on release-consistent memory: after the
-// barrier that carries node 1's writes, node 0 prefetches the first run of
-// pages for reading and the second for writing, and then reads and writes
-// them without one fault; node 1 reads node 0's writes after the next
-// barrier.
+// workRCPrefetch is workPrefetch on release-consistent memory: the
+// barrier that ends the writes carries node 1's writes to node 0, and the
+// next one node 0's to node 1.
 func workRCPrefetch(r *dsm.Region) error {
-	ctx := context.Background()
 	ps := r.PageSize()
 	off, err := r.Alloc("rc_prefetch", 2*prefetchPages*ps, ps, dsm.ReleaseConsistent)
 	if err != nil {
 		return err
 	}
-	val := func(p, w int) uint64 { return uint64(p*ps+w) | 1<<40 }
-	at := func(p, w int) *uint64 { return word(r, off+p*ps+w) }
-	if r.NodeID() == 1 {
-		for p := range 2 * prefetchPages {
-			for w := 0; w < ps; w += 512 {
-				*at(p, w) = val(p, w)
-			}
-		}
-	}
-	if err := r.Barrier(ctx, "rc_written", r.Nodes()); err != nil {
-		return err
-	}
-	if r.NodeID() == 0 {
-		before, err := ownStatus()
-		if err != nil {
-			return err
-		}
-		err = r.Prefetch(dsm.Hint{Off: off, Len: prefetchPages * ps, Intent: dsm.ForRead},
-			dsm.Hint{Off: off + prefetchPages*ps, Len: prefetchPages * ps, Intent: dsm.ForWrite})
-		if err != nil {
-			return err
-		}
-		after, err := waitPrefetched(before, 2*prefetchPages)
-		if err != nil {
-			return err
-		}
-		for p := range prefetchPages {
-			for w := 0; w < ps; w += 512 {
-				if got := *at(p, w); got != val(p, w) {
-					return fmt.Errorf("prefetched page %d word %d = %#x, want %#x", p, w, got, val(p, w))
-				}
-			}
-		}
-		for p := prefetchPages; p < 2*prefetchPages; p++ {
-			for w := 0; w < ps; w += 512 {
-				*at(p, w)++
-			}
-		}
-		end, err := ownStatus()
-		if err != nil {
-			return err
-		}
-		if n := faultCount(end) - faultCount(before); n != 0 {
-			return fmt.Errorf("%d faults on prefetched release-consistent pages (before %v, after %v)", n, before.Faults, end.Faults)
-		}
-		fmt.Printf("rc prefetch ok: %d pages asked for, %d installed, no fault\n",
-			after.RC.Prefetched-before.RC.Prefetched, after.Migrations["installs"]-before.Migrations["installs"])
-	}
-	if err := r.Barrier(ctx, "rc_used", r.Nodes()); err != nil {
-		return err
-	}
-	if r.NodeID() == 1 {
-		for p := prefetchPages; p < 2*prefetchPages; p++ {
-			for w := 0; w < ps; w += 512 {
-				if got := *at(p, w); got != val(p, w)+1 {
-					return fmt.Errorf("page %d word %d = %#x after node 0's write, want %#x", p, w, got, val(p, w)+1)
-				}
-			}
-		}
-		fmt.Println("rc writes seen")
-	}
-	return r.Barrier(ctx, "rc_done", r.Nodes())
+	return prefetchRuns(r, "rc ", off, off+prefetchPages*ps, func(st node.Status) uint64 { return st.RC.Prefetched })
 }
 
 // Prefetch hints reach release-consistent memory too: copies of pages the
