@@ -42,8 +42,13 @@ type FaultCost struct {
 	DaemonSwitches  uint64 `json:"daemon_voluntary_switches"`
 	// DaemonCPU is the CPU time of every daemon, in nanoseconds.
 	DaemonCPU uint64 `json:"daemon_cpu_ns"`
-	// Datagrams are the UDP datagrams every daemon sent.
+	// Datagrams are the UDP datagrams every daemon sent; Messages the
+	// messages the daemons' transports sent in them, and Segments the KCP
+	// data segments that carried those (small messages sent together
+	// share one).
 	Datagrams uint64 `json:"datagrams"`
+	Messages  uint64 `json:"messages"`
+	Segments  uint64 `json:"kcp_segments"`
 }
 
 // daemonRef is how the measuring worker finds a node daemon: its process
@@ -187,12 +192,15 @@ type costMeter struct {
 	total   FaultCost
 
 	// At the start of the open window.
-	t0        time.Time
-	prog      procCounters
-	daemonAt  []procCounters
-	datagrams uint64
-	faults    uint64
+	t0       time.Time
+	prog     procCounters
+	daemonAt []procCounters
+	wire     wireCounters
+	faults   uint64
 }
+
+// wireCounters are what the daemons' transports have sent.
+type wireCounters struct{ datagrams, messages, segments uint64 }
 
 func newCostMeter(daemons []daemonRef, mine int) *costMeter {
 	return &costMeter{daemons: daemons, mine: mine, daemonAt: make([]procCounters, len(daemons))}
@@ -202,7 +210,7 @@ func newCostMeter(daemons []daemonRef, mine int) *costMeter {
 // wakes them, which belongs outside the window.
 func (m *costMeter) start() error {
 	var err error
-	if m.datagrams, m.faults, err = m.daemonCounters(); err != nil {
+	if m.wire, m.faults, err = m.daemonCounters(); err != nil {
 		return err
 	}
 	for i, d := range m.daemons {
@@ -235,11 +243,13 @@ func (m *costMeter) stop(ops int) error {
 		t.DaemonSwitches += c.switches - m.daemonAt[i].switches
 		t.DaemonCPU += c.cpu - m.daemonAt[i].cpu
 	}
-	datagrams, faults, err := m.daemonCounters()
+	wire, faults, err := m.daemonCounters()
 	if err != nil {
 		return err
 	}
-	t.Datagrams += datagrams - m.datagrams
+	t.Datagrams += wire.datagrams - m.wire.datagrams
+	t.Messages += wire.messages - m.wire.messages
+	t.Segments += wire.segments - m.wire.segments
 	t.Faults += faults - m.faults
 	t.Ops += ops
 	t.Elapsed += int64(elapsed)
@@ -247,16 +257,18 @@ func (m *costMeter) stop(ops int) error {
 	return nil
 }
 
-// daemonCounters returns the datagrams every daemon has sent and the
-// faults the faulting node's daemon has taken.
-func (m *costMeter) daemonCounters() (datagrams, faults uint64, err error) {
+// daemonCounters returns what every daemon has sent and the faults the
+// faulting node's daemon has taken.
+func (m *costMeter) daemonCounters() (wire wireCounters, faults uint64, err error) {
 	for i, d := range m.daemons {
 		var st node.Status
 		if err := ctl.Call(d.Socket, ctl.Request{Op: ctl.OpStatus}, &st); err != nil {
-			return 0, 0, fmt.Errorf("status of the daemon on %s: %w", d.Socket, err)
+			return wire, 0, fmt.Errorf("status of the daemon on %s: %w", d.Socket, err)
 		}
 		for _, p := range st.Peers {
-			datagrams += p.PacketsOut
+			wire.datagrams += p.PacketsOut
+			wire.messages += p.MessagesOut
+			wire.segments += p.SegmentsOut
 		}
 		if i == m.mine {
 			for _, n := range st.Faults {
@@ -264,7 +276,7 @@ func (m *costMeter) daemonCounters() (datagrams, faults uint64, err error) {
 			}
 		}
 	}
-	return datagrams, faults, nil
+	return wire, faults, nil
 }
 
 // result returns the total, or nil when no window was measured.
@@ -286,5 +298,7 @@ func (f *Figure) setCost(c *FaultCost) error {
 	f.SwitchesPerFault = float64(c.ProgramSwitches+c.DaemonSwitches) / n
 	f.DaemonCPUPerFault = float64(c.DaemonCPU) / n
 	f.DatagramsPerFault = float64(c.Datagrams) / n
+	f.MessagesPerFault = float64(c.Messages) / n
+	f.SegmentsPerFault = float64(c.Segments) / n
 	return nil
 }

@@ -147,11 +147,14 @@ type Figure struct {
 	// what a fault cost during the timed windows, beyond its latency:
 	// voluntary context switches of the faulting program and of every
 	// daemon, CPU time of every daemon (ns), and UDP datagrams every
-	// daemon sent, each divided by the faults of the windows. Cost holds
-	// the totals they come from.
+	// daemon sent, each divided by the faults of the windows; beside them
+	// the messages the daemons sent and the KCP data segments that carried
+	// them. Cost holds the totals they come from.
 	SwitchesPerFault  float64    `json:"switches_per_fault,omitempty"`
 	DaemonCPUPerFault float64    `json:"daemon_cpu_ns_per_fault,omitempty"`
 	DatagramsPerFault float64    `json:"datagrams_per_fault,omitempty"`
+	MessagesPerFault  float64    `json:"messages_per_fault,omitempty"`
+	SegmentsPerFault  float64    `json:"kcp_segments_per_fault,omitempty"`
 	Cost              *FaultCost `json:"cost,omitempty"`
 	// Compare says how Ratio is computed: "latency" (median / limit),
 	// "throughput" or "migrations" (rate / (1 / limit)); "floor" means
@@ -411,8 +414,9 @@ func (r *Results) markdown() string {
 				if note != "" {
 					note += "; "
 				}
-				note += fmt.Sprintf("per fault: %s context switches, %s daemon CPU, %s datagrams",
-					trimFloat(f.SwitchesPerFault, 2), fmtNs(f.DaemonCPUPerFault), trimFloat(f.DatagramsPerFault, 2))
+				note += fmt.Sprintf("per fault: %s context switches, %s daemon CPU, %s datagrams (%s messages in %s KCP segments)",
+					trimFloat(f.SwitchesPerFault, 2), fmtNs(f.DaemonCPUPerFault), trimFloat(f.DatagramsPerFault, 2),
+					trimFloat(f.MessagesPerFault, 2), trimFloat(f.SegmentsPerFault, 2))
 				if f.Cost.Ops != int(f.Cost.Faults) {
 					note += fmt.Sprintf(" (%d faults for %d pages)", f.Cost.Faults, f.Cost.Ops)
 				}

@@ -40,6 +40,7 @@ func fuzzSeeds() [][]byte {
 		fec(frameFECData, fecHeader{group: 3, index: 1, data: 4, parity: 2}, kcpFrame),
 		fec(frameFECParity, fecHeader{group: 3, index: 0, data: 2, parity: 2}, bytes.Repeat([]byte{7}, 40)),
 		append([]byte{ProtocolVersion, msgFinal}, "message"...),
+		appendBatched(appendBatched([]byte{ProtocolVersion, msgBatch}, []byte("request")), nil),
 		dg,
 	}
 }
@@ -61,7 +62,18 @@ func FuzzDecodeFrame(f *testing.F) {
 				t.Fatalf("header %x re-encodes as %x", b[:headerLen], out)
 			}
 		}
-		decodeMsgHeader(b)
+		if typ, body, err := decodeMsgHeader(b); err == nil && typ == msgBatch {
+			// What splits re-encodes to the same body.
+			if msgs, err := splitBatch(body, nil); err == nil {
+				var out []byte
+				for _, m := range msgs {
+					out = appendBatched(out, m)
+				}
+				if !bytes.Equal(out, body) && !hasOverlongUvarint(body) {
+					t.Fatalf("batch %x re-encodes as %x", body, out)
+				}
+			}
+		}
 		rest := b
 		for len(rest) > 0 {
 			fr, r, err := decodeFrame(rest)
@@ -131,4 +143,21 @@ func FuzzDecodePage(f *testing.F) {
 			t.Fatalf("accepted page does not survive re-encoding: %v", err)
 		}
 	})
+}
+
+// hasOverlongUvarint reports whether a batch body spells a length with
+// more bytes than it needs (binary.Uvarint accepts such forms, which then
+// re-encode shorter).
+func hasOverlongUvarint(body []byte) bool {
+	for len(body) > 0 {
+		l, k := binary.Uvarint(body)
+		if k <= 0 {
+			return false
+		}
+		if k != len(binary.AppendUvarint(nil, l)) {
+			return true
+		}
+		body = body[k+int(l):]
+	}
+	return false
 }

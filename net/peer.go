@@ -126,7 +126,9 @@ type peer struct {
 	dgLimit     int       // max len(dg) (header and plaintext)
 	kcpOff      int       // offset of the KCP frame header in dg
 	ctl         []byte    // scratch for control datagrams
-	corked      bool      // messages queued in KCP wait for Uncork
+	corked      bool      // messages queued in KCP or the batch wait for Uncork
+	batch       []byte    // small messages sent while corked, in batched form
+	batchN      int       // how many messages batch holds
 	nonce       [12]byte  // scratch: a nonce handed to the AEAD interface escapes, so it must not live on the stack
 	sbuf        []byte    // scratch for message headers
 
@@ -209,10 +211,28 @@ func (p *peer) send(msg []byte, now time.Time) error {
 		if p.kcp.WaitSnd() == 0 {
 			p.lastProgress, p.tlpBackoff = now, 0
 		}
+		corked := p.t.corked.Load()
+		if corked && len(msg) <= batchMsgMax {
+			if len(p.batch)+binary.MaxVarintLen64+len(msg) > batchMax {
+				if err := p.flushBatch(); err != nil {
+					return err
+				}
+			}
+			p.batch = appendBatched(p.batch, msg)
+			p.batchN++
+			p.stats.MessagesOut++
+			p.t.corkPeer(p)
+			return nil
+		}
+		// Messages keep their order: what waits in the batch goes first.
+		if err := p.flushBatch(); err != nil {
+			return err
+		}
 		if err := p.kcpSend(msg); err != nil {
 			return err
 		}
-		if p.t.corked.Load() {
+		p.stats.MessagesOut++
+		if corked {
 			p.t.corkPeer(p)
 			return nil
 		}
@@ -237,6 +257,26 @@ func (p *peer) flushSent() {
 	kcpFlush(p.kcp, kcp.IKCP_FLUSH_FULL)
 	p.needACK = false
 	p.flushDatagram()
+}
+
+// flushBatch hands the messages batched while corked to KCP: one alone as
+// an ordinary message, several as one msgBatch message.
+func (p *peer) flushBatch() error {
+	if p.batchN == 0 {
+		return nil
+	}
+	var err error
+	if p.batchN == 1 {
+		_, k := binary.Uvarint(p.batch)
+		err = p.kcpSend(p.batch[k:])
+	} else {
+		p.sbuf = append(append(p.sbuf[:0], ProtocolVersion, msgBatch), p.batch...)
+		if rc := p.kcp.Send(p.sbuf); rc < 0 {
+			err = fmt.Errorf("net: kcp refused a batch of %d messages, %d bytes (code %d)", p.batchN, len(p.sbuf), rc)
+		}
+	}
+	p.batch, p.batchN = p.batch[:0], 0
+	return err
 }
 
 // kcpSend splits msg into KCP messages of at most kcpMaxFrags segments,
@@ -305,6 +345,8 @@ func (p *peer) down(reason error, fresh bool) {
 	}
 	p.kcp, p.fecEnc, p.fecDec = nil, nil, nil
 	p.reasm, p.inReasm = nil, false
+	// Batched messages are lost with the session, as those queued in KCP.
+	p.batch, p.batchN = p.batch[:0], 0
 	p.dg, p.dgData, p.ackDeadline = p.dg[:0], false, time.Time{}
 	p.sess = sessionKeys{}
 	if fresh {
@@ -645,12 +687,13 @@ func (p *peer) receive(msgs [][]byte) [][]byte {
 			p.malformed(fmt.Errorf("%w: kcp returned a short message", ErrMalformed))
 			return msgs
 		}
-		final, body, err := decodeMsgHeader(buf)
+		typ, body, err := decodeMsgHeader(buf)
 		if err != nil {
 			t.rxArena = t.rxArena[:off]
 			p.malformed(err)
 			continue
 		}
+		final := typ != msgPart
 		if !final || p.inReasm || p.discard {
 			// Copied into p.reasm or dropped: the arena need not keep it.
 			t.rxArena = t.rxArena[:off]
@@ -658,6 +701,15 @@ func (p *peer) receive(msgs [][]byte) [][]byte {
 		switch {
 		case p.discard:
 			p.discard = !final
+		case typ == msgBatch && p.inReasm:
+			// A sender never puts a batch between a message's parts.
+			p.malformed(fmt.Errorf("%w: a batch inside a message's parts", ErrMalformed))
+			p.reasm, p.inReasm = nil, false
+		case typ == msgBatch:
+			if msgs, err = splitBatch(body, msgs); err != nil {
+				t.rxArena = t.rxArena[:off]
+				p.malformed(err)
+			}
 		case final && !p.inReasm:
 			msgs = append(msgs, body)
 		case len(p.reasm)+len(body) > MaxMessageSize:
@@ -805,6 +857,7 @@ func (p *peer) scanSegments(b []byte) (data bool) {
 				p.stats.Retransmits++
 			} else {
 				p.txHigh = sn + 1
+				p.stats.SegmentsOut++
 			}
 		}
 		if n > len(b)-kcpOverhead {

@@ -290,6 +290,11 @@ type PeerStatus struct {
 	BytesIn, BytesOut, PacketsIn, PacketsOut uint64
 	// Retransmits counts KCP data segments sent more than once.
 	Retransmits uint64
+	// MessagesOut counts the messages Send accepted for the peer while
+	// its session was up; SegmentsOut the KCP data segments that carried
+	// them, each counted once. Small messages sent while corked share
+	// segments (see Cork).
+	MessagesOut, SegmentsOut uint64
 	// AuthFailures counts datagrams that failed authentication.
 	AuthFailures uint64
 	// Dropped counts authenticated datagrams dropped as stale (another
@@ -632,8 +637,10 @@ func (t *Transport) tickPeers(now time.Time) time.Duration {
 // Cork makes Send queue messages instead of sending each at once, until
 // Uncork: the messages of one batch of work (the replies to every request
 // that one wake-up read, the requests of a read-ahead) then go in as few
-// datagrams as the MTU allows. A caller that corks must uncork before it
-// waits for anything.
+// datagrams as the MTU allows, and the small ones to the same peer (up to
+// 512 bytes each) travel as one KCP message, so that they share a KCP
+// segment too; the receiver's Handler still sees each message on its own,
+// in order. A caller that corks must uncork before it waits for anything.
 func (t *Transport) Cork() { t.corked.Store(true) }
 
 // Uncork sends what Send queued since Cork.
@@ -647,6 +654,9 @@ func (t *Transport) Uncork() {
 		p.mu.Lock()
 		p.corked = false
 		if p.state == stUp {
+			if err := p.flushBatch(); err != nil {
+				t.log.Error("dropping batched messages", "peer", p.id, "err", err)
+			}
 			p.flushSent()
 		}
 		p.mu.Unlock()

@@ -907,6 +907,57 @@ func TestCorkSharesDatagrams(t *testing.T) {
 	}
 }
 
+func TestCorkBatchesSmallMessages(t *testing.T) {
+	// Small messages sent while corked share one KCP message (so one
+	// segment), a page between them goes on its own and keeps its place,
+	// and the receiver sees every message whole, alone and in order.
+	nodes := startCluster(t, 2, func(id NodeID, c *Config) {
+		c.HeartbeatInterval = time.Hour / 2 // no pings in the count
+		c.DeadAfter = time.Hour
+	})
+	waitAll(t, nodes)
+	sizes := []int{60, 8, batchMsgMax, 200, 4096, 64, batchMsgMax + 1, 90, 100}
+	// 4 small ones: 1 segment; the page: 3 segments of at most 1,448
+	// bytes (loopback MTU); 64: 1; 513 goes alone: 1; 90 and 100: 1.
+	const wantSegments = 1 + 3 + 1 + 1 + 1
+	before := nodes[0].Peers()[0]
+	nodes[0].Cork()
+	for i, n := range sizes {
+		if err := nodes[0].Send(1, makeMsg(uint32(i), n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nodes[0].Uncork()
+	for i := range sizes {
+		select {
+		case r := <-nodes[1].msgs:
+			if seq, err := checkMsg(r.msg); err != nil || seq != uint32(i) {
+				t.Fatalf("got message %d (%v), want %d", seq, err, i)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("message %d sent while corked never arrived", i)
+		}
+	}
+	after := nodes[0].Peers()[0]
+	if got := after.MessagesOut - before.MessagesOut; got != uint64(len(sizes)) {
+		t.Errorf("MessagesOut grew by %d, want %d", got, len(sizes))
+	}
+	if got := after.SegmentsOut - before.SegmentsOut; got != wantSegments {
+		t.Errorf("%d messages took %d KCP segments, want %d", len(sizes), got, wantSegments)
+	}
+	// Uncorked, every message is its own KCP message.
+	before = after
+	for i := range 3 {
+		if err := nodes[0].Send(1, makeMsg(uint32(i), 40)); err != nil {
+			t.Fatal(err)
+		}
+		<-nodes[1].msgs
+	}
+	if got := nodes[0].Peers()[0].SegmentsOut - before.SegmentsOut; got != 3 {
+		t.Errorf("3 messages sent uncorked took %d segments, want 3", got)
+	}
+}
+
 // A second process with the cluster key that claims an existing node id
 // from another address is refused: the live session goes on, and the
 // impostor is logged once with both addresses.

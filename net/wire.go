@@ -269,27 +269,69 @@ func scanKCP(b []byte, conv uint32) (push bool, err error) {
 
 // Application messages travel inside KCP messages, each with a 2-byte
 // header: version | type. A message longer than one KCP message is split
-// into parts; every part but the last has type msgPart.
+// into parts; every part but the last has type msgPart. A KCP message of
+// type msgBatch carries several small messages sent while the transport
+// was corked, each as a uvarint length and its bytes (see peer.batch).
 const (
 	msgHeaderLen = 2
 	msgFinal     = 1
 	msgPart      = 2
+	msgBatch     = 3
 )
 
-func decodeMsgHeader(b []byte) (final bool, body []byte, err error) {
+// Batching. A small message sent while corked waits in its peer's batch
+// until Uncork, a larger message to the same peer, or the batch filling
+// up; then the batch goes as one KCP message. A read-ahead's requests to
+// one home, or a barrier's messages, so cost one KCP message (one segment,
+// one allocation by kcp-go, one ACK entry) instead of one each. Larger
+// messages (pages) go alone, so that the first page of a burst is not held
+// until the last has arrived.
+const (
+	// batchMsgMax is the largest message that joins a batch.
+	batchMsgMax = 512
+	// batchMax bounds a batch's body: one KCP message of a few segments.
+	batchMax = 4 << 10
+)
+
+// appendBatched appends msg to a batch body in its batched form.
+func appendBatched(b, msg []byte) []byte {
+	return append(binary.AppendUvarint(b, uint64(len(msg))), msg...)
+}
+
+// splitBatch appends the messages of a batch body to msgs. The messages
+// alias body. A malformed body yields an error and no message at all: its
+// messages are lost together, as a message that fails to decode is.
+func splitBatch(body []byte, msgs [][]byte) ([][]byte, error) {
+	n := len(msgs)
+	for len(body) > 0 {
+		l, k := binary.Uvarint(body)
+		if k <= 0 || l > uint64(len(body)-k) {
+			return msgs[:n], fmt.Errorf("%w: batched message of %d bytes in %d", ErrMalformed, l, len(body)-max(k, 0))
+		}
+		body = body[k:]
+		msgs = append(msgs, body[:l:l])
+		body = body[l:]
+	}
+	if len(msgs) == n {
+		return msgs, fmt.Errorf("%w: empty batch", ErrMalformed)
+	}
+	return msgs, nil
+}
+
+// decodeMsgHeader returns a message's type (msgFinal, msgPart or msgBatch)
+// and body.
+func decodeMsgHeader(b []byte) (typ byte, body []byte, err error) {
 	if len(b) < msgHeaderLen {
-		return false, nil, fmt.Errorf("%w: message of %d bytes lacks its header", ErrMalformed, len(b))
+		return 0, nil, fmt.Errorf("%w: message of %d bytes lacks its header", ErrMalformed, len(b))
 	}
 	if b[0] != ProtocolVersion {
-		return false, nil, fmt.Errorf("%w: message version %d, this node speaks version %d", ErrMalformed, b[0], ProtocolVersion)
+		return 0, nil, fmt.Errorf("%w: message version %d, this node speaks version %d", ErrMalformed, b[0], ProtocolVersion)
 	}
 	switch b[1] {
-	case msgFinal:
-		return true, b[msgHeaderLen:], nil
-	case msgPart:
-		return false, b[msgHeaderLen:], nil
+	case msgFinal, msgPart, msgBatch:
+		return b[1], b[msgHeaderLen:], nil
 	}
-	return false, nil, fmt.Errorf("%w: unknown message type %d", ErrMalformed, b[1])
+	return 0, nil, fmt.Errorf("%w: unknown message type %d", ErrMalformed, b[1])
 }
 
 // fecHeader precedes FEC shards: group u32 | index u8 | data u8 | parity u8.

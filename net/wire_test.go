@@ -181,19 +181,54 @@ func TestDecodePayload(t *testing.T) {
 
 func TestDecodeMsgHeader(t *testing.T) {
 	for _, tc := range []struct {
-		in    []byte
-		final bool
-		ok    bool
+		in  []byte
+		typ byte
+		ok  bool
 	}{
-		{[]byte{ProtocolVersion, msgFinal, 'x'}, true, true},
-		{[]byte{ProtocolVersion, msgPart}, false, true},
-		{[]byte{ProtocolVersion}, false, false},
-		{[]byte{ProtocolVersion + 1, msgFinal}, false, false},
-		{[]byte{ProtocolVersion, 9}, false, false},
+		{[]byte{ProtocolVersion, msgFinal, 'x'}, msgFinal, true},
+		{[]byte{ProtocolVersion, msgPart}, msgPart, true},
+		{[]byte{ProtocolVersion, msgBatch, 1, 'x'}, msgBatch, true},
+		{[]byte{ProtocolVersion}, 0, false},
+		{[]byte{ProtocolVersion + 1, msgFinal}, 0, false},
+		{[]byte{ProtocolVersion, 9}, 0, false},
 	} {
-		final, _, err := decodeMsgHeader(tc.in)
-		if (err == nil) != tc.ok || (tc.ok && final != tc.final) {
-			t.Errorf("decodeMsgHeader(%v) = %v, %v", tc.in, final, err)
+		typ, _, err := decodeMsgHeader(tc.in)
+		if (err == nil) != tc.ok || (tc.ok && typ != tc.typ) {
+			t.Errorf("decodeMsgHeader(%v) = %v, %v", tc.in, typ, err)
+		}
+	}
+}
+
+func TestSplitBatch(t *testing.T) {
+	var body []byte
+	want := [][]byte{[]byte("request"), {}, bytes.Repeat([]byte{7}, 300)}
+	for _, m := range want {
+		body = appendBatched(body, m)
+	}
+	got, err := splitBatch(body, [][]byte{[]byte("before")})
+	if err != nil || len(got) != 4 || string(got[0]) != "before" {
+		t.Fatalf("splitBatch = %q, %v", got, err)
+	}
+	for i, m := range want {
+		if !bytes.Equal(got[i+1], m) {
+			t.Errorf("message %d = %q, want %q", i, got[i+1], m)
+		}
+	}
+	// A handler appending to one message must not write over the next.
+	if cap(got[1]) != len(got[1]) {
+		t.Errorf("a batched message has capacity %d beyond its %d bytes", cap(got[1]), len(got[1]))
+	}
+	for name, in := range map[string][]byte{
+		"empty batch":       nil,
+		"length past end":   {5, 'a', 'b'},
+		"second past end":   append(appendBatched(nil, []byte("ok")), 9, 1),
+		"truncated uvarint": {0x80},
+		"overlong uvarint":  bytes.Repeat([]byte{0xff}, 11),
+		"huge length":       {0xff, 0xff, 0xff, 0xff, 0x0f, 1},
+	} {
+		msgs, err := splitBatch(in, [][]byte{[]byte("before")})
+		if !errors.Is(err, ErrMalformed) || len(msgs) != 1 {
+			t.Errorf("%s: splitBatch = %d messages, %v; want only the one before, ErrMalformed", name, len(msgs), err)
 		}
 	}
 }
