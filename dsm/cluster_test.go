@@ -21,6 +21,7 @@ import (
 	"github.com/dsmrt/dsm/dht"
 	"github.com/dsmrt/dsm/dsm"
 	"github.com/dsmrt/dsm/internal/uffdtest"
+	dsmnet "github.com/dsmrt/dsm/net"
 	"github.com/dsmrt/dsm/node"
 )
 
@@ -482,19 +483,43 @@ func workScan(r *dsm.Region) error {
 }
 
 // A sequential scan of a remote region reads right with read-ahead on (the
-// daemon asks for pages ahead of the faults) and off.
+// daemon asks for pages ahead of the faults) and off, and with datagrams
+// of every size: the loopback default (a page in one datagram), an
+// Ethernet frame's (a page in three) and a jumbo frame's.
 func TestSequentialScanReadAhead(t *testing.T) {
-	for _, ahead := range []int{-1, 7} {
-		t.Run(fmt.Sprint("read_ahead=", ahead), func(t *testing.T) {
-			c := startClusterTuned(t, 2, func(cfg *node.Config) { cfg.ReadAhead = ahead })
+	for _, tc := range []struct {
+		name    string
+		ahead   int
+		mtu     int
+		wantMTU int
+	}{
+		{"read_ahead=-1", -1, 0, dsmnet.LoopbackMTU},
+		{"read_ahead=7", 7, 0, dsmnet.LoopbackMTU},
+		{"read_ahead=7/mtu=1400", 7, dsmnet.DefaultMTU, dsmnet.DefaultMTU},
+		{"read_ahead=7/mtu=9000", 7, 9000, 9000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := startClusterTuned(t, 2, func(cfg *node.Config) {
+				// Uncompressed, a page is 4 KiB on the wire.
+				cfg.ReadAhead, cfg.MTU, cfg.NoCompress = tc.ahead, tc.mtu, true
+			})
 			out := runWorkers(t, c, "scan")
 			require.Contains(t, out, "scan ok")
 			st, err := c.Status(0)
 			require.NoError(t, err)
-			if ahead < 0 {
+			require.Equal(t, tc.wantMTU, st.MTU)
+			if tc.ahead < 0 {
 				require.Zero(t, st.Migrations["read_ahead"])
 			} else {
 				require.Greater(t, st.Migrations["read_ahead"], uint64(100), "most of 256 sequential pages are asked for ahead of their fault")
+			}
+			// Node 1 sent the 256 pages; in datagrams of 1,400 bytes each
+			// takes three.
+			st1, err := c.Status(1)
+			require.NoError(t, err)
+			require.Equal(t, tc.wantMTU, st1.MTU)
+			if tc.wantMTU < 4096 {
+				require.GreaterOrEqual(t, st1.Peers[0].PacketsOut, uint64(3*256), "256 pages at MTU %d", tc.wantMTU)
 			}
 		})
 	}

@@ -679,6 +679,10 @@ func (t *Transport) corkPeer(p *peer) {
 	t.corkMu.Unlock()
 }
 
+// MTU returns the largest datagram the transport sends (Config.MTU, or
+// the default it picked).
+func (t *Transport) MTU() int { return t.cfg.MTU }
+
 // Fd returns the descriptor of the transport's UDP socket, for the event
 // loop of a driven transport to wait on (readable: call Receive). It is -1
 // unless Config.Driven was set. The transport owns it: the caller must not

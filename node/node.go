@@ -103,6 +103,13 @@ type Config struct {
 	// transport (Reed-Solomon shards); both ends must agree.
 	FECData   int `json:"fec_data,omitempty"`
 	FECParity int `json:"fec_parity,omitempty"`
+	// MTU is the largest UDP payload the transport sends (package net's
+	// Config.MTU): 0 picks net.LoopbackMTU when every node is on
+	// loopback, where a page travels as one datagram, and net.DefaultMTU
+	// (1400) otherwise. On a jumbo-frame network (9000) a page is one
+	// datagram too. Nodes may differ: every node receives datagrams up to
+	// net.MaxMTU.
+	MTU int `json:"mtu,omitempty"`
 	// Loss drops this fraction of the datagrams the node sends (seeded by
 	// the node id): injected packet loss, for tests and benchmarks.
 	Loss float64 `json:"loss,omitempty"`
@@ -186,6 +193,9 @@ func (c *Config) Validate() error {
 	}
 	if c.FaultTimeout == 0 {
 		c.FaultTimeout = Duration(30 * time.Second)
+	}
+	if c.MTU != 0 && (c.MTU < dsmnet.MinMTU || c.MTU > dsmnet.MaxMTU) {
+		return fmt.Errorf("mtu %d: give %d to %d bytes, or 0 for %d on loopback and %d otherwise", c.MTU, dsmnet.MinMTU, dsmnet.MaxMTU, dsmnet.LoopbackMTU, dsmnet.DefaultMTU)
 	}
 	switch {
 	case c.ReadAhead == 0:
@@ -357,6 +367,7 @@ func New(cfg Config) (*Node, error) {
 		OnPeer:   n.onPeer,
 		WrapConn: wrap,
 		FEC:      dsmnet.FECConfig{Data: cfg.FECData, Parity: cfg.FECParity},
+		MTU:      cfg.MTU,
 		Logger:   log,
 		Driven:   true,
 	})

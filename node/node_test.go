@@ -2,15 +2,18 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/dsmrt/dsm/internal/ctl"
+	dsmnet "github.com/dsmrt/dsm/net"
 )
 
 // freeAddrs returns n loopback UDP addresses that were free a moment ago.
@@ -182,4 +185,23 @@ func TestAttachNamesMissingPeer(t *testing.T) {
 	require.Empty(t, fds, "no memfd for a program that cannot run")
 	require.Contains(t, rep.Error, "cannot reach its cluster")
 	require.Contains(t, rep.Error, "node 1")
+}
+
+func TestValidateMTU(t *testing.T) {
+	for _, tc := range []struct {
+		mtu int
+		ok  bool
+	}{
+		{0, true}, {dsmnet.MinMTU, true}, {9000, true}, {dsmnet.MaxMTU, true},
+		{dsmnet.MinMTU - 1, false}, {dsmnet.MaxMTU + 1, false}, {-1, false},
+	} {
+		c := Config{Nodes: 1, Key: strings.Repeat("k", 16), Socket: "unused", MTU: tc.mtu}
+		err := c.Validate()
+		if tc.ok != (err == nil) {
+			t.Errorf("MTU %d: Validate() = %v", tc.mtu, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), fmt.Sprintf("mtu %d: give 576 to 65507 bytes", tc.mtu)) {
+			t.Errorf("MTU %d: the error does not say what to give: %v", tc.mtu, err)
+		}
+	}
 }

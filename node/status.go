@@ -81,6 +81,7 @@ type Status struct {
 	Base       uint64              `json:"base"`
 	Size       uint64              `json:"size"`
 	PageSize   int                 `json:"page_size"`
+	MTU        int                 `json:"mtu"` // the largest datagram the transport sends
 	Programs   int                 `json:"programs"`
 	Pages      map[string]int      `json:"pages"`
 	HomedPages int                 `json:"homed_pages"`
@@ -115,7 +116,7 @@ type RCStatus struct {
 func (n *Node) status() Status {
 	c := n.pg.Counters()
 	st := Status{
-		Node: n.cfg.ID, Nodes: n.cfg.Nodes, Base: n.cfg.Base, Size: n.cfg.Size, PageSize: n.ps,
+		Node: n.cfg.ID, Nodes: n.cfg.Nodes, Base: n.cfg.Base, Size: n.cfg.Size, PageSize: n.ps, MTU: n.tr.MTU(),
 		Programs: len(n.progs),
 		Pages:    map[string]int{"invalid": 0, "shared": 0, "exclusive": 0},
 		Faults: map[string]uint64{

@@ -124,6 +124,7 @@ func printStatus(out io.Writer, st node.Status) error {
 	w := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "node\t%d of %d\n", st.Node, st.Nodes)
 	fmt.Fprintf(w, "region\t0x%x, %d bytes, %d-byte pages, %d homed here\n", st.Base, st.Size, st.PageSize, st.HomedPages)
+	fmt.Fprintf(w, "transport\tdatagrams of up to %d bytes\n", st.MTU)
 	fmt.Fprintf(w, "programs\t%d attached\n", st.Programs)
 	fmt.Fprintf(w, "pages\tinvalid %d, shared %d, exclusive %d\n", st.Pages["invalid"], st.Pages["shared"], st.Pages["exclusive"])
 	fmt.Fprintf(w, "faults\tread %d, write %d, write-protect %d\n", st.Faults["read"], st.Faults["write"], st.Faults["write_protect"])

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	dsmnet "github.com/dsmrt/dsm/net"
 	"github.com/dsmrt/dsm/node"
 )
 
@@ -32,6 +33,7 @@ type daemonFlags struct {
 	fecData, fecParity int
 	loss               float64
 	rcSize             uint64
+	mtu                int
 }
 
 // nodeDefaults returns the defaults a node fills in, so that the flags show
@@ -58,6 +60,7 @@ func (d *daemonFlags) register(fs *flag.FlagSet, compress bool) {
 	fs.IntVar(&d.fecData, "fec-data", 0, fmt.Sprintf("forward error correction: datagrams per group, 1 to %d, with --fec-parity (0: off)", maxFECData))
 	fs.IntVar(&d.fecParity, "fec-parity", 0, fmt.Sprintf("forward error correction: parity datagrams per group, 1 to %d, with --fec-data (0: off)", maxFECParity))
 	fs.Float64Var(&d.loss, "loss", 0, "drop this fraction of the datagrams sent, from 0 up to 1: injected packet loss, for tests")
+	fs.IntVar(&d.mtu, "mtu", 0, fmt.Sprintf("the largest UDP datagram sent, %d to %d bytes (0: %d when every node is on loopback, else %d; 9000 on jumbo frames)", dsmnet.MinMTU, dsmnet.MaxMTU, dsmnet.LoopbackMTU, dsmnet.DefaultMTU))
 	fs.Uint64Var(&d.rcSize, "rc-size", 0, "bytes of the region kept for release-consistent allocations (dsm.ReleaseConsistent), a multiple of 65536, the same on every node (0: none)")
 }
 
@@ -86,6 +89,9 @@ func (d *daemonFlags) check(set map[string]bool) error {
 		case d.fecData < 0 || d.fecData > maxFECData || d.fecParity < 0 || d.fecParity > maxFECParity:
 			bad("--fec-data %d and --fec-parity %d: give 1 to %d data and 1 to %d parity datagrams", d.fecData, d.fecParity, maxFECData, maxFECParity)
 		}
+	}
+	if given("mtu") && d.mtu != 0 && (d.mtu < dsmnet.MinMTU || d.mtu > dsmnet.MaxMTU) {
+		bad("--mtu %d: give %d to %d bytes (0: the default)", d.mtu, dsmnet.MinMTU, dsmnet.MaxMTU)
 	}
 	if given("rc-size") && d.rcSize%(64<<10) != 0 {
 		bad("--rc-size %d: give a multiple of 65536 (64 KiB), such as 16777216", d.rcSize)
@@ -145,6 +151,9 @@ func (d *daemonFlags) apply(cfg *node.Config, set map[string]bool) {
 	}
 	if given("rc-size") {
 		cfg.RCSize = d.rcSize
+	}
+	if given("mtu") {
+		cfg.MTU = d.mtu
 	}
 }
 

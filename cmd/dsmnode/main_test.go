@@ -125,7 +125,7 @@ func TestServeTwoNodes(t *testing.T) {
 	keyFile := filepath.Join(dir, "key")
 	require.NoError(t, os.WriteFile(keyFile, []byte("0123456789abcdef0123456789abcdef\n"), 0o600))
 	sock := func(i int) string { return filepath.Join(dir, fmt.Sprintf("n%d.sock", i)) }
-	cfg := fmt.Sprintf(`{"id": 1, "nodes": 2, "addr": %q, "peers": {"0": %q}, "key": "0123456789abcdef0123456789abcdef", "socket": %q, "size": 4194304}`,
+	cfg := fmt.Sprintf(`{"id": 1, "nodes": 2, "addr": %q, "peers": {"0": %q}, "key": "0123456789abcdef0123456789abcdef", "socket": %q, "size": 4194304, "mtu": 9000}`,
 		addrs[1], addrs[0], sock(1))
 	cfgFile := filepath.Join(dir, "node1.json")
 	require.NoError(t, os.WriteFile(cfgFile, []byte(cfg), 0o644))
@@ -138,7 +138,7 @@ func TestServeTwoNodes(t *testing.T) {
 	metrics := "127.0.0.1:" + strconv.Itoa(freeTCPPorts(t))
 	start("serve", "--id", "0", "--nodes", "2", "--addr", addrs[0], "--peers", "1="+addrs[1],
 		"--key-file", keyFile, "--socket", sock(0), "--size", "4194304",
-		"--metrics", metrics, "--read-ahead", "0", "--no-hold", "--compress=false", "--fault-timeout", "1m")
+		"--metrics", metrics, "--read-ahead", "0", "--no-hold", "--compress=false", "--fault-timeout", "1m", "--mtu", "1400")
 	start("serve", "--config", cfgFile)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -146,6 +146,10 @@ func TestServeTwoNodes(t *testing.T) {
 		if err == nil && strings.Contains(out, " up,") {
 			require.Regexp(t, `node +0 of 2`, out)
 			require.Contains(t, out, "4194304 bytes")
+			require.Contains(t, out, "datagrams of up to 1400 bytes")
+			out, err = dsmnode(t, "status", "--socket", sock(1))
+			require.NoError(t, err, out)
+			require.Contains(t, out, "datagrams of up to 9000 bytes")
 			break
 		}
 		if time.Now().After(deadline) {

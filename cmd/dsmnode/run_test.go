@@ -192,6 +192,8 @@ func TestDaemonFlagErrors(t *testing.T) {
 		{[]string{"run", "--fec-data", "4", "--", "/bin/true"}, "give both, or neither"},
 		{[]string{"run", "--fec-data", "100", "--fec-parity", "2", "--", "/bin/true"}, "give 1 to 64 data"},
 		{[]string{"run", "--loss", "1", "--", "/bin/true"}, "--loss 1: give a fraction"},
+		{[]string{"run", "--mtu", "100", "--", "/bin/true"}, "--mtu 100: give 576 to 65507 bytes"},
+		{[]string{"serve", "--id", "0", "--mtu", "70000"}, "--mtu 70000: give 576 to 65507 bytes"},
 		{[]string{"run", "--tick", "0s", "--", "/bin/true"}, "--tick 0s: give a positive duration"},
 		{[]string{"run", "--min-hold", "1ms", "--", "/bin/true"}, "the minimum hold 1ms is longer than the maximum hold 200µs"},
 		{[]string{"run", "--metrics", "127.0.0.1", "--", "/bin/true"}, `--metrics "127.0.0.1": give HOST:PORT`},
