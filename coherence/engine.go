@@ -123,11 +123,24 @@ type Engine struct {
 	// snap is a copy of clock, made when first needed after clock last
 	// changed: the messages and page versions of one input share it.
 	// Clocks handed out are never changed in place by anybody.
-	snap    clocks.Vector
-	zero    clocks.Vector     // see zeroClock
-	floors  map[PageID]uint64 // floors too far above their page's version (aboveBig)
-	now     uint64            // ticks so far
-	lastReq uint64            // the last request id used
+	snap clocks.Vector
+	// The messages the engine does not keep come from a pool and go back
+	// to it at Advance, with their clocks, which share clockBuf: msgSnap
+	// is clock in clockBuf, made when first needed after clock last
+	// changed. A fault then costs the engine no allocation for them.
+	msgFree  []*Message
+	msgOut   []*Message // pooled messages handed out since the last Advance
+	clockBuf []uint64
+	msgSnap  clocks.Vector
+	// Requests and transactions that ended go back to their free lists at
+	// the next Advance, when no input is under way that might still hold
+	// them.
+	reqFree, reqDead []*request
+	txnFree, txnDead []*txn
+	zero             clocks.Vector     // see zeroClock
+	floors           map[PageID]uint64 // floors too far above their page's version (aboveBig)
+	now              uint64            // ticks so far
+	lastReq          uint64            // the last request id used
 
 	local localTable
 	dirs  dirTable
@@ -428,11 +441,13 @@ func (e *Engine) Fault(p PageID, a Access) error {
 
 // Step hands the engine a message that arrived for this node. It returns
 // an error, and changes nothing, for a message that is malformed or not for
-// this node. Step may keep m after it returns, and the caller must not
-// modify it then, except its Data and Meta: Step keeps no reference to
-// them past the outputs it makes (an ActInstall's Data may be m's), so
-// they may be reused once the caller has applied those outputs and called
-// Advance (see UnmarshalMessageView).
+// this node. Step keeps no reference to m, its Data or its Meta past the
+// outputs it makes (an ActInstall's Data may be m's): they may be reused
+// once the caller has applied those outputs and called Advance (see
+// UnmarshalMessageView, Decoder); a message it must keep waiting is
+// copied. It only reads m's Clock, and may keep m's PageClock, which nobody
+// may change then. So one engine's output may be stepped into another
+// directly, before the first one's Advance.
 func (e *Engine) Step(m *Message) error {
 	e.input("Step")
 	if err := e.check(m); err != nil {
@@ -520,7 +535,7 @@ func (e *Engine) Tick() {
 		if h := x.handedOver(); h != nil && e.now-x.xferAt >= e.retry {
 			x.xferAt = e.now
 			e.stats.Retransmits++
-			e.send(&Message{Type: MsgXferQuery, To: e.home(p), Page: p, Version: h.Version})
+			e.post(Message{Type: MsgXferQuery, To: e.home(p), Page: p, Version: h.Version})
 		}
 	}
 	e.drain()
@@ -531,9 +546,10 @@ func (e *Engine) Tick() {
 // for each message marked NeedData as it reaches it, then calls Advance;
 // until then it may give the engine no other input (Fault, Step, Tick and
 // EndHold panic, as does Ready). The outputs, and the Actions they point
-// to, are the engine's and stay valid until the next call of Ready.
-// (Messages and the clocks of Actions are not reused: the engine never
-// changes them once out, and may keep a message to send it again.)
+// to, are the engine's and stay valid until the next call of Ready. The
+// messages and their clocks stay valid until Advance: most are reused
+// after it, so a caller that keeps one longer (to send it later) must copy
+// it (Message.Clone). The clocks of Actions are not reused.
 func (e *Engine) Ready() []Output {
 	if e.applying {
 		panic("coherence: Ready called again before Advance: apply the batch, then call Advance")
@@ -587,6 +603,7 @@ func (e *Engine) Advance() {
 		e.stats.Anomalies += uint64(e.unfilled)
 	}
 	e.applying, e.unfilled = false, 0
+	e.recycle()
 }
 
 // input checks that no batch is being applied when an input comes.
@@ -669,7 +686,7 @@ func (e *Engine) Clock() clocks.Vector { return e.clock.Clone() }
 // tick records an input event in the node's clock.
 func (e *Engine) tick() {
 	e.clock.Tick(int(e.id))
-	e.snap = nil
+	e.snap, e.msgSnap = nil, nil
 }
 
 // clockNow returns the node's clock as a vector nobody changes.
@@ -715,11 +732,80 @@ func (e *Engine) act(a Action) {
 	e.out = append(e.out, Output{Act: &e.acts[len(e.acts)-1]})
 }
 
-// send stamps m with this node's identity and clock and queues it: as an
-// Output for another node, internally for this node.
+// msgFreeMax bounds the recycled messages an engine keeps.
+const msgFreeMax = 256
+
+// post sends m, which the engine does not keep. It comes from the pool
+// and, with its clock, is reused after the next Advance (Ready's
+// contract). One for this node is handled before that, within the input
+// that sent it, and a handler that keeps a message copies it (Step's
+// contract).
+func (e *Engine) post(m Message) {
+	var p *Message
+	if k := len(e.msgFree); k > 0 {
+		p, e.msgFree = e.msgFree[k-1], e.msgFree[:k-1]
+	} else {
+		p = new(Message)
+	}
+	*p = m
+	p.From = e.id
+	if e.msgSnap == nil {
+		start := len(e.clockBuf)
+		e.clockBuf = append(e.clockBuf, e.clock...)
+		e.msgSnap = clocks.Vector(e.clockBuf[start:len(e.clockBuf):len(e.clockBuf)])
+	}
+	p.Clock = e.msgSnap
+	e.msgOut = append(e.msgOut, p)
+	e.queue(p)
+}
+
+// recycle takes back the pooled messages and clocks of the batch just
+// applied. They are scribbled over first, so that a caller that kept one
+// past Advance (against Ready's contract) sees garbage where it uses it:
+// an unknown message type and clocks of all ones.
+func (e *Engine) recycle() {
+	for i, m := range e.msgOut {
+		*m = Message{Type: msgTypeEnd, Page: ^PageID(0)}
+		if len(e.msgFree) < msgFreeMax {
+			e.msgFree = append(e.msgFree, m)
+		}
+		e.msgOut[i] = nil
+	}
+	e.msgOut = e.msgOut[:0]
+	for i := range e.clockBuf {
+		e.clockBuf[i] = ^uint64(0)
+	}
+	e.clockBuf, e.msgSnap = e.clockBuf[:0], nil
+	for i, r := range e.reqDead {
+		*r = request{}
+		if len(e.reqFree) < msgFreeMax {
+			e.reqFree = append(e.reqFree, r)
+		}
+		e.reqDead[i] = nil
+	}
+	e.reqDead = e.reqDead[:0]
+	for i, t := range e.txnDead {
+		*t = txn{waiting: t.waiting[:0]}
+		if len(e.txnFree) < msgFreeMax {
+			e.txnFree = append(e.txnFree, t)
+		}
+		e.txnDead[i] = nil
+	}
+	e.txnDead = e.txnDead[:0]
+}
+
+// send stamps m with this node's identity and clock and queues it. The
+// engine may keep m (a page handed over, which it may send again); post
+// sends the others.
 func (e *Engine) send(m *Message) {
 	m.From = e.id
 	m.Clock = e.clockNow()
+	e.queue(m)
+}
+
+// queue queues a stamped message: as an Output for another node,
+// internally for this node.
+func (e *Engine) queue(m *Message) {
 	if m.To == e.id {
 		if m.NeedData {
 			// The protocol never sends a page to the node that holds it.
@@ -734,10 +820,11 @@ func (e *Engine) send(m *Message) {
 
 // drain handles the messages this node sent itself.
 func (e *Engine) drain() {
-	for len(e.loop) > 0 {
-		m := e.loop[0]
-		e.loop[0] = nil
-		e.loop = e.loop[1:]
+	// By index, so that the array is kept for the next input: a handler
+	// may append to e.loop as it goes.
+	for i := 0; i < len(e.loop); i++ {
+		m := e.loop[i]
+		e.loop[i] = nil
 		e.dispatch(m)
 	}
 	e.loop = e.loop[:0]
@@ -792,22 +879,28 @@ func (e *Engine) untime(p PageID) {
 
 func (e *Engine) newRequest(p PageID, lp *localPage, a Access) {
 	e.lastReq++
-	r := &request{id: e.lastReq, access: a, sentAt: e.now}
+	var r *request
+	if k := len(e.reqFree); k > 0 {
+		r, e.reqFree = e.reqFree[k-1], e.reqFree[:k-1]
+	} else {
+		r = new(request)
+	}
+	*r = request{id: e.lastReq, access: a, sentAt: e.now}
 	e.busy(p).req = r
 	e.stats.Requests++
 	e.sendRequest(p, lp, r)
 }
 
 func (e *Engine) sendRequest(p PageID, lp *localPage, r *request) {
-	m := &Message{Type: MsgRequest, To: e.home(p), Page: p, Req: r.id, Requester: e.id, Access: r.access}
+	m := Message{Type: MsgRequest, To: e.home(p), Page: p, Req: r.id, Requester: e.id, Access: r.access}
 	if lp.state != Invalid {
 		m.Have, m.HaveVersion = true, lp.version
 	}
-	e.send(m)
+	e.post(m)
 }
 
 func (e *Engine) sendConfirm(p PageID, lp *localPage, r *request) {
-	e.send(&Message{Type: MsgConfirm, To: e.home(p), Page: p, Req: r.id, Requester: e.id,
+	e.post(Message{Type: MsgConfirm, To: e.home(p), Page: p, Req: r.id, Requester: e.id,
 		Version: lp.version, PageClock: lp.clock()})
 }
 
@@ -928,11 +1021,13 @@ func (e *Engine) complete(p PageID, lp *localPage, r *request) {
 
 func (e *Engine) onDone(m *Message) {
 	x := e.local.busy(m.Page)
-	if r := x.request(); r == nil || !r.confirming || r.id != m.Req || m.Requester != e.id {
+	r := x.request()
+	if r == nil || !r.confirming || r.id != m.Req || m.Requester != e.id {
 		e.stale()
 		return
 	}
 	x.req = nil
+	e.reqDead = append(e.reqDead, r)
 	e.untime(m.Page)
 }
 
@@ -951,7 +1046,7 @@ func (e *Engine) onInval(m *Message) {
 			e.stale()
 			return
 		}
-		e.busy(m.Page).inval = m
+		e.busy(m.Page).inval = m.Clone()
 		e.askHold(m.Page, lp)
 		return
 	}
@@ -966,7 +1061,7 @@ func (e *Engine) applyInval(p PageID, lp *localPage, m *Message) {
 	} else {
 		e.stale() // already gone or newer; acknowledge again all the same
 	}
-	e.send(&Message{Type: MsgInvalAck, To: m.From, Page: p, Req: m.Req, Requester: m.Requester, Version: m.Version})
+	e.post(Message{Type: MsgInvalAck, To: m.From, Page: p, Req: m.Req, Requester: m.Requester, Version: m.Version})
 }
 
 // seal write-protects an Exclusive page before its content leaves the node:
@@ -1019,7 +1114,7 @@ func (e *Engine) onForward(m *Message) {
 			e.stats.Anomalies++ // the daemon did not Fill it
 			return
 		}
-		c := x.clone()
+		c := x.Clone()
 		c.SenderDropped = true
 		e.stats.Retransmits++
 		e.send(c)
@@ -1045,7 +1140,7 @@ func (e *Engine) onForward(m *Message) {
 		if x.early == nil {
 			e.stats.EarlyFwds++
 		}
-		x.early = m
+		x.early = m.Clone()
 	default:
 		e.stale()
 	}
@@ -1055,7 +1150,7 @@ func (e *Engine) onForward(m *Message) {
 // it until EndHold if serving it would take the page during its hold.
 func (e *Engine) hand(p PageID, lp *localPage, m *Message) {
 	if lp.hold() && lp.takes(m) && !e.bugs.noHold {
-		e.busy(p).held = m
+		e.busy(p).held = m.Clone()
 		e.askHold(p, lp)
 		return
 	}
@@ -1071,7 +1166,7 @@ func (e *Engine) serve(p PageID, lp *localPage, m *Message) {
 	e.seal(p, lp)
 	if m.Type == MsgFwdRead {
 		e.stats.CopiesOut++
-		e.send(&Message{Type: MsgData, To: m.Requester, Page: p, Req: m.Req, Requester: m.Requester,
+		e.post(Message{Type: MsgData, To: m.Requester, Page: p, Req: m.Req, Requester: m.Requester,
 			Version: lp.version, PageClock: lp.clock(), NeedData: true})
 		return
 	}
@@ -1081,7 +1176,7 @@ func (e *Engine) serve(p PageID, lp *localPage, m *Message) {
 	lp.state = Invalid
 	e.raiseFloor(p, lp, m.Version)
 	e.act(Action{Kind: ActDrop, Page: p, Version: lp.version, Clock: lp.clock()})
-	e.send(&Message{Type: MsgDropped, To: m.Requester, Page: p, Req: m.Req, Requester: m.Requester, Version: m.Version})
+	e.post(Message{Type: MsgDropped, To: m.Requester, Page: p, Req: m.Req, Requester: m.Requester, Version: m.Version})
 	x := e.busy(p)
 	x.xfer, x.xferAt = d, e.now
 	e.stats.MigrationsOut++

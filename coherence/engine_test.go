@@ -513,11 +513,11 @@ func TestReqBase(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.Fault(0, Read)
-	out := e.Ready()
-	e.Advance()
+	out := e.Ready() // valid until Advance
 	if len(out) != 1 || out[0].Msg == nil || out[0].Msg.Req != 1001 {
 		t.Fatalf("first request with ReqBase 1000: %v", out)
 	}
+	e.Advance()
 }
 
 func TestNewErrors(t *testing.T) {
@@ -648,10 +648,10 @@ func TestBatchContract(t *testing.T) {
 		h.Advance()
 		r.Fault(0, Read)
 		req := r.Ready()[0].Msg
-		r.Advance()
-		if err := h.Step(req); err != nil {
+		if err := h.Step(req); err != nil { // before r's Advance, which reuses req
 			t.Fatal(err)
 		}
+		r.Advance()
 		for _, o := range h.Ready() {
 			if o.Msg != nil && o.Msg.NeedData {
 				return h, o.Msg
@@ -691,9 +691,17 @@ func TestBatchContract(t *testing.T) {
 		{"filled", func(t *testing.T) {
 			h, m := pageMessage(t)
 			got := h.Fill(m, []byte{1, 2}, []byte{3})
+			if got.NeedData || string(got.Data) != "\x01\x02" || string(got.Meta) != "\x03" {
+				t.Fatalf("filled %v (data %v, meta %v)", got, got.Data, got.Meta)
+			}
 			h.Advance()
-			if got.NeedData || string(got.Data) != "\x01\x02" || string(got.Meta) != "\x03" || h.Stats().Anomalies != 0 {
-				t.Fatalf("filled %v (data %v, meta %v), anomalies %d", got, got.Data, got.Meta, h.Stats().Anomalies)
+			if h.Stats().Anomalies != 0 {
+				t.Fatalf("%d anomalies after a filled batch", h.Stats().Anomalies)
+			}
+			// The message went back to the pool: kept past Advance, it
+			// shows garbage.
+			if got.Type < msgTypeEnd {
+				t.Fatalf("a message output is still %v after Advance", got)
 			}
 		}},
 		{"not filled", func(t *testing.T) {

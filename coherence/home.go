@@ -217,11 +217,11 @@ func (v *dirView) has(n NodeID) bool {
 	return ok
 }
 
-// others returns the copies except the given nodes.
-func (v *dirView) others(except ...NodeID) []NodeID {
-	var out []NodeID
+// others returns the copies except nodes a and b, in out's array.
+func (v *dirView) others(out []NodeID, a, b NodeID) []NodeID {
+	out = out[:0]
 	for _, n := range v.copies {
-		if !slices.Contains(except, n) {
+		if n != a && n != b {
 			out = append(out, n)
 		}
 	}
@@ -309,7 +309,13 @@ func (e *Engine) next(p PageID, d dirRef) {
 // transactions leave (base is the last of them, or nil) and drives it.
 func (e *Engine) start(p PageID, d dirRef, q queued, base *txn) {
 	v := e.view(d, base)
-	t := &txn{queued: q}
+	var t *txn
+	if k := len(e.txnFree); k > 0 {
+		t, e.txnFree = e.txnFree[k-1], e.txnFree[:k-1]
+		t.queued = q
+	} else {
+		t = &txn{queued: q}
+	}
 	holds := v.has(q.from) && q.have && q.haveVersion == v.version
 	if v.has(q.from) && !holds {
 		e.stats.Anomalies++ // the directory and the requester disagree
@@ -324,12 +330,12 @@ func (e *Engine) start(p PageID, d dirRef, q queued, base *txn) {
 	case holds && v.excl && v.owner == q.from:
 		t.kind, t.version = tkHeld, v.version
 	case holds:
-		t.kind, t.version, t.waiting = tkUpgrade, v.version+1, v.others(q.from)
+		t.kind, t.version, t.waiting = tkUpgrade, v.version+1, v.others(t.waiting, q.from, q.from)
 	case v.hasOwner:
 		t.kind, t.version, t.source = tkWriteFwd, v.version+1, v.owner
-		t.waiting = v.others(q.from, v.owner)
+		t.waiting = v.others(t.waiting, q.from, v.owner)
 	default:
-		t.kind, t.version, t.waiting = tkWriteZero, v.version+1, v.others(q.from)
+		t.kind, t.version, t.waiting = tkWriteZero, v.version+1, v.others(t.waiting, q.from, q.from)
 	}
 	if e.bugs.skipInval {
 		t.waiting = nil
@@ -345,12 +351,12 @@ func (e *Engine) start(p PageID, d dirRef, q queued, base *txn) {
 func (e *Engine) drive(p PageID, t *txn) {
 	if len(t.waiting) > 0 {
 		for _, n := range t.waiting {
-			e.send(&Message{Type: MsgInval, To: n, Page: p, Req: t.req, Requester: t.from, Version: t.version})
+			e.post(Message{Type: MsgInval, To: n, Page: p, Req: t.req, Requester: t.from, Version: t.version})
 		}
 		return
 	}
 	t.granted = true
-	m := &Message{Page: p, Req: t.req, Requester: t.from, Version: t.version}
+	m := Message{Page: p, Req: t.req, Requester: t.from, Version: t.version}
 	switch t.kind {
 	case tkReadFwd:
 		m.Type, m.To = MsgFwdRead, t.source
@@ -365,7 +371,7 @@ func (e *Engine) drive(p PageID, t *txn) {
 	case tkHeld:
 		m.Type, m.To, m.Writable = MsgGrant, t.from, t.access == Write
 	}
-	e.send(m)
+	e.post(m)
 }
 
 func (e *Engine) onInvalAck(m *Message) {
@@ -401,7 +407,7 @@ func (e *Engine) onConfirm(m *Message) {
 			return
 		}
 		e.closeThrough(m.Page, d, i, m.PageClock)
-		e.send(&Message{Type: MsgDone, To: m.From, Page: m.Page, Req: m.Req, Requester: m.From, Version: m.Version})
+		e.post(Message{Type: MsgDone, To: m.From, Page: m.Page, Req: m.Req, Requester: m.From, Version: m.Version})
 		e.next(m.Page, d)
 		e.dirIdle(d)
 		return
@@ -409,7 +415,7 @@ func (e *Engine) onConfirm(m *Message) {
 	if m.Req <= e.dirs.lastSeen(m.Page, d, m.From) {
 		// Closed already (the MsgDone was lost): say so again.
 		e.stale()
-		e.send(&Message{Type: MsgDone, To: m.From, Page: m.Page, Req: m.Req, Requester: m.From, Version: m.Version})
+		e.post(Message{Type: MsgDone, To: m.From, Page: m.Page, Req: m.Req, Requester: m.From, Version: m.Version})
 		return
 	}
 	e.stale()
@@ -431,7 +437,7 @@ func (e *Engine) closeThrough(p PageID, d dirRef, i int, pageClock clocks.Vector
 			e.addCopy(d, t.from)
 		case tkWriteFwd, tkWriteZero, tkUpgrade:
 			if t.kind == tkWriteFwd {
-				e.send(&Message{Type: MsgRelease, To: t.source, Page: p, Version: t.version})
+				e.post(Message{Type: MsgRelease, To: t.source, Page: p, Version: t.version})
 			}
 			d.version = t.version
 			d.owner = t.from
@@ -439,14 +445,16 @@ func (e *Engine) closeThrough(p PageID, d dirRef, i int, pageClock clocks.Vector
 			x.copies = nil
 		}
 		if k < i {
-			e.send(&Message{Type: MsgDone, To: t.from, Page: p, Req: t.req, Requester: t.from, Version: t.version})
+			e.post(Message{Type: MsgDone, To: t.from, Page: p, Req: t.req, Requester: t.from, Version: t.version})
 		}
 		e.stats.Transactions++
 	}
 	if pageClock != nil {
-		// Shared, not copied: nobody changes a message once it is out.
+		// Shared, not copied: nobody changes the clocks of a message
+		// stepped in (Step's contract).
 		d.clockP, d.clockN = clockPtr(pageClock)
 	}
+	e.txnDead = append(e.txnDead, x.open[:i+1]...)
 	x.open = slices.Delete(x.open, 0, i+1)
 }
 
@@ -459,5 +467,5 @@ func (e *Engine) onXferQuery(m *Message) {
 		e.stale() // the transfer is still in progress
 		return
 	}
-	e.send(&Message{Type: MsgRelease, To: m.From, Page: m.Page, Version: m.Version})
+	e.post(Message{Type: MsgRelease, To: m.From, Page: m.Page, Version: m.Version})
 }

@@ -104,7 +104,7 @@ func pingPong(t testing.TB, cfg pingPongConfig) pingPongResult {
 						m = nd.eng.Fill(m, page, nil)
 					}
 					sent++
-					push(now+hopTicks, m.To, m)
+					push(now+hopTicks, m.To, m.Clone()) // in flight past Advance
 					continue
 				}
 				switch a := o.Act; a.Kind {

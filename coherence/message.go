@@ -154,9 +154,10 @@ func (m *Message) String() string {
 	return string(b)
 }
 
-// clone returns a copy of m that shares Data and Meta (which are never
-// modified once filled) but not the clocks.
-func (m *Message) clone() *Message {
+// Clone returns a copy of m with clocks of its own; Data and Meta are
+// shared. A caller keeps a message past Advance by cloning it (see
+// Engine.Ready).
+func (m *Message) Clone() *Message {
 	c := *m
 	c.Clock = m.Clock.Clone()
 	c.PageClock = m.PageClock.Clone()
@@ -254,21 +255,55 @@ func UnmarshalMessage(b []byte) (*Message, error) { return unmarshal(b, false) }
 // (see Engine.Step), which saves copying every page it receives.
 func UnmarshalMessageView(b []byte) (*Message, error) { return unmarshal(b, true) }
 
+// A Decoder decodes the messages a daemon receives into one Message it
+// reuses, as UnmarshalMessageView does otherwise: Data and Meta alias the
+// buffer decoded. A received message then costs one allocation at most,
+// its PageClock, which the engine may keep (Engine.Step keeps no reference
+// to the message itself, and only reads its Clock). The zero Decoder is
+// ready to use; it is not safe for concurrent use.
+type Decoder struct {
+	m     Message
+	clock clocks.Vector
+}
+
+// Decode decodes b and returns the message, valid, with its Clock, until
+// the next Decode.
+func (dec *Decoder) Decode(b []byte) (*Message, error) {
+	dec.m = Message{}
+	if err := unmarshalInto(&dec.m, b, true, dec); err != nil {
+		return nil, err
+	}
+	if cap(dec.m.Clock) > cap(dec.clock) {
+		dec.clock = dec.m.Clock[:0]
+	}
+	return &dec.m, nil
+}
+
 func unmarshal(b []byte, view bool) (*Message, error) {
+	m := new(Message)
+	if err := unmarshalInto(m, b, view, nil); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// unmarshalInto decodes b into m. With a Decoder, the clock goes into its
+// array, and the page clock into one of its own.
+func unmarshalInto(m *Message, b []byte, view bool, dec *Decoder) error {
 	d := decoder{b: b, view: view}
 	if len(b) < 4 {
-		return nil, fmt.Errorf("%w: %d bytes, a message has at least 4", ErrMalformed, len(b))
+		return fmt.Errorf("%w: %d bytes, a message has at least 4", ErrMalformed, len(b))
 	}
 	if b[0] != wireVersion {
-		return nil, fmt.Errorf("%w: version %d, this node speaks %d", ErrWireVersion, b[0], wireVersion)
+		return fmt.Errorf("%w: version %d, this node speaks %d", ErrWireVersion, b[0], wireVersion)
 	}
-	m := &Message{Type: MsgType(b[1]), Access: Access(b[3])}
+	m.Type, m.Access = MsgType(b[1]), Access(b[3])
 	if m.Type == 0 || m.Type >= msgTypeEnd {
-		return nil, fmt.Errorf("%w: unknown message type %d", ErrMalformed, b[1])
+		return fmt.Errorf("%w: unknown message type %d", ErrMalformed, b[1])
 	}
 	flags := b[2]
 	if flags&^flagsKnown != 0 {
-		return nil, fmt.Errorf("%w: unknown flag bits %#x", ErrMalformed, flags&^flagsKnown)
+		return fmt.Errorf("%w: unknown flag bits %#x", ErrMalformed, flags&^flagsKnown)
 	}
 	m.NeedData = flags&flagNeedData != 0
 	m.Zero = flags&flagZero != 0
@@ -276,7 +311,7 @@ func unmarshal(b []byte, view bool) (*Message, error) {
 	m.SenderDropped = flags&flagSenderDropped != 0
 	m.Have = flags&flagHave != 0
 	if m.Access > Write {
-		return nil, fmt.Errorf("%w: unknown access %d", ErrMalformed, b[3])
+		return fmt.Errorf("%w: unknown access %d", ErrMalformed, b[3])
 	}
 	d.off = 4
 	m.From = NodeID(d.uint("from", 1<<16-1))
@@ -286,26 +321,31 @@ func unmarshal(b []byte, view bool) (*Message, error) {
 	m.Req = d.uint("request id", 1<<64-1)
 	m.Version = d.uint("version", 1<<64-1)
 	m.HaveVersion = d.uint("have-version", 1<<64-1)
-	// The two clocks share one allocation, as do Data and Meta.
-	var back clocks.Vector
-	if n, k := binary.Uvarint(d.b[d.off:]); k > 0 && n <= 1<<10 {
-		back = make(clocks.Vector, 0, 2*n)
-	}
-	m.Clock = d.vector("clock", back)
-	if c := len(m.Clock); c <= cap(back) {
-		back = back[c:c]
+	if dec != nil {
+		m.Clock = d.vector("clock", dec.clock[:0])
+		m.PageClock = d.vector("page clock", nil)
 	} else {
-		back = nil
+		// The two clocks share one allocation, as do Data and Meta.
+		var back clocks.Vector
+		if n, k := binary.Uvarint(d.b[d.off:]); k > 0 && n <= 1<<10 {
+			back = make(clocks.Vector, 0, 2*n)
+		}
+		m.Clock = d.vector("clock", back)
+		if c := len(m.Clock); c <= cap(back) {
+			back = back[c:c]
+		} else {
+			back = nil
+		}
+		m.PageClock = d.vector("page clock", back)
 	}
-	m.PageClock = d.vector("page clock", back)
-	m.Data, m.Meta = d.twoBytes("data", "meta")
+	m.Data, m.Meta = d.twoBytes("data", "data length", "meta", "meta length")
 	if d.err != nil {
-		return nil, d.err
+		return d.err
 	}
 	if d.off != len(b) {
-		return nil, fmt.Errorf("%w: %d trailing bytes after a %v message", ErrMalformed, len(b)-d.off, m.Type)
+		return fmt.Errorf("%w: %d trailing bytes after a %v message", ErrMalformed, len(b)-d.off, m.Type)
 	}
-	return m, nil
+	return nil
 }
 
 // decoder reads the fields of a message, keeping the first error.
@@ -355,8 +395,10 @@ func (d *decoder) vector(field string, into clocks.Vector) clocks.Vector {
 }
 
 // twoBytes reads two length-prefixed byte fields into one allocation.
-func (d *decoder) twoBytes(f1, f2 string) ([]byte, []byte) {
-	n1 := d.uint(f1+" length", MaxPayload)
+// The length fields are named by constants: a name made with + would cost
+// an allocation per message decoded.
+func (d *decoder) twoBytes(f1, f1len, f2, f2len string) ([]byte, []byte) {
+	n1 := d.uint(f1len, MaxPayload)
 	if d.err != nil {
 		return nil, nil
 	}
@@ -366,7 +408,7 @@ func (d *decoder) twoBytes(f1, f2 string) ([]byte, []byte) {
 	}
 	at1 := d.off
 	d.off += int(n1)
-	n2 := d.uint(f2+" length", MaxPayload)
+	n2 := d.uint(f2len, MaxPayload)
 	if d.err != nil {
 		return nil, nil
 	}

@@ -127,6 +127,12 @@ func FuzzUnmarshalMessage(f *testing.F) {
 		if v, verr := UnmarshalMessageView(b); (verr == nil) != (err == nil) || err == nil && !reflect.DeepEqual(v, m) {
 			t.Fatalf("view decoder: %+v, %v; copying decoder: %+v, %v", v, verr, m, err)
 		}
+		// So does a Decoder, after it decoded another message.
+		var dec Decoder
+		dec.Decode(sampleMessages()[0].AppendBinary(nil))
+		if v, verr := dec.Decode(b); (verr == nil) != (err == nil) || err == nil && !reflect.DeepEqual(v, m) {
+			t.Fatalf("Decoder: %+v, %v; copying decoder: %+v, %v", v, verr, m, err)
+		}
 		if err != nil {
 			if m != nil {
 				t.Fatalf("a message and an error: %v", err)
@@ -180,5 +186,39 @@ func TestUnmarshalMessageView(t *testing.T) {
 	}
 	if !reflect.DeepEqual(view.Clock, clocks.Vector{1, 2, 3}) || !reflect.DeepEqual(view.PageClock, clocks.Vector{4, 5, 6}) {
 		t.Fatalf("a view's clocks must not alias the buffer (the engine keeps them): %v %v", view.Clock, view.PageClock)
+	}
+}
+
+// A Decoder decodes as UnmarshalMessageView does, into one message it
+// reuses: the page clock of an earlier message stays the caller's (the
+// engine may keep it), and a message costs at most that allocation.
+func TestDecoder(t *testing.T) {
+	var dec Decoder
+	first := &Message{Type: MsgConfirm, From: 1, To: 2, Requester: 1, Page: 3, Req: 4, Version: 5,
+		Clock: clocks.Vector{1, 2, 3}, PageClock: clocks.Vector{7, 8, 9}}
+	m, err := dec.Decode(first.AppendBinary(nil))
+	if err != nil || !reflect.DeepEqual(m, first) {
+		t.Fatalf("Decode = %+v, %v; want %+v", m, err, first)
+	}
+	kept := m.PageClock
+	second := &Message{Type: MsgInvalAck, From: 2, To: 1, Requester: 0, Page: 9, Req: 1, Version: 2,
+		Clock: clocks.Vector{4, 4, 4}}
+	b := second.AppendBinary(nil)
+	m2, err := dec.Decode(b)
+	if err != nil || !reflect.DeepEqual(m2, second) {
+		t.Fatalf("second Decode = %+v, %v; want %+v", m2, err, second)
+	}
+	if !reflect.DeepEqual(kept, clocks.Vector{7, 8, 9}) {
+		t.Fatalf("the first message's page clock became %v", kept)
+	}
+	if _, err := dec.Decode(b[:len(b)-1]); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("a truncated message: %v, want ErrMalformed", err)
+	}
+	if got := testing.AllocsPerRun(100, func() { dec.Decode(b) }); got != 0 {
+		t.Errorf("a message without a page clock costs %.0f allocations, want 0", got)
+	}
+	withPage := first.AppendBinary(nil)
+	if got := testing.AllocsPerRun(100, func() { dec.Decode(withPage) }); got != 1 {
+		t.Errorf("a message with a page clock costs %.0f allocations, want 1", got)
 	}
 }

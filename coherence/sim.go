@@ -240,6 +240,7 @@ type simNode struct {
 	progs   []*SimProgram // with d: the attached programs
 	outq    []Output      // the rest of the batch being applied
 	views   [][]byte      // buffers of messages stepped in the batch, reused at its Advance
+	dec     Decoder       // decodes the messages the engine steps, as a daemon does
 	inbox   []simEvent    // faults, messages and ends of holds waiting for the daemon
 	holds   []simHold     // ActHolds not answered yet
 	pages   []simPage
@@ -530,9 +531,10 @@ func (s *sim) input(n *simNode, ev simEvent) error {
 		return s.collect(n)
 	}
 	// Decoded as a daemon decodes it: the page aliases a buffer, which is
-	// reused once the actions are taken (Step's contract).
+	// reused once the actions are taken, and the message is the decoder's,
+	// which the next message overwrites (Step's contract).
 	buf := slices.Clone(ev.msg)
-	m, err := UnmarshalMessageView(buf)
+	m, err := n.dec.Decode(buf)
 	if err != nil {
 		return s.violation(ViolEngineError, "node %d: cannot decode a message: %v", n.id, err)
 	}

@@ -165,9 +165,10 @@ func (s *sim) daemonInput(n *simNode, ev simEvent) error {
 		}
 	} else {
 		// As in the engine's simulator: the page aliases a buffer,
-		// reused once the daemon has stepped the message.
+		// reused once the daemon has stepped the message, and the
+		// message is the node's decoder's.
 		buf := slices.Clone(ev.msg)
-		m, err := UnmarshalMessageView(buf)
+		m, err := n.dec.Decode(buf)
 		if err != nil {
 			return s.violation(ViolEngineError, "node %d: cannot decode a message: %v", n.id, err)
 		}

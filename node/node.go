@@ -247,10 +247,11 @@ type Node struct {
 	progs          map[int]*prog
 	joins          map[string]*prog // attached programs by their join secret
 	nextID         int
-	pg             *pager.Pager // the page logic: states, waiting faults, twins, holds
-	outbox         []lazyBox    // by node: messages that ride on the next one
-	sendBuf        []byte       // scratch: the message being sent
-	lazyNext       time.Time    // when the first of them is due
+	pg             *pager.Pager      // the page logic: states, waiting faults, twins, holds
+	outbox         []lazyBox         // by node: messages that ride on the next one
+	sendBuf        []byte            // scratch: the message being sent
+	dec            coherence.Decoder // decodes received coherence messages, one at a time
+	lazyNext       time.Time         // when the first of them is due
 	an             *analyzer.Analyzer
 	vars           map[string]analyzer.Var
 	stats          stats
@@ -613,9 +614,10 @@ func (n *Node) onPeerMessage(from uint16, b []byte) {
 			return
 		}
 		// The page stays in the transport's buffer, which lasts the
-		// handler's call: the pager installs it and advances the engine
-		// within Step (Engine.Step's contract).
-		m, err := coherence.UnmarshalMessageView(b[1:])
+		// handler's call, and the message in the decoder's, which lasts
+		// until the next: the pager installs the page and advances the
+		// engine within Step (Engine.Step's contract).
+		m, err := n.dec.Decode(b[1:])
 		if err != nil {
 			n.log.Warn("malformed coherence message dropped", "peer", from, "err", err)
 			return
