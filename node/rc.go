@@ -333,7 +333,11 @@ func (n *Node) flushRC() bool {
 	for i := range rd.Messages {
 		m := &rd.Messages[i]
 		n.flushBox(coherence.NodeID(m.To))
-		if err := n.tr.Send(uint16(m.To), m.Marshal([]byte{protoRC})); err != nil {
+		// The transport copies what it is given: one buffer serves every
+		// message, as for the coherence protocol's.
+		b := m.Marshal(append(n.sendBuf[:0], protoRC))
+		n.sendBuf = b
+		if err := n.tr.Send(uint16(m.To), b); err != nil {
 			n.log.Debug("rc send failed", "to", m.To, "err", err)
 		}
 	}
