@@ -63,6 +63,10 @@ func TestRatiosUseTheChain(t *testing.T) {
 		Latency: Stat{Count: 100, Median: 50000, P99: 90000}}
 	require.NoError(t, f.setCost(&FaultCost{Windows: 1, Faults: 100, Ops: 100, ProgramSwitches: 100, DaemonSwitches: 300, DaemonCPU: 2_000_000, Datagrams: 300, Messages: 400, Segments: 350}))
 	r.add(f)
+	// Raw datagrams (the chain's) carry no messages: none are claimed.
+	raw := Figure{Key: "raw", Part: "readfault", Name: "raw", Nodes: 2, Compare: cmpLatency, Latency: Stat{Count: 10, Median: 30000}}
+	require.NoError(t, raw.setCost(&FaultCost{Windows: 1, Faults: 10, Ops: 10, DaemonCPU: 100_000, Datagrams: 20}))
+	r.add(raw)
 	r.add(Figure{Key: "scan/depth=1", Part: "readfault", Name: "scan", Compare: cmpThroughput, PagesPerSec: 25000,
 		Latency: Stat{Count: 10, Median: 40000}})
 	r.finish()
@@ -83,4 +87,5 @@ func TestRatiosUseTheChain(t *testing.T) {
 	md := r.markdown()
 	assert.Contains(t, md, "the fault chain (limit/chain): **20.0 µs** median, 40.0 µs p99")
 	assert.Contains(t, md, "| read | 2 | 50.0 µs | 90.0 µs | 100 |  | 2.50× | 2.50× | per fault: 4.00 context switches, 20.0 µs daemon CPU, 3.00 datagrams (4.00 messages in 3.50 KCP segments) |")
+	assert.Contains(t, md, "10.0 µs daemon CPU, 2.00 datagrams |")
 }

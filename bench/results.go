@@ -414,9 +414,11 @@ func (r *Results) markdown() string {
 				if note != "" {
 					note += "; "
 				}
-				note += fmt.Sprintf("per fault: %s context switches, %s daemon CPU, %s datagrams (%s messages in %s KCP segments)",
-					trimFloat(f.SwitchesPerFault, 2), fmtNs(f.DaemonCPUPerFault), trimFloat(f.DatagramsPerFault, 2),
-					trimFloat(f.MessagesPerFault, 2), trimFloat(f.SegmentsPerFault, 2))
+				note += fmt.Sprintf("per fault: %s context switches, %s daemon CPU, %s datagrams",
+					trimFloat(f.SwitchesPerFault, 2), fmtNs(f.DaemonCPUPerFault), trimFloat(f.DatagramsPerFault, 2))
+				if f.Cost.Messages > 0 { // the chain sends raw datagrams
+					note += fmt.Sprintf(" (%s messages in %s KCP segments)", trimFloat(f.MessagesPerFault, 2), trimFloat(f.SegmentsPerFault, 2))
+				}
 				if f.Cost.Ops != int(f.Cost.Faults) {
 					note += fmt.Sprintf(" (%d faults for %d pages)", f.Cost.Faults, f.Cost.Ops)
 				}
