@@ -265,6 +265,11 @@ type Engine struct {
 	sharing map[PageID][]Message
 	// segScratch is applyRuns' scratch.
 	segScratch []seg
+	// localRuns holds the runs of a release's diffs to pages homed here,
+	// which the home applies before the release returns: a float page
+	// changed in its low bytes is some 500 runs, 16 KiB of them, at every
+	// release of a page the home writes after sharing it.
+	localRuns []Run
 	// fetchingSet and lostSet hold the pages whose copy is being fetched
 	// and whose copy lost bytes to a race (some may have been invalidated
 	// since): Tick and an acquire's end look at these, not at every copy.
@@ -654,6 +659,9 @@ func (e *Engine) start(op *syncOp, dirty []PageData) error {
 	if e.op != nil {
 		return ErrBusy
 	}
+	// The last release's local runs are applied: their array serves again.
+	clear(e.localRuns)
+	e.localRuns = e.localRuns[:0]
 	if op.acquire && e.cfg.bugs.noFlush {
 		dirty = nil
 	}
@@ -673,7 +681,15 @@ func (e *Engine) start(op *syncOp, dirty []PageData) error {
 		if len(d.Data) != e.cfg.PageSize {
 			return fmt.Errorf("rc: page %d: %d bytes, want %d", d.Page, len(d.Data), e.cfg.PageSize)
 		}
-		runs := diffRuns(c.twin, d.Data, e.cfg.bugs.wideRuns)
+		var runs []Run
+		if home := e.cfg.Home(d.Page); home == e.me() {
+			at := len(e.localRuns)
+			e.localRuns = appendRuns(e.localRuns, c.twin, d.Data, e.cfg.bugs.wideRuns)
+			runs = e.localRuns[at:len(e.localRuns):len(e.localRuns)]
+		} else {
+			// Kept until the home acknowledges it (e.diffs).
+			runs = diffRuns(c.twin, d.Data, e.cfg.bugs.wideRuns)
+		}
 		if len(runs) == 0 {
 			continue
 		}
@@ -849,15 +865,19 @@ func (e *Engine) finish() {
 // 8 bytes apart: the mistake of diffing in blocks larger than what the
 // program wrote.)
 func diffRuns(twin, cur []byte, wide bool) []Run {
-	// Two passes: count the runs, then fill exactly that many, so that a
-	// page changed in hundreds of places (a float64 array: the bytes that
-	// stay equal split the runs) costs one allocation.
+	return appendRuns(nil, twin, cur, wide)
+}
+
+// appendRuns is diffRuns appending to dst. Two passes: count the runs,
+// then fill them, so that a page changed in hundreds of places (a float64
+// array: the bytes that stay equal split the runs) grows dst once at most.
+func appendRuns(dst []Run, twin, cur []byte, wide bool) []Run {
 	var d differ
 	d.scan(twin, cur, false)
 	if d.count == 0 {
-		return nil
+		return dst
 	}
-	d = differ{runs: make([]Run, 0, d.count), wide: wide}
+	d = differ{runs: slices.Grow(dst, d.count), base: len(dst), wide: wide}
 	d.scan(twin, cur, true)
 	return d.runs
 }
@@ -866,6 +886,7 @@ func diffRuns(twin, cur []byte, wide bool) []Run {
 // them.
 type differ struct {
 	runs  []Run
+	base  int // runs before this index are another page's
 	count int
 	start int // the run being built starts here; -1 when none
 	wide  bool
@@ -881,7 +902,7 @@ func (d *differ) end(cur []byte, i int, fill bool) {
 		d.count++
 		return
 	}
-	if d.wide && len(d.runs) > 0 {
+	if d.wide && len(d.runs) > d.base {
 		last := &d.runs[len(d.runs)-1]
 		if int(last.Off)+len(last.Data)+8 >= s {
 			last.Data = cur[last.Off:i:i]
