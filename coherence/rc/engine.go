@@ -191,7 +191,10 @@ type Race struct {
 	A, B     Write // A arrived first; the byte keeps the value of the one with the higher priority
 }
 
-// Install asks the daemon to install page data as the node's copy.
+// Install asks the daemon to install page data as the node's copy. Data is
+// the engine's own copy of the page (its twin): the daemon copies it into
+// the program's memory before it gives the engine its next input, and
+// never writes it.
 type Install struct {
 	Page PageID
 	Data []byte // nil with Own: a page of zeros
@@ -429,7 +432,10 @@ func (e *Engine) install(p PageID, c *copyState, clock clocks.Vector, data []byt
 	delete(e.fetchingSet, p)
 	c.clock = clock
 	c.twin = data
-	e.rd.Installs = append(e.rd.Installs, Install{Page: p, Data: slices.Clone(data)})
+	// Not copied: the daemon installs the page before the next input,
+	// and only a release, which no page being installed takes part in,
+	// writes a twin.
+	e.rd.Installs = append(e.rd.Installs, Install{Page: p, Data: data})
 }
 
 // covers reports whether a copy with clock have contains the intervals in

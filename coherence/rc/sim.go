@@ -474,7 +474,9 @@ func (s *sim) engine(n *simNode, err error) {
 		if in.Own && in.Data == nil {
 			in.Data = make([]byte, s.cfg.PageSize)
 		}
-		n.mem[in.Page] = in.Data
+		// Copied, as a daemon copies it into the program's memory: the
+		// engine's twin may be Data itself.
+		n.mem[in.Page] = slices.Clone(in.Data)
 		if n.faulting && n.fault == in.Page {
 			n.faulting = false
 		}
