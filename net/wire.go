@@ -7,8 +7,11 @@ import (
 
 // ProtocolVersion is the version byte of every datagram and frame this
 // package sends. A receiver rejects other versions. Version 2 added the
-// ephemeral key to the hello and changed how session keys are derived.
-const ProtocolVersion = 3
+// ephemeral key to the hello and changed how session keys are derived;
+// version 4 added batched messages (msgBatch), which a node of version 3
+// would drop as malformed: a mixed cluster is refused at the handshake
+// instead of losing messages.
+const ProtocolVersion = 4
 
 // Datagram header: version | kind | from | to | nonce[12].
 const (
