@@ -6,6 +6,7 @@ import (
 	stdnet "net"
 	"net/netip"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -27,6 +28,13 @@ type rawConn struct {
 	family int
 	local  *stdnet.UDPAddr
 	closed atomic.Bool
+	// mu keeps the descriptor open while a system call uses it: Close
+	// takes it exclusively. Once closed, the number may belong to a socket
+	// the process opened since, and a sendto on an unbound UDP socket binds
+	// it to an ephemeral port (its owner's bind then fails with EINVAL), so
+	// a write that comes late (a wrapper's delayed datagram) must find the
+	// socket closed rather than reach that number.
+	mu sync.RWMutex
 }
 
 // listenRaw opens a non-blocking UDP socket bound to local. v6 asks for an
@@ -112,6 +120,11 @@ func (c *rawConn) writeTo(b []byte, ap netip.AddrPort) error {
 	if len(b) > 0 {
 		p = unsafe.Pointer(&b[0])
 	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed.Load() {
+		return stdnet.ErrClosed
+	}
 	for {
 		_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(c.fd), uintptr(p), uintptr(len(b)),
 			unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(&rsa)), size)
@@ -133,10 +146,13 @@ func (c *rawConn) writeTo(b []byte, ap netip.AddrPort) error {
 // thread.
 func (c *rawConn) ReadFrom(b []byte) (int, stdnet.Addr, error) {
 	for {
+		c.mu.RLock()
 		if c.closed.Load() {
+			c.mu.RUnlock()
 			return 0, nil, stdnet.ErrClosed
 		}
 		n, ap, err := recvFrom(c.fd, b)
+		c.mu.RUnlock()
 		if err == nil {
 			return n, stdnet.UDPAddrFromAddrPort(ap), nil
 		}
@@ -165,6 +181,8 @@ func (c *rawConn) Close() error {
 	if c.closed.Swap(true) {
 		return stdnet.ErrClosed
 	}
+	c.mu.Lock() // waits for the system calls under way
+	defer c.mu.Unlock()
 	return unix.Close(c.fd)
 }
 
